@@ -1,0 +1,269 @@
+//! The command line: one module per subcommand. Each returns a typed error that
+//! `main` maps to a message and an exit code.
+
+mod demo;
+mod dlq;
+mod enqueue;
+mod queue;
+mod search;
+mod worker;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat, RawConfig};
+use crate::queue::QueueError;
+
+/// embq: turn text into embeddings reliably, cheaply and at scale.
+#[derive(Parser, Debug)]
+#[command(name = "embq", version, about, long_about = None)]
+pub struct Cli {
+    /// Settings; each flag can also be given as its environment variable.
+    #[command(flatten)]
+    pub config: RawConfig,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a worker: claim, embed and store jobs until stopped.
+    Worker(worker::Args),
+    /// Create or upgrade the queue schema.
+    Migrate,
+    /// Queue jobs from JSONL (a file, or standard input).
+    Enqueue(enqueue::Args),
+    /// Inspect the queue.
+    #[command(subcommand)]
+    Queue(queue::Cmd),
+    /// Inspect and repair the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(dlq::Cmd),
+    /// Show the configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// Show the metrics this binary exports.
+    #[command(subcommand)]
+    Metrics(MetricsCmd),
+    /// Run the whole pipeline on a bundled sample set, on embedded defaults.
+    Demo(demo::Args),
+    /// Find the stored embeddings nearest to a query text.
+    Search(search::Args),
+}
+
+/// `embq config …`
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Validate the configuration and print it, secrets redacted.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every environment variable embq reads.
+    Vars,
+}
+
+/// `embq metrics …`
+#[derive(Subcommand, Debug)]
+pub enum MetricsCmd {
+    /// List every metric family name as it appears in /metrics.
+    Names,
+}
+
+/// Why a command failed; decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad settings (exit 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Bad input data (exit 65).
+    #[error("{0}")]
+    Input(String),
+    /// The store failed (exit 69 when unreachable, 78 for a schema problem).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Anything else (exit 1).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => 2,
+            Self::Input(_) => 65,
+            Self::Queue(QueueError::Unavailable(_)) => 69,
+            Self::Queue(QueueError::Schema(_)) => 78,
+            Self::Queue(QueueError::Invalid(_)) => 65,
+            Self::Other(_) => 1,
+        }
+    }
+}
+
+/// Every environment variable the binary reads, from the flag definitions.
+pub fn env_vars() -> Vec<String> {
+    let mut vars: Vec<String> = Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    vars.push("RUST_LOG".into());
+    vars.sort();
+    vars.dedup();
+    vars
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+fn runtime(cfg: &Config) -> Result<tokio::runtime::Runtime, CliError> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(cores) = cfg.cpu_limit_cores {
+        // A fractional limit still needs one thread; 1.5 cores get two.
+        b.worker_threads((cores.ceil() as usize).max(1));
+    }
+    b.enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    // These two need no valid configuration.
+    match &cli.command {
+        Command::Config(ConfigCmd::Vars) => {
+            for v in env_vars() {
+                println!("{v}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        Command::Metrics(MetricsCmd::Names) => {
+            for n in crate::metrics::Metrics::new(crate::VERSION, "hash", "hash-v1").names() {
+                println!("{n}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let cfg = match cli.config.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("embq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(cfg.log_format);
+    let result = runtime(&cfg).and_then(|rt| rt.block_on(run(cli.command, cfg)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("embq: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(command: Command, cfg: Config) -> Result<(), CliError> {
+    match command {
+        Command::Worker(args) => worker::run(cfg, args).await,
+        Command::Migrate => {
+            let q = crate::queue::connect(&cfg).await?;
+            let v = q.migrate().await?;
+            println!("schema is at version {v} ({})", cfg.database_url);
+            Ok(())
+        }
+        Command::Enqueue(args) => enqueue::run(cfg, args).await,
+        Command::Queue(cmd) => queue::run(cfg, cmd).await,
+        Command::Dlq(cmd) => dlq::run(cfg, cmd).await,
+        Command::Config(ConfigCmd::Check { json }) => {
+            let text = if json {
+                serde_json::to_string_pretty(&cfg).map_err(|e| CliError::Other(e.to_string()))?
+            } else {
+                format!("{cfg:#?}")
+            };
+            println!("{text}");
+            println!("configuration is valid");
+            Ok(())
+        }
+        Command::Config(ConfigCmd::Vars) | Command::Metrics(MetricsCmd::Names) => Ok(()),
+        Command::Demo(args) => demo::run(cfg, args).await,
+        Command::Search(args) => search::run(cfg, args).await,
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub(crate) async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Formats a duration for humans.
+pub(crate) fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn env_vars_include_the_seed_names() {
+        let vars = env_vars();
+        for v in [
+            "QUEUE_POLL_INTERVAL",
+            "MAX_CONCURRENT_JOBS",
+            "BATCH_SIZE",
+            "HEARTBEAT_INTERVAL",
+            "MAX_REQUESTS_PER_MINUTE",
+            "MAX_TOKENS_PER_MINUTE",
+            "BACKOFF_MULTIPLIER",
+            "MEMORY_LIMIT_MB",
+            "CPU_LIMIT_CORES",
+            "ENABLE_QUEUE_PROCESSING",
+            "ENABLE_BATCH_OPTIMIZATION",
+            "DATABASE_URL",
+            "SHUTDOWN_TOKEN",
+        ] {
+            assert!(vars.contains(&v.to_string()), "{v} missing");
+        }
+    }
+}

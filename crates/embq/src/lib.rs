@@ -1,0 +1,26 @@
+//! embq: a crash-safe embedding job queue and worker.
+//!
+//! Map of the crate:
+//! - [`config`]: every setting, parsed and validated once at start.
+//! - [`queue`]: the `Queue` trait with its PostgreSQL and SQLite stores and migrations.
+//! - [`provider`]: the `Provider` trait and the embedding providers.
+//! - [`outcome`]: how a failed attempt becomes retry, release or dead letter.
+//! - [`worker`]: the claim -> batch -> embed -> store loop, heartbeats, drain.
+//! - [`health`], [`http`], [`metrics`], [`memory`]: what probes and Prometheus see.
+//! - [`vector`]: vector encoding and validation.
+//! - [`cli`]: one module per `embq` subcommand.
+
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod memory;
+pub mod metrics;
+pub mod outcome;
+pub mod provider;
+pub mod queue;
+pub mod vector;
+pub mod worker;
+
+/// This build's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,372 @@
+//! Every metric the worker exports, in one place. Names are a contract (the seed's
+//! names, plus operator metrics that carry their unit); labels are small fixed sets.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// `type` label of `worker_memory_usage_bytes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MemoryLabel {
+    /// rss | heapUsed | heapTotal
+    pub r#type: &'static str,
+}
+
+/// `kind` label of error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// A bounded error kind.
+    pub kind: &'static str,
+}
+
+/// `provider` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    /// Provider name.
+    pub provider: &'static str,
+}
+
+/// Provider request labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    /// Provider name.
+    pub provider: &'static str,
+    /// 2xx | 4xx | 429 | 5xx | error
+    pub status_class: &'static str,
+}
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+/// The worker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// worker_uptime_seconds
+    pub uptime_seconds: GaugeF,
+    /// worker_memory_usage_bytes{type}
+    pub memory_bytes: Family<MemoryLabel, Gauge>,
+    /// embedding_jobs_processed_total
+    pub jobs_processed: Counter,
+    /// embedding_jobs_failed_total (attempts that failed: retried or dead-lettered)
+    pub jobs_failed: Counter,
+    /// embedding_jobs_dead_lettered_total
+    pub jobs_dead: Counter,
+    /// embedding_jobs_retried_total
+    pub jobs_retried: Counter,
+    /// embedding_jobs_released_total
+    pub jobs_released: Counter,
+    /// embedding_jobs_unchanged_total
+    pub jobs_unchanged: Counter,
+    /// embedding_lease_lost_total
+    pub leases_lost: Counter,
+    /// embedding_lease_reclaims_total
+    pub lease_reclaims: Counter,
+    /// embedding_processing_duration_seconds (one observation per batch)
+    pub processing_seconds: Histogram,
+    /// embedding_batch_size_jobs
+    pub batch_size_jobs: Histogram,
+    /// embedding_queue_depth
+    pub queue_depth: Gauge,
+    /// embedding_queue_scheduled_jobs
+    pub queue_scheduled: Gauge,
+    /// embedding_queue_running_jobs
+    pub queue_running: Gauge,
+    /// embedding_dead_letter_jobs
+    pub dead_letter_jobs: Gauge,
+    /// embedding_queue_oldest_ready_age_seconds
+    pub oldest_ready_age_seconds: GaugeF,
+    /// embedding_queue_processing_rate
+    pub processing_rate: GaugeF,
+    /// embedding_inflight_jobs
+    pub inflight_jobs: Gauge,
+    /// embedding_worker_ready
+    pub ready: Gauge,
+    /// embedding_worker_errors_total{kind}
+    pub errors: Family<KindLabel, Counter>,
+    /// embedding_provider_requests_total{provider,status_class}
+    pub provider_requests: Family<RequestLabel, Counter>,
+    /// embedding_provider_tokens_total{provider}
+    pub provider_tokens: Family<ProviderLabel, Counter>,
+    /// embedding_provider_rate_limited_total{provider}
+    pub provider_rate_limited: Family<ProviderLabel, Counter>,
+    /// embedding_rate_limit_wait_seconds_total{provider}
+    pub rate_limit_wait_seconds: Family<ProviderLabel, Counter<f64, AtomicU64>>,
+    /// embedding_provider_request_duration_seconds
+    pub provider_request_seconds: Histogram,
+    /// embedding_provider_parked
+    pub provider_parked: Gauge,
+}
+
+/// Buckets for batched API calls: 5 ms up to about 5 minutes.
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    /// Registers every metric; `version`, `provider`, `model` go into `embq_build_info`.
+    pub fn new(version: &str, provider: &str, model: &str) -> Self {
+        let mut r = Registry::default();
+        let m = Self {
+            uptime_seconds: GaugeF::default(),
+            memory_bytes: Family::default(),
+            jobs_processed: Counter::default(),
+            jobs_failed: Counter::default(),
+            jobs_dead: Counter::default(),
+            jobs_retried: Counter::default(),
+            jobs_released: Counter::default(),
+            jobs_unchanged: Counter::default(),
+            leases_lost: Counter::default(),
+            lease_reclaims: Counter::default(),
+            processing_seconds: Histogram::new(duration_buckets()),
+            batch_size_jobs: Histogram::new(
+                [
+                    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0,
+                ]
+                .into_iter(),
+            ),
+            queue_depth: Gauge::default(),
+            queue_scheduled: Gauge::default(),
+            queue_running: Gauge::default(),
+            dead_letter_jobs: Gauge::default(),
+            oldest_ready_age_seconds: GaugeF::default(),
+            processing_rate: GaugeF::default(),
+            inflight_jobs: Gauge::default(),
+            ready: Gauge::default(),
+            errors: Family::default(),
+            provider_requests: Family::default(),
+            provider_tokens: Family::default(),
+            provider_rate_limited: Family::default(),
+            rate_limit_wait_seconds: Family::default(),
+            provider_request_seconds: Histogram::new(duration_buckets()),
+            provider_parked: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "embq_build",
+            "Build and provider of this worker",
+            Info::new(vec![
+                ("version", version.to_string()),
+                ("provider", provider.to_string()),
+                ("model", model.to_string()),
+            ]),
+        );
+        r.register(
+            "worker_uptime_seconds",
+            "Seconds since the worker started",
+            m.uptime_seconds.clone(),
+        );
+        r.register(
+            "worker_memory_usage_bytes",
+            "Memory: rss from the OS; heapUsed = live heap bytes; heapTotal = peak live heap bytes",
+            m.memory_bytes.clone(),
+        );
+        r.register(
+            "embedding_jobs_processed",
+            "Jobs completed (embedded or unchanged)",
+            m.jobs_processed.clone(),
+        );
+        r.register(
+            "embedding_jobs_failed",
+            "Job attempts that failed (retried or dead-lettered)",
+            m.jobs_failed.clone(),
+        );
+        r.register(
+            "embedding_jobs_dead_lettered",
+            "Jobs moved to the dead-letter queue",
+            m.jobs_dead.clone(),
+        );
+        r.register(
+            "embedding_jobs_retried",
+            "Jobs scheduled for another attempt",
+            m.jobs_retried.clone(),
+        );
+        r.register(
+            "embedding_jobs_released",
+            "Jobs returned to the queue without spending an attempt",
+            m.jobs_released.clone(),
+        );
+        r.register(
+            "embedding_jobs_unchanged",
+            "Jobs completed without a provider call because text and model were unchanged",
+            m.jobs_unchanged.clone(),
+        );
+        r.register(
+            "embedding_lease_lost",
+            "Job results discarded because the lease had been lost",
+            m.leases_lost.clone(),
+        );
+        r.register(
+            "embedding_lease_reclaims",
+            "Jobs whose expired lease this worker reclaimed",
+            m.lease_reclaims.clone(),
+        );
+        r.register(
+            "embedding_processing_duration_seconds",
+            "Time to process one batch, claim to stored",
+            m.processing_seconds.clone(),
+        );
+        r.register(
+            "embedding_batch_size_jobs",
+            "Jobs per processed batch",
+            m.batch_size_jobs.clone(),
+        );
+        r.register(
+            "embedding_queue_depth",
+            "Jobs ready to run now",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "embedding_queue_scheduled_jobs",
+            "Jobs waiting for a retry time",
+            m.queue_scheduled.clone(),
+        );
+        r.register(
+            "embedding_queue_running_jobs",
+            "Jobs leased to any worker",
+            m.queue_running.clone(),
+        );
+        r.register(
+            "embedding_dead_letter_jobs",
+            "Jobs in the dead-letter queue",
+            m.dead_letter_jobs.clone(),
+        );
+        r.register(
+            "embedding_queue_oldest_ready_age_seconds",
+            "How long the oldest ready job has waited",
+            m.oldest_ready_age_seconds.clone(),
+        );
+        r.register(
+            "embedding_queue_processing_rate",
+            "Jobs completed per second by this worker over the last minute",
+            m.processing_rate.clone(),
+        );
+        r.register(
+            "embedding_inflight_jobs",
+            "Jobs this worker is processing",
+            m.inflight_jobs.clone(),
+        );
+        r.register(
+            "embedding_worker_ready",
+            "1 when the worker is ready to claim jobs",
+            m.ready.clone(),
+        );
+        r.register(
+            "embedding_worker_errors",
+            "Errors by kind",
+            m.errors.clone(),
+        );
+        r.register(
+            "embedding_provider_requests",
+            "Provider requests by status class",
+            m.provider_requests.clone(),
+        );
+        r.register(
+            "embedding_provider_tokens",
+            "Tokens sent to the provider",
+            m.provider_tokens.clone(),
+        );
+        r.register(
+            "embedding_provider_rate_limited",
+            "Provider answers of 429 (throttled)",
+            m.provider_rate_limited.clone(),
+        );
+        r.register(
+            "embedding_rate_limit_wait_seconds",
+            "Seconds spent waiting for rate-limit budget",
+            m.rate_limit_wait_seconds.clone(),
+        );
+        r.register(
+            "embedding_provider_request_duration_seconds",
+            "Latency of one provider request",
+            m.provider_request_seconds.clone(),
+        );
+        r.register(
+            "embedding_provider_parked",
+            "1 while the provider is parked (quota exhausted)",
+            m.provider_parked.clone(),
+        );
+        Self { registry: r, ..m }
+    }
+
+    /// Counts one error of a bounded kind.
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Every metric family name as it appears in the exposition (`embq metrics names`).
+    pub fn names(&self) -> Vec<String> {
+        let text = self.encode();
+        let mut names: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let name = parts.next()?;
+                let kind = parts.next()?;
+                Some(match kind {
+                    "counter" => format!("{name}_total"),
+                    "info" => format!("{name}_info"),
+                    _ => name.to_string(),
+                })
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_carries_the_seed_names() {
+        let m = Metrics::new("0.1.0", "hash", "hash-v1");
+        m.jobs_processed.inc_by(3);
+        m.memory_bytes
+            .get_or_create(&MemoryLabel { r#type: "rss" })
+            .set(1);
+        m.error("database");
+        let text = m.encode();
+        for name in [
+            "worker_uptime_seconds",
+            "worker_memory_usage_bytes{type=\"rss\"}",
+            "embedding_jobs_processed_total 3",
+            "embedding_jobs_failed_total",
+            "embedding_processing_duration_seconds_bucket",
+            "embedding_queue_depth",
+            "embedding_queue_processing_rate",
+            "embedding_worker_errors_total{kind=\"database\"} 1",
+            "embq_build_info{version=\"0.1.0\",provider=\"hash\",model=\"hash-v1\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn names_list_counters_with_their_suffix() {
+        let names = Metrics::new("v", "hash", "m").names();
+        assert!(names.contains(&"embedding_jobs_processed_total".to_string()));
+        assert!(names.contains(&"embq_build_info".to_string()));
+        assert!(names.contains(&"embedding_processing_duration_seconds".to_string()));
+        assert!(!names.iter().any(|n| n.ends_with("_total_total")));
+    }
+}

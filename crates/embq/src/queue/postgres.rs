@@ -1,0 +1,807 @@
+//! The PostgreSQL store (production; Supabase is PostgreSQL).
+//!
+//! Every operation runs in an explicit transaction and, behind a transaction-mode
+//! pooler, uses unnamed statements only: PgBouncer/Supavisor may hand each
+//! transaction a different server connection, so nothing may outlive one.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row, Transaction};
+
+use super::schema::{self, SCHEMA_VERSION};
+use super::{
+    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport,
+    FinishReport, JobListener, Lease, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError,
+    QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+};
+use crate::config::{Config, DatabaseUrl, PoolMode};
+
+/// The NOTIFY channel workers LISTEN on.
+pub const CHANNEL: &str = "embq_jobs";
+
+/// Rows per INSERT when enqueueing; all chunks share one transaction.
+const ENQUEUE_CHUNK: usize = 5000;
+
+/// Queue store on PostgreSQL.
+pub struct PgQueue {
+    pool: PgPool,
+    clock: Clock,
+    /// False behind a transaction pooler: statements are not kept on the server.
+    persistent: bool,
+    listen: Option<PgConnectOptions>,
+}
+
+type Query = sqlx::query::Query<'static, Postgres, PgArguments>;
+
+fn options(url: &DatabaseUrl, mode: PoolMode) -> Result<PgConnectOptions, QueueError> {
+    let mut opts = PgConnectOptions::from_str(url.expose())
+        .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {}: {e}", url.redacted())))?
+        // PgBouncer rejects unknown startup parameters; this one is optional.
+        .extra_float_digits(None)
+        .application_name("embq")
+        .log_statements(tracing::log::LevelFilter::Trace);
+    if mode == PoolMode::Transaction {
+        opts = opts.statement_cache_capacity(0);
+    }
+    Ok(opts)
+}
+
+impl PgQueue {
+    /// Connects, failing fast with a clear message when the server does not answer.
+    pub async fn connect(
+        cfg: &Config,
+        url: &DatabaseUrl,
+        clock: Clock,
+    ) -> Result<Self, QueueError> {
+        let opts = options(url, cfg.pool_mode)?;
+        // One direct connection first: its error says why (refused, auth, unknown database),
+        // where a pool would only report a timeout.
+        let conn = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| {
+                QueueError::Unavailable(format!("timed out connecting to {}", url.redacted()))
+            })?
+            .map_err(|e| {
+                QueueError::Unavailable(format!("cannot connect to {}: {e}", url.redacted()))
+            })?;
+        let _ = conn.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.db_max_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(opts.clone());
+        let listen = match (&cfg.database_listen_url, cfg.pool_mode) {
+            (Some(u), _) => Some(options(u, PoolMode::Session)?),
+            (None, PoolMode::Session) => Some(opts),
+            // LISTEN through a transaction pooler silently loses notifications: poll instead.
+            (None, PoolMode::Transaction) => None,
+        };
+        Ok(Self {
+            pool,
+            clock,
+            persistent: cfg.pool_mode == PoolMode::Session,
+            listen,
+        })
+    }
+
+    fn q(&self, sql: &'static str) -> Query {
+        sqlx::query(sql).persistent(self.persistent)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    fn now(&self) -> Option<DateTime<Utc>> {
+        self.clock.sql_now()
+    }
+
+    /// The pgvector type, schema-qualified, when the extension is installed (creating it if available).
+    async fn vector_type(
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<Option<String>, QueueError> {
+        let available: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')",
+        )
+        .persistent(false)
+        .fetch_one(&mut **tx)
+        .await?;
+        if available {
+            // Creating an extension needs privileges we may lack; a savepoint keeps the migration going.
+            sqlx::Executor::execute(&mut **tx, "SAVEPOINT embq_vector").await?;
+            if sqlx::Executor::execute(&mut **tx, "CREATE EXTENSION IF NOT EXISTS vector")
+                .await
+                .is_err()
+            {
+                sqlx::Executor::execute(&mut **tx, "ROLLBACK TO SAVEPOINT embq_vector").await?;
+            }
+        }
+        let schema: Option<String> = sqlx::query_scalar(
+            "SELECT n.nspname::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+             JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'vector' \
+             WHERE t.typname = 'vector' LIMIT 1",
+        )
+        .persistent(false)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(schema.map(|s| format!("\"{}\".vector", s.replace('"', "\"\""))))
+    }
+
+    async fn schema_version(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+    ) -> Result<Option<i32>, QueueError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('embq.schema_version') IS NOT NULL")
+                .persistent(self.persistent)
+                .fetch_one(&mut **tx)
+                .await?;
+        if !exists {
+            return Ok(None);
+        }
+        Ok(
+            sqlx::query_scalar("SELECT max(version) FROM embq.schema_version")
+                .persistent(self.persistent)
+                .fetch_one(&mut **tx)
+                .await?,
+        )
+    }
+
+    /// Moves running jobs back to ready, or to superseded when a newer pending job exists.
+    /// Shared by retry and release, which differ only in attempts and error.
+    async fn requeue(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        lease: &Lease,
+        items: &[(i64, Duration, Option<&str>)],
+        refund_attempt: bool,
+    ) -> Result<(u64, u64), QueueError> {
+        if items.is_empty() {
+            return Ok((0, 0));
+        }
+        let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
+        let delays: Vec<f64> = items.iter().map(|i| i.1.as_secs_f64()).collect();
+        let errors: Vec<Option<String>> = items.iter().map(|i| i.2.map(clip_error)).collect();
+        let rows = self
+            .q("UPDATE embq.jobs j
+                SET state = CASE WHEN EXISTS (
+                        SELECT 1 FROM embq.jobs p
+                        WHERE p.source_type = j.source_type AND p.source_id = j.source_id
+                          AND p.content_type = j.content_type AND p.state = 'ready')
+                    THEN 'superseded' ELSE 'ready' END,
+                    attempts = CASE WHEN $5 THEN j.attempts - 1 ELSE j.attempts END,
+                    run_at = COALESCE($1::timestamptz, now()) + make_interval(secs => i.delay),
+                    last_error = COALESCE(i.err, j.last_error),
+                    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+                    updated_at = COALESCE($1::timestamptz, now())
+                FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS i(id, delay, err)
+                WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $6
+                RETURNING j.state")
+            .bind(self.now())
+            .bind(ids)
+            .bind(delays)
+            .bind(errors)
+            .bind(refund_attempt)
+            .bind(lease.token.clone())
+            .fetch_all(&mut **tx)
+            .await?;
+        let superseded = rows
+            .iter()
+            .filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "superseded"))
+            .count();
+        Ok(((rows.len() - superseded) as u64, superseded as u64))
+    }
+
+    /// Ids of dead jobs the selection names.
+    fn selection_ids(which: &DeadSelection) -> Option<Vec<i64>> {
+        match which {
+            DeadSelection::All => None,
+            DeadSelection::Ids(ids) => Some(ids.clone()),
+        }
+    }
+}
+
+struct PgJobListener(PgListener);
+
+#[async_trait]
+impl JobListener for PgJobListener {
+    async fn recv(&mut self) -> Result<(), QueueError> {
+        self.0.recv().await?;
+        Ok(())
+    }
+}
+
+fn claimed(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
+    Ok(ClaimedJob {
+        id: row.try_get("id")?,
+        source_type: row.try_get("source_type")?,
+        source_id: row.try_get("source_id")?,
+        content_type: row.try_get("content_type")?,
+        text: row.try_get("text")?,
+        attempt: row.try_get::<i32, _>("attempts")?.max(0) as u32,
+        priority: row.try_get("priority")?,
+        unchanged: row.try_get("unchanged")?,
+    })
+}
+
+#[async_trait]
+impl Queue for PgQueue {
+    async fn migrate(&self) -> Result<i32, QueueError> {
+        let mut tx = self.begin().await?;
+        // Several pods may run `embq migrate` at once; one applies, the others wait and find it done.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('embq.migrate'))")
+            .persistent(false)
+            .execute(&mut *tx)
+            .await?;
+        let current = self.schema_version(&mut tx).await?.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(schema::check_version(Some(current))
+                .err()
+                .unwrap_or_else(|| {
+                    QueueError::Schema(format!(
+                        "schema version {current} is newer than this binary's"
+                    ))
+                }));
+        }
+        for (i, script) in schema::POSTGRES.iter().enumerate().skip(current as usize) {
+            let version = i as i32 + 1;
+            let vector = Self::vector_type(&mut tx)
+                .await?
+                .unwrap_or_else(|| "real[]".to_string());
+            let sql = script.replace("__VECTOR_TYPE__", &vector);
+            sqlx::Executor::execute(&mut *tx, sql.as_str())
+                .await
+                .map_err(|e| QueueError::Schema(format!("migration {version} failed: {e}")))?;
+            sqlx::query("INSERT INTO embq.schema_version (version) VALUES ($1)")
+                .persistent(false)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(SCHEMA_VERSION)
+    }
+
+    async fn check_schema(&self) -> Result<(), QueueError> {
+        let mut tx = self.begin().await?;
+        let v = self.schema_version(&mut tx).await?;
+        tx.commit().await?;
+        schema::check_version(v)
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    async fn enqueue(
+        &self,
+        jobs: &[NewJob],
+        progress: &Progress,
+    ) -> Result<EnqueueReport, QueueError> {
+        for (i, j) in jobs.iter().enumerate() {
+            j.validate()
+                .map_err(|e| QueueError::Invalid(format!("job {}: {e}", i + 1)))?;
+        }
+        let jobs = dedupe_keys(jobs);
+        let mut report = EnqueueReport::default();
+        let mut tx = self.begin().await?;
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
+            let st: Vec<&str> = chunk.iter().map(|j| j.source_type.as_str()).collect();
+            let si: Vec<&str> = chunk.iter().map(|j| j.source_id.as_str()).collect();
+            let ct: Vec<&str> = chunk.iter().map(|j| j.content_type.as_str()).collect();
+            let tx_: Vec<&str> = chunk.iter().map(|j| j.text.as_str()).collect();
+            let sh: Vec<Vec<u8>> = chunk.iter().map(|j| j.text_sha256()).collect();
+            let pr: Vec<i32> = chunk.iter().map(|j| j.priority).collect();
+            let md: Vec<Option<String>> = chunk
+                .iter()
+                .map(|j| j.metadata.as_ref().map(|m| m.to_string()))
+                .collect();
+            let rows = sqlx::query(
+                "INSERT INTO embq.jobs AS j
+                    (source_type, source_id, content_type, text, text_sha256, priority, metadata,
+                     run_at, created_at, updated_at)
+                 SELECT u.st, u.si, u.ct, u.tx, u.sh, u.pr, u.md::jsonb, c.n, c.n, c.n
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::text[])
+                      AS u(st, si, ct, tx, sh, pr, md),
+                      (SELECT COALESCE($8::timestamptz, now()) AS n) c
+                 ON CONFLICT (source_type, source_id, content_type) WHERE state = 'ready'
+                 DO UPDATE SET text = EXCLUDED.text, text_sha256 = EXCLUDED.text_sha256,
+                     priority = EXCLUDED.priority, metadata = EXCLUDED.metadata, attempts = 0,
+                     run_at = EXCLUDED.run_at, updated_at = EXCLUDED.updated_at, last_error = NULL
+                 RETURNING (xmax = 0) AS inserted",
+            )
+            .persistent(self.persistent)
+            .bind(st)
+            .bind(si)
+            .bind(ct)
+            .bind(tx_)
+            .bind(sh)
+            .bind(pr)
+            .bind(md)
+            .bind(self.now())
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                if r.try_get::<bool, _>(0)? {
+                    report.inserted += 1;
+                } else {
+                    report.replaced += 1;
+                }
+            }
+            progress(report.inserted + report.replaced);
+        }
+        // Delivered at commit; identical payloads in one transaction fold into one.
+        self.q("SELECT pg_notify('embq_jobs', '')")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    async fn claim(
+        &self,
+        limit: usize,
+        lease: &Lease,
+        duration: Duration,
+        model: &str,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let rows = self
+            .q("WITH picked AS (
+                    SELECT id FROM embq.jobs
+                    WHERE state = 'ready' AND run_at <= COALESCE($1::timestamptz, now())
+                    ORDER BY priority DESC, id
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE embq.jobs j
+                SET state = 'running', attempts = j.attempts + 1,
+                    lease_owner = $3, lease_token = $4,
+                    lease_expires_at = COALESCE($1::timestamptz, now()) + make_interval(secs => $5),
+                    updated_at = COALESCE($1::timestamptz, now())
+                FROM picked
+                WHERE j.id = picked.id
+                RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
+                    EXISTS (SELECT 1 FROM embq.embeddings e
+                            WHERE e.source_type = j.source_type AND e.source_id = j.source_id
+                              AND e.content_type = j.content_type AND e.model = $6
+                              AND e.text_sha256 = j.text_sha256) AS unchanged")
+            .bind(self.now())
+            .bind(limit as i64)
+            .bind(lease.owner.clone())
+            .bind(lease.token.clone())
+            .bind(duration.as_secs_f64())
+            .bind(model.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut jobs = rows.iter().map(claimed).collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.id));
+        Ok(jobs)
+    }
+
+    async fn finish(
+        &self,
+        lease: &Lease,
+        model: &str,
+        outcomes: &[(i64, Outcome)],
+    ) -> Result<FinishReport, QueueError> {
+        let g = OutcomeGroups::split(outcomes);
+        let mut report = FinishReport::default();
+        let mut tx = self.begin().await?;
+        if !g.done.is_empty() {
+            let dims = g.done[0].1.len();
+            if g.done.iter().any(|(_, v)| v.len() != dims) || dims == 0 {
+                return Err(QueueError::Invalid(
+                    "vectors of one batch must share a non-zero dimension".into(),
+                ));
+            }
+            let ids: Vec<i64> = g.done.iter().map(|d| d.0).collect();
+            let mut flat = Vec::with_capacity(ids.len() * dims);
+            for (_, v) in &g.done {
+                flat.extend_from_slice(v);
+            }
+            let row = self
+                .q("WITH input AS (
+                        SELECT * FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, ord)
+                    ), done AS (
+                        UPDATE embq.jobs j
+                        SET state = 'done', finished_at = COALESCE($1::timestamptz, now()),
+                            updated_at = COALESCE($1::timestamptz, now()), last_error = NULL,
+                            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                        FROM input i
+                        WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $3
+                        RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text_sha256, i.ord
+                    ), stored AS (
+                        INSERT INTO embq.embeddings AS e
+                            (source_type, source_id, content_type, model, dimensions, embedding,
+                             text_sha256, job_id, updated_at)
+                        SELECT d.source_type, d.source_id, d.content_type, $4, $5,
+                               ($6::real[])[(d.ord - 1) * $5 + 1 : d.ord * $5],
+                               d.text_sha256, d.id, COALESCE($1::timestamptz, now())
+                        FROM done d
+                        ON CONFLICT (source_type, source_id, content_type) DO UPDATE
+                        SET model = EXCLUDED.model, dimensions = EXCLUDED.dimensions,
+                            embedding = EXCLUDED.embedding, text_sha256 = EXCLUDED.text_sha256,
+                            job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at
+                        -- A slower worker finishing an older job must not overwrite newer text's vector.
+                        WHERE e.job_id <= EXCLUDED.job_id
+                        RETURNING 1
+                    )
+                    SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM stored) AS stored")
+                .bind(self.now())
+                .bind(ids)
+                .bind(lease.token.clone())
+                .bind(model.to_string())
+                .bind(dims as i32)
+                .bind(flat)
+                .fetch_one(&mut *tx)
+                .await?;
+            report.stored = row.try_get::<i64, _>("done")? as u64;
+        }
+        if !g.unchanged.is_empty() {
+            let r = self
+                .q("UPDATE embq.jobs
+                    SET state = 'done', finished_at = COALESCE($1::timestamptz, now()),
+                        updated_at = COALESCE($1::timestamptz, now()), last_error = NULL,
+                        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                    WHERE id = ANY($2) AND state = 'running' AND lease_token = $3")
+                .bind(self.now())
+                .bind(g.unchanged.clone())
+                .bind(lease.token.clone())
+                .execute(&mut *tx)
+                .await?;
+            report.unchanged = r.rows_affected();
+        }
+        if !g.dead.is_empty() {
+            let ids: Vec<i64> = g.dead.iter().map(|d| d.0).collect();
+            let errors: Vec<String> = g.dead.iter().map(|d| clip_error(d.1)).collect();
+            let r = self
+                .q("UPDATE embq.jobs j
+                    SET state = 'dead', finished_at = COALESCE($1::timestamptz, now()),
+                        updated_at = COALESCE($1::timestamptz, now()), last_error = i.err,
+                        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                    FROM unnest($2::bigint[], $3::text[]) AS i(id, err)
+                    WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $4")
+                .bind(self.now())
+                .bind(ids)
+                .bind(errors)
+                .bind(lease.token.clone())
+                .execute(&mut *tx)
+                .await?;
+            report.dead = r.rows_affected();
+        }
+        let retry: Vec<_> = g
+            .retry
+            .iter()
+            .map(|(id, d, e)| (*id, *d, Some(*e)))
+            .collect();
+        let (retried, sup1) = self.requeue(&mut tx, lease, &retry, false).await?;
+        let released: Vec<_> = g.released.iter().map(|(id, d)| (*id, *d, None)).collect();
+        let (released, sup2) = self.requeue(&mut tx, lease, &released, true).await?;
+        report.retried = retried;
+        report.released = released;
+        report.superseded = sup1 + sup2;
+        tx.commit().await?;
+        let applied = report.stored
+            + report.unchanged
+            + report.dead
+            + report.retried
+            + report.released
+            + report.superseded;
+        report.lost = (outcomes.len() as u64).saturating_sub(applied);
+        Ok(report)
+    }
+
+    async fn heartbeat(&self, w: &WorkerInfo, duration: Duration) -> Result<u64, QueueError> {
+        let mut tx = self.begin().await?;
+        let r = self
+            .q("UPDATE embq.jobs SET lease_expires_at = COALESCE($1::timestamptz, now()) + make_interval(secs => $2)
+                WHERE state = 'running' AND lease_owner = $3")
+            .bind(self.now())
+            .bind(duration.as_secs_f64())
+            .bind(w.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        self.q("INSERT INTO embq.workers AS w
+                    (id, host, pid, version, started_at, last_heartbeat_at, in_flight, processed, failed, state)
+                VALUES ($1, $2, $3, $4, COALESCE($5::timestamptz, now()), COALESCE($5::timestamptz, now()),
+                        $6, $7, $8, $9)
+                ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = EXCLUDED.last_heartbeat_at,
+                    in_flight = EXCLUDED.in_flight, processed = EXCLUDED.processed,
+                    failed = EXCLUDED.failed, state = EXCLUDED.state")
+            .bind(w.id.clone())
+            .bind(w.host.clone())
+            .bind(w.pid)
+            .bind(w.version.clone())
+            .bind(self.now())
+            .bind(w.in_flight)
+            .bind(w.processed)
+            .bind(w.failed)
+            .bind(w.state.clone())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError> {
+        let mut tx = self.begin().await?;
+        let rows = self
+            .q("UPDATE embq.jobs j
+                SET state = CASE
+                        WHEN j.attempts >= $2 THEN 'dead'
+                        WHEN EXISTS (SELECT 1 FROM embq.jobs p
+                                     WHERE p.source_type = j.source_type AND p.source_id = j.source_id
+                                       AND p.content_type = j.content_type AND p.state = 'ready')
+                            THEN 'superseded'
+                        ELSE 'ready' END,
+                    last_error = CASE WHEN j.attempts >= $2
+                        THEN 'lease expired on the last attempt: worker ' || COALESCE(j.lease_owner, '?')
+                             || ' stopped heartbeating'
+                        ELSE j.last_error END,
+                    finished_at = CASE WHEN j.attempts >= $2 THEN COALESCE($1::timestamptz, now()) END,
+                    run_at = COALESCE($1::timestamptz, now()),
+                    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+                    updated_at = COALESCE($1::timestamptz, now())
+                WHERE j.state = 'running' AND j.lease_expires_at < COALESCE($1::timestamptz, now())
+                RETURNING j.state")
+            .bind(self.now())
+            .bind(max_attempts as i32)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut r = RescueReport::default();
+        for row in rows {
+            match row.try_get::<String, _>(0)?.as_str() {
+                "dead" => r.dead += 1,
+                _ => r.requeued += 1,
+            }
+        }
+        Ok(r)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let mut tx = self.begin().await?;
+        let rows = self
+            .q("SELECT state, (run_at <= COALESCE($1::timestamptz, now())) AS due, priority, count(*) AS n,
+                    EXTRACT(EPOCH FROM (COALESCE($1::timestamptz, now()) - min(run_at)))::float8 AS age
+                FROM embq.jobs GROUP BY 1, 2, 3")
+            .bind(self.now())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut rows_out = Vec::with_capacity(rows.len());
+        for r in rows {
+            rows_out.push(StatRow {
+                state: r.try_get("state")?,
+                due: r.try_get("due")?,
+                priority: r.try_get("priority")?,
+                count: r.try_get::<i64, _>("n")? as u64,
+                age: r.try_get("age")?,
+            });
+        }
+        Ok(fold_stats(rows_out))
+    }
+
+    async fn is_idle(&self) -> Result<bool, QueueError> {
+        let mut tx = self.begin().await?;
+        let idle: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT 1 FROM embq.jobs
+                                WHERE state = 'ready' AND run_at <= COALESCE($1::timestamptz, now()))
+                AND NOT EXISTS (SELECT 1 FROM embq.jobs WHERE state = 'running')",
+        )
+        .persistent(self.persistent)
+        .bind(self.now())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(idle)
+    }
+
+    async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError> {
+        let mut tx = self.begin().await?;
+        let rows = self
+            .q(
+                "SELECT id, source_type, source_id, content_type, attempts, last_error,
+                    COALESCE(finished_at, updated_at) AS failed_at
+                FROM embq.jobs WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadJob {
+                    id: r.try_get("id")?,
+                    source_type: r.try_get("source_type")?,
+                    source_id: r.try_get("source_id")?,
+                    content_type: r.try_get("content_type")?,
+                    attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
+                    last_error: r.try_get("last_error")?,
+                    failed_at: r.try_get("failed_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn retry_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
+        let mut tx = self.begin().await?;
+        let ids = Self::selection_ids(which);
+        // Lock first: the window function below cannot be combined with FOR UPDATE.
+        self.q("SELECT id FROM embq.jobs WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1)) FOR UPDATE")
+            .bind(ids.clone())
+            .execute(&mut *tx)
+            .await?;
+        // Per key only the newest dead job can become pending; older ones and those
+        // overtaken by a pending job are superseded.
+        let rows = self
+            .q("WITH sel AS (
+                    SELECT id, row_number() OVER (
+                        PARTITION BY source_type, source_id, content_type ORDER BY id DESC) AS rn
+                    FROM embq.jobs WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))
+                )
+                UPDATE embq.jobs j
+                SET state = CASE WHEN sel.rn > 1 OR EXISTS (
+                        SELECT 1 FROM embq.jobs p
+                        WHERE p.source_type = j.source_type AND p.source_id = j.source_id
+                          AND p.content_type = j.content_type AND p.state = 'ready')
+                    THEN 'superseded' ELSE 'ready' END,
+                    attempts = 0, run_at = COALESCE($2::timestamptz, now()), finished_at = NULL,
+                    updated_at = COALESCE($2::timestamptz, now())
+                FROM sel WHERE j.id = sel.id
+                RETURNING j.state")
+            .bind(ids)
+            .bind(self.now())
+            .fetch_all(&mut *tx)
+            .await?;
+        self.q("SELECT pg_notify('embq_jobs', '')")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "ready"))
+            .count() as u64)
+    }
+
+    async fn purge_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
+        let mut tx = self.begin().await?;
+        let r = self
+            .q("DELETE FROM embq.jobs WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))")
+            .bind(Self::selection_ids(which))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn worker_stopped(&self, w: &WorkerInfo) -> Result<(), QueueError> {
+        let mut tx = self.begin().await?;
+        self.q(
+            "UPDATE embq.workers SET state = 'stopped', in_flight = 0, processed = $2, failed = $3,
+                    last_heartbeat_at = COALESCE($4::timestamptz, now())
+                WHERE id = $1",
+        )
+        .bind(w.id.clone())
+        .bind(w.processed)
+        .bind(w.failed)
+        .bind(self.now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
+        let mut tx = self.begin().await?;
+        let rows = self
+            .q("SELECT id, host, pid, version, in_flight, processed, failed, state FROM embq.workers ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerInfo {
+                    id: r.try_get("id")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    version: r.try_get("version")?,
+                    in_flight: r.try_get("in_flight")?,
+                    processed: r.try_get("processed")?,
+                    failed: r.try_get("failed")?,
+                    state: r.try_get("state")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn embeddings(
+        &self,
+        model: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredEmbedding>, QueueError> {
+        let mut tx = self.begin().await?;
+        let rows = self
+            .q(
+                "SELECT source_type, source_id, content_type, model, embedding::real[] AS v
+                FROM embq.embeddings WHERE model = $1 LIMIT $2",
+            )
+            .bind(model.to_string())
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEmbedding {
+                    source_type: r.try_get("source_type")?,
+                    source_id: r.try_get("source_id")?,
+                    content_type: r.try_get("content_type")?,
+                    model: r.try_get("model")?,
+                    vector: r.try_get("v")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    async fn listener(&self) -> Option<Box<dyn JobListener>> {
+        let opts = self.listen.clone()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(opts);
+        let mut l = PgListener::connect_with(&pool).await.ok()?;
+        l.listen(CHANNEL).await.ok()?;
+        Some(Box::new(PgJobListener(l)))
+    }
+}
+
+/// One group of the stats query, shared by both stores.
+pub(super) struct StatRow {
+    pub state: String,
+    pub due: bool,
+    pub priority: i32,
+    pub count: u64,
+    pub age: Option<f64>,
+}
+
+/// Folds grouped counts into [`QueueStats`].
+pub(super) fn fold_stats(rows: Vec<StatRow>) -> QueueStats {
+    let mut s = QueueStats::default();
+    let mut by_prio = std::collections::BTreeMap::new();
+    for r in rows {
+        match (r.state.as_str(), r.due) {
+            ("ready", true) => {
+                s.ready += r.count;
+                *by_prio.entry(r.priority).or_insert(0) += r.count;
+                if let Some(age) = r.age {
+                    let age = age.max(0.0);
+                    s.oldest_ready_age_seconds =
+                        Some(s.oldest_ready_age_seconds.map_or(age, |a: f64| a.max(age)));
+                }
+            }
+            ("ready", false) => s.scheduled += r.count,
+            ("running", _) => s.running += r.count,
+            ("done", _) => s.done += r.count,
+            ("dead", _) => s.dead += r.count,
+            ("superseded", _) => s.superseded += r.count,
+            _ => {}
+        }
+    }
+    s.ready_by_priority = by_prio.into_iter().rev().collect();
+    s
+}

@@ -1,0 +1,53 @@
+//! Schema migrations for both stores, embedded in the binary.
+
+use super::QueueError;
+
+/// The schema version this binary reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// PostgreSQL migrations, in order; index + 1 is the version.
+pub(super) const POSTGRES: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// SQLite migrations, in order; index + 1 is the version.
+pub(super) const SQLITE: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+/// Compares the stored version with ours and says what to do when they differ.
+pub(super) fn check_version(found: Option<i32>) -> Result<(), QueueError> {
+    match found {
+        None => Err(QueueError::Schema(
+            "the embq schema is not installed in this database: run `embq migrate` first".into(),
+        )),
+        Some(v) if v < SCHEMA_VERSION => Err(QueueError::Schema(format!(
+            "the embq schema is at version {v}, this binary needs version {SCHEMA_VERSION}: run `embq migrate`"
+        ))),
+        Some(v) if v > SCHEMA_VERSION => Err(QueueError::Schema(format!(
+            "the embq schema is at version {v}, newer than this binary's version {SCHEMA_VERSION}: \
+             upgrade embq before running it against this database"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_mismatch_says_what_to_do() {
+        assert!(check_version(Some(SCHEMA_VERSION)).is_ok());
+        assert!(check_version(None)
+            .unwrap_err()
+            .to_string()
+            .contains("run `embq migrate` first"));
+        assert!(check_version(Some(SCHEMA_VERSION + 1))
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade embq"));
+        assert!(check_version(Some(0))
+            .unwrap_err()
+            .to_string()
+            .contains("run `embq migrate`"));
+        assert_eq!(POSTGRES.len(), SCHEMA_VERSION as usize);
+        assert_eq!(SQLITE.len(), SCHEMA_VERSION as usize);
+    }
+}

@@ -1,0 +1,672 @@
+//! The worker: claim -> batch -> embed -> store, with heartbeats, lease rescue and drain.
+//!
+//! One claim loop fetches at most as many jobs as it has free batch slots, so a
+//! worker never holds jobs it cannot start. Each batch runs as its own task; a
+//! maintenance task keeps leases alive, sweeps expired ones and refreshes gauges.
+//! Shutdown has two stages: the soft token (`Health::shutdown`) stops claiming, the
+//! hard token cancels in-flight provider calls, whose jobs are released unspent.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::memory;
+use crate::metrics::{Metrics, ProviderLabel, RequestLabel};
+use crate::outcome;
+use crate::provider::{Provider, ProviderError};
+use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome, Queue, QueueError, WorkerInfo};
+use crate::vector;
+
+/// Errors that stop the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The schema is missing or from another version.
+    #[error("{0}")]
+    Schema(String),
+}
+
+/// Totals of one run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Jobs completed (embedded or unchanged).
+    pub processed: u64,
+    /// Of which unchanged (no provider call).
+    pub unchanged: u64,
+    /// Failed attempts (retried or dead-lettered).
+    pub failed: u64,
+    /// Dead-lettered jobs.
+    pub dead: u64,
+}
+
+/// Live counters, readable while the worker runs (progress bars, the workers table).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Jobs completed.
+    pub processed: AtomicU64,
+    /// Jobs completed without a provider call.
+    pub unchanged: AtomicU64,
+    /// Failed attempts.
+    pub failed: AtomicU64,
+    /// Dead-lettered jobs.
+    pub dead: AtomicU64,
+}
+
+impl Counters {
+    fn summary(&self) -> RunSummary {
+        RunSummary {
+            processed: self.processed.load(Ordering::Relaxed),
+            unchanged: self.unchanged.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Completions over the last minute, for `embedding_queue_processing_rate`.
+#[derive(Debug, Default)]
+struct RateWindow(Mutex<VecDeque<(Instant, u64)>>);
+
+impl RateWindow {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn record(&self, n: u64) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back((Instant::now(), n));
+    }
+
+    fn per_second(&self, uptime: Duration) -> f64 {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let cutoff = Instant::now().checked_sub(Self::WINDOW);
+        while let (Some(front), Some(c)) = (q.front(), cutoff) {
+            if front.0 >= c {
+                break;
+            }
+            q.pop_front();
+        }
+        let total: u64 = q.iter().map(|e| e.1).sum();
+        let span = uptime.min(Self::WINDOW).as_secs_f64().max(1.0);
+        total as f64 / span
+    }
+}
+
+/// Everything a batch task needs.
+struct Ctx {
+    cfg: Config,
+    queue: Arc<dyn Queue>,
+    provider: Arc<dyn Provider>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    counters: Arc<Counters>,
+    rate: RateWindow,
+    hard: CancellationToken,
+    slot_freed: Notify,
+}
+
+/// A configured worker, ready to run.
+pub struct Worker {
+    ctx: Arc<Ctx>,
+    drain_when_idle: bool,
+}
+
+impl Worker {
+    /// Assembles a worker from its parts.
+    pub fn new(
+        cfg: Config,
+        queue: Arc<dyn Queue>,
+        provider: Arc<dyn Provider>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let ctx = Ctx {
+            cfg,
+            queue,
+            provider,
+            health,
+            metrics,
+            counters: Arc::new(Counters::default()),
+            rate: RateWindow::default(),
+            hard: CancellationToken::new(),
+            slot_freed: Notify::new(),
+        };
+        Self {
+            ctx: Arc::new(ctx),
+            drain_when_idle: false,
+        }
+    }
+
+    /// Exit once no job is ready and none is running (`embq worker --drain`).
+    pub fn drain_when_idle(mut self, yes: bool) -> Self {
+        self.drain_when_idle = yes;
+        self
+    }
+
+    /// Live counters.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.ctx.counters.clone()
+    }
+
+    /// The token that cancels in-flight work at once (a second signal).
+    pub fn hard_cancel(&self) -> CancellationToken {
+        self.ctx.hard.clone()
+    }
+
+    /// Runs until drained (soft shutdown, or idle in drain mode).
+    pub async fn run(self) -> Result<RunSummary, WorkerError> {
+        let ctx = self.ctx;
+        let soft = ctx.health.shutdown.clone();
+        if !startup(&ctx, &soft).await? {
+            return Ok(ctx.counters.summary());
+        }
+        info!(worker_id = %ctx.health.worker_id, provider = ctx.provider.kind().as_str(),
+              model = ctx.provider.model(), "worker started");
+
+        let stop_maintenance = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let maintenance = tokio::spawn(maintain(ctx.clone(), stop_maintenance.clone()));
+        let listener = tokio::spawn(listen(ctx.clone(), wake.clone(), stop_maintenance.clone()));
+
+        let tracker = TaskTracker::new();
+        claim_loop(&ctx, &tracker, &wake, self.drain_when_idle).await;
+
+        // Drain: no more claims; in-flight batches get until the drain timeout.
+        ctx.health.set_draining();
+        tracker.close();
+        if !tracker.is_empty() {
+            info!(in_flight = ctx.health.inflight(), timeout = ?ctx.cfg.drain_timeout, "draining in-flight batches");
+        }
+        if tokio::time::timeout(ctx.cfg.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("drain timeout reached: cancelling in-flight batches and releasing their jobs");
+            ctx.hard.cancel();
+            tracker.wait().await;
+        }
+        stop_maintenance.cancel();
+        let _ = maintenance.await;
+        let _ = listener.await;
+        let summary = ctx.counters.summary();
+        if let Err(e) = ctx
+            .queue
+            .worker_stopped(&worker_info(&ctx, "stopped"))
+            .await
+        {
+            warn!(error = %e, "could not mark the worker stopped");
+        }
+        info!(
+            processed = summary.processed,
+            failed = summary.failed,
+            dead = summary.dead,
+            "worker stopped"
+        );
+        Ok(summary)
+    }
+}
+
+/// Waits for the database and checks the schema; false if shut down while waiting.
+async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<bool, WorkerError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ctx.queue.check_schema().await {
+            Ok(()) => break,
+            Err(QueueError::Schema(msg)) => return Err(WorkerError::Schema(msg)),
+            Err(e) => {
+                ctx.health.set_db_ok(false);
+                ctx.metrics.error(e.kind());
+                warn!(error = %e, "database not reachable yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = soft.cancelled() => return Ok(false),
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    ctx.health.set_db_ok(true);
+    ctx.health.set_schema_ok(true);
+    if let Err(e) = ctx
+        .queue
+        .heartbeat(&worker_info(ctx, "running"), ctx.cfg.lease_duration())
+        .await
+    {
+        warn!(error = %e, "first heartbeat failed");
+    }
+    ctx.health.set_started();
+    Ok(true)
+}
+
+fn worker_info(ctx: &Ctx, state: &str) -> WorkerInfo {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    WorkerInfo {
+        id: ctx.health.worker_id.clone(),
+        host,
+        pid: i64::from(std::process::id()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        in_flight: ctx.health.inflight(),
+        processed: ctx.counters.processed.load(Ordering::Relaxed) as i64,
+        failed: ctx.counters.failed.load(Ordering::Relaxed) as i64,
+        state: state.to_string(),
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
+}
+
+/// Fetches work while there are free slots; returns when told to stop or, in drain mode, when idle.
+async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_when_idle: bool) {
+    let soft = ctx.health.shutdown.clone();
+    let batch = ctx
+        .cfg
+        .batch_size
+        .get()
+        .min(ctx.provider.max_inputs())
+        .max(1);
+    let slots = Arc::new(Semaphore::new(ctx.cfg.max_concurrent_jobs.get()));
+    let mut db_backoff = Duration::from_millis(100);
+    // Liveness needs a tick even while every slot is busy or the queue is empty.
+    let tick = Duration::from_secs(1).min(ctx.cfg.poll_interval);
+    loop {
+        ctx.health.tick();
+        if soft.is_cancelled() {
+            return;
+        }
+        let free = slots.available_permits();
+        if !ctx.health.can_claim() || free == 0 {
+            tokio::select! {
+                _ = ctx.slot_freed.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+                _ = soft.cancelled() => return,
+            }
+            continue;
+        }
+        let want = free * batch;
+        let lease = Lease {
+            owner: ctx.health.worker_id.clone(),
+            token: uuid::Uuid::new_v4().to_string(),
+        };
+        let jobs = match ctx
+            .queue
+            .claim(want, &lease, ctx.cfg.lease_duration(), ctx.provider.model())
+            .await
+        {
+            Ok(jobs) => {
+                ctx.health.set_db_ok(true);
+                db_backoff = Duration::from_millis(100);
+                jobs
+            }
+            Err(e) => {
+                ctx.health.set_db_ok(false);
+                ctx.metrics.error(e.kind());
+                warn!(error = %e, "claim failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(db_backoff) => {}
+                    _ = soft.cancelled() => return,
+                }
+                db_backoff =
+                    (db_backoff * 2).min(ctx.cfg.poll_interval.max(Duration::from_secs(1)));
+                continue;
+            }
+        };
+        let got = jobs.len();
+        let mut jobs = jobs.into_iter();
+        loop {
+            let chunk: Vec<ClaimedJob> = jobs.by_ref().take(batch).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            // Cannot fail: this loop is the only acquirer and counted `free` permits above.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                error!("no free slot for a claimed batch; releasing it (this is a bug)");
+                break;
+            };
+            let ctx2 = ctx.clone();
+            let lease = lease.clone();
+            ctx.health.add_inflight(chunk.len() as i64);
+            tracker.spawn(async move {
+                let n = chunk.len() as i64;
+                process_batch(&ctx2, &lease, chunk).await;
+                ctx2.health.add_inflight(-n);
+                drop(permit);
+                ctx2.slot_freed.notify_one();
+            });
+        }
+        if got == want {
+            // A full claim means a backlog: fetch again at once instead of waiting for the poll.
+            continue;
+        }
+        if drain_when_idle && got == 0 && ctx.health.inflight() == 0 {
+            match ctx.queue.is_idle().await {
+                Ok(true) => {
+                    info!("queue drained; exiting");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "idle check failed"),
+            }
+        }
+        let poll = jittered(ctx.cfg.poll_interval);
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+            // In drain mode a finished batch may mean the queue is empty now.
+            _ = ctx.slot_freed.notified(), if drain_when_idle || got > 0 => {}
+            _ = soft.cancelled() => return,
+        }
+    }
+}
+
+/// Embeds one batch and records the outcome of every job in it.
+async fn process_batch(ctx: &Ctx, lease: &Lease, jobs: Vec<ClaimedJob>) {
+    let started = Instant::now();
+    let provider = ctx.provider.kind().as_str();
+    let span = info_span!(
+        "batch",
+        provider,
+        model = ctx.provider.model(),
+        jobs = jobs.len(),
+        tokens = tracing::field::Empty
+    );
+    async {
+        let mut outcomes: Vec<(i64, Outcome)> = Vec::with_capacity(jobs.len());
+        let (unchanged, todo): (Vec<_>, Vec<_>) = jobs.iter().partition(|j| j.unchanged);
+        outcomes.extend(unchanged.iter().map(|j| (j.id, Outcome::Unchanged)));
+        if !todo.is_empty() {
+            let texts: Vec<&str> = todo.iter().map(|j| j.text.as_str()).collect();
+            let call_started = Instant::now();
+            let result = tokio::select! {
+                r = ctx.provider.embed(&texts) => Some(r),
+                _ = ctx.hard.cancelled() => None,
+            };
+            ctx.metrics
+                .provider_request_seconds
+                .observe(call_started.elapsed().as_secs_f64());
+            match result {
+                None => {
+                    outcomes.extend(todo.iter().map(|j| {
+                        (
+                            j.id,
+                            Outcome::Released {
+                                after: Duration::ZERO,
+                            },
+                        )
+                    }));
+                }
+                Some(Ok(embedded)) => {
+                    count_request(ctx, provider, "2xx");
+                    if let Some(t) = embedded.tokens {
+                        ctx.metrics
+                            .provider_tokens
+                            .get_or_create(&ProviderLabel { provider })
+                            .inc_by(t);
+                        tracing::Span::current().record("tokens", t);
+                    }
+                    match vector::validate(&embedded.vectors, todo.len(), ctx.provider.dimensions())
+                    {
+                        Ok(()) => outcomes.extend(
+                            todo.iter()
+                                .zip(embedded.vectors)
+                                .map(|(j, v)| (j.id, Outcome::Done(v))),
+                        ),
+                        Err(why) => {
+                            ctx.metrics.error("invalid_response");
+                            warn!(error = %why, "provider returned unusable vectors");
+                            let err = ProviderError::InvalidResponse(why);
+                            classify_all(ctx, &todo, &err, &mut outcomes);
+                        }
+                    }
+                }
+                Some(Err(err)) => {
+                    count_request(ctx, provider, status_class(&err));
+                    ctx.metrics.error(err.kind());
+                    warn!(error = %err, "provider call failed");
+                    classify_all(ctx, &todo, &err, &mut outcomes);
+                }
+            }
+        }
+        let report = finish_with_retry(ctx, lease, outcomes).await;
+        record(ctx, &report, jobs.len(), started.elapsed());
+    }
+    .instrument(span)
+    .await
+}
+
+fn classify_all(
+    ctx: &Ctx,
+    jobs: &[&ClaimedJob],
+    err: &ProviderError,
+    out: &mut Vec<(i64, Outcome)>,
+) {
+    let mut rng = rand::thread_rng();
+    for j in jobs {
+        let o = match err {
+            // Only the input the provider named is bad; its batch-mates retry unharmed.
+            ProviderError::InvalidInput { index, .. }
+                if jobs.get(*index).map(|b| b.id) != Some(j.id) =>
+            {
+                Outcome::Released {
+                    after: Duration::ZERO,
+                }
+            }
+            _ => outcome::classify(err, j.attempt, &ctx.cfg.retry, &mut rng),
+        };
+        out.push((j.id, o));
+    }
+}
+
+fn status_class(err: &ProviderError) -> &'static str {
+    match err {
+        ProviderError::RateLimited { .. } => "429",
+        ProviderError::Transient(_) => "5xx",
+        ProviderError::InvalidResponse(_) => "2xx",
+        _ => "4xx",
+    }
+}
+
+fn count_request(ctx: &Ctx, provider: &'static str, status_class: &'static str) {
+    ctx.metrics
+        .provider_requests
+        .get_or_create(&RequestLabel {
+            provider,
+            status_class,
+        })
+        .inc();
+    if status_class == "429" {
+        ctx.metrics
+            .provider_rate_limited
+            .get_or_create(&ProviderLabel { provider })
+            .inc();
+    }
+}
+
+/// Writes outcomes, retrying while the database is down and the lease may still be valid.
+async fn finish_with_retry(
+    ctx: &Ctx,
+    lease: &Lease,
+    outcomes: Vec<(i64, Outcome)>,
+) -> FinishReport {
+    let deadline = Instant::now() + ctx.cfg.lease_duration();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match ctx
+            .queue
+            .finish(lease, ctx.provider.model(), &outcomes)
+            .await
+        {
+            Ok(r) => {
+                ctx.health.set_db_ok(true);
+                return r;
+            }
+            Err(e) => {
+                ctx.metrics.error(e.kind());
+                if matches!(e, QueueError::Unavailable(_)) {
+                    ctx.health.set_db_ok(false);
+                }
+                if Instant::now() + delay >= deadline || matches!(e, QueueError::Invalid(_)) {
+                    // The lease will expire and another worker redoes the batch; the upsert is idempotent.
+                    error!(error = %e, jobs = outcomes.len(), "could not record batch results; the jobs will be re-claimed");
+                    return FinishReport {
+                        lost: outcomes.len() as u64,
+                        ..FinishReport::default()
+                    };
+                }
+                warn!(error = %e, "recording batch results failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
+    let m = &ctx.metrics;
+    let c = &ctx.counters;
+    let completed = r.stored + r.unchanged;
+    m.jobs_processed.inc_by(completed);
+    m.jobs_unchanged.inc_by(r.unchanged);
+    m.jobs_failed.inc_by(r.retried + r.dead);
+    m.jobs_retried.inc_by(r.retried);
+    m.jobs_dead.inc_by(r.dead);
+    m.jobs_released.inc_by(r.released);
+    m.leases_lost.inc_by(r.lost);
+    m.processing_seconds.observe(took.as_secs_f64());
+    m.batch_size_jobs.observe(batch as f64);
+    c.processed.fetch_add(completed, Ordering::Relaxed);
+    c.unchanged.fetch_add(r.unchanged, Ordering::Relaxed);
+    c.failed.fetch_add(r.retried + r.dead, Ordering::Relaxed);
+    c.dead.fetch_add(r.dead, Ordering::Relaxed);
+    ctx.rate.record(completed);
+    if r.lost > 0 {
+        warn!(
+            lost = r.lost,
+            "results discarded: the lease on these jobs had been lost"
+        );
+    }
+    debug!(
+        stored = r.stored,
+        unchanged = r.unchanged,
+        retried = r.retried,
+        dead = r.dead,
+        released = r.released,
+        took_ms = took.as_millis() as u64,
+        "batch finished"
+    );
+}
+
+/// Heartbeats, lease rescue, queue gauges and the memory guard, until stopped.
+async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat_interval);
+    let mut rescue = tokio::time::interval(ctx.cfg.rescue_interval());
+    let mut stats = tokio::time::interval(Duration::from_secs(10));
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    for i in [&mut heartbeat, &mut rescue, &mut stats, &mut second] {
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let mut guard = memory::Guard::new(ctx.cfg.memory_limit_bytes);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = heartbeat.tick() => {
+                let state = if ctx.health.draining() { "draining" } else { "running" };
+                match ctx.queue.heartbeat(&worker_info(&ctx, state), ctx.cfg.lease_duration()).await {
+                    Ok(_) => ctx.health.set_db_ok(true),
+                    Err(e) => {
+                        ctx.health.set_db_ok(false);
+                        ctx.metrics.error(e.kind());
+                        warn!(error = %e, "heartbeat failed");
+                    }
+                }
+            }
+            _ = rescue.tick() => match ctx.queue.rescue_expired(ctx.cfg.retry.max_attempts.get()).await {
+                Ok(r) if r.requeued + r.dead > 0 => {
+                    ctx.metrics.lease_reclaims.inc_by(r.requeued + r.dead);
+                    info!(requeued = r.requeued, dead = r.dead, "reclaimed jobs whose worker stopped heartbeating");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    ctx.metrics.error(e.kind());
+                    debug!(error = %e, "lease sweep failed");
+                }
+            },
+            _ = stats.tick() => match ctx.queue.stats().await {
+                Ok(s) => {
+                    let m = &ctx.metrics;
+                    m.queue_depth.set(s.ready as i64);
+                    m.queue_scheduled.set(s.scheduled as i64);
+                    m.queue_running.set(s.running as i64);
+                    m.dead_letter_jobs.set(s.dead as i64);
+                    m.oldest_ready_age_seconds.set(s.oldest_ready_age_seconds.unwrap_or(0.0));
+                }
+                Err(e) => {
+                    ctx.metrics.error(e.kind());
+                    debug!(error = %e, "queue stats failed");
+                }
+            },
+            _ = second.tick() => {
+                ctx.metrics.processing_rate.set(ctx.rate.per_second(ctx.health.uptime()));
+                if let Some(rss) = memory::rss_bytes() {
+                    let over = guard.update(rss);
+                    ctx.health.set_memory_over(over);
+                }
+            }
+        }
+    }
+}
+
+/// Forwards LISTEN notifications to the claim loop, reconnecting when the listener breaks.
+async fn listen(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let listener = tokio::select! {
+            l = ctx.queue.listener() => l,
+            _ = stop.cancelled() => return,
+        };
+        let Some(mut listener) = listener else {
+            // No LISTEN (SQLite, or a transaction pooler): polling alone, retried rarely.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
+                _ = stop.cancelled() => return,
+            }
+        };
+        loop {
+            tokio::select! {
+                r = listener.recv() => match r {
+                    Ok(()) => wake.notify_one(),
+                    Err(e) => {
+                        debug!(error = %e, "LISTEN connection lost; polling until it is back");
+                        break;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_window_averages_over_uptime_until_a_minute() {
+        let w = RateWindow::default();
+        w.record(30);
+        assert!((w.per_second(Duration::from_secs(10)) - 3.0).abs() < 1e-9);
+        assert!((w.per_second(Duration::from_secs(600)) - 0.5).abs() < 1e-9);
+    }
+}
