@@ -170,12 +170,7 @@ pub struct RawConfig {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Direct PostgreSQL connection used only for LISTEN (when DATABASE_URL goes through a pooler)
-    #[arg(
-        long,
-        env = "DATABASE_LISTEN_URL",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "DATABASE_LISTEN_URL", global = true, hide_env_values = true)]
     pub database_listen_url: Option<String>,
     /// session | transaction [default: transaction when the port is 6543, else session]
     #[arg(long, env = "DATABASE_POOL_MODE", global = true)]
@@ -261,6 +256,36 @@ pub struct RawConfig {
     /// This worker's id in the workers table and leases [default: host-pid-random]
     #[arg(long, env = "WORKER_ID", global = true)]
     pub worker_id: Option<String>,
+    // --- issue 3: providers, tokens and rate limits ---
+    /// Whole-request timeout of a provider call [default: 60s]
+    #[arg(long, env = "PROVIDER_TIMEOUT", global = true)]
+    pub provider_timeout: Option<String>,
+    /// Most inputs per request [default: 2048 for openai, 32 for openai-compatible (TEI's default)]
+    #[arg(long, env = "OPENAI_MAX_INPUTS_PER_REQUEST", global = true)]
+    pub openai_max_inputs_per_request: Option<String>,
+    /// Most tokens per request [default: 300000 for openai, 16384 for openai-compatible]
+    #[arg(long, env = "OPENAI_MAX_TOKENS_PER_REQUEST", global = true)]
+    pub openai_max_tokens_per_request: Option<String>,
+    /// Most tokens per input [default: 8192 for openai, 512 for openai-compatible]
+    #[arg(long, env = "OPENAI_MAX_TOKENS_PER_INPUT", global = true)]
+    pub openai_max_tokens_per_input: Option<String>,
+    /// Gemini taskType [default: RETRIEVAL_DOCUMENT]
+    #[arg(long, env = "GEMINI_TASK_TYPE", global = true)]
+    pub gemini_task_type: Option<String>,
+    /// Base URL of the Gemini API [default: https://generativelanguage.googleapis.com]
+    #[arg(long, env = "GEMINI_BASE_URL", global = true)]
+    pub gemini_base_url: Option<String>,
+    /// truncate | reject: what happens to an input longer than the model accepts [default: truncate]
+    #[arg(long, env = "OVERLONG_INPUT", global = true)]
+    pub overlong_input: Option<String>,
+    /// worker | fleet: whether the per-minute budgets are per process or shared through PostgreSQL
+    /// [default: fleet with PostgreSQL, worker with SQLite]
+    #[arg(long, env = "RATE_LIMIT_SCOPE", global = true)]
+    pub rate_limit_scope: Option<String>,
+    /// Where `embq model fetch` puts the local model [default: $XDG_CACHE_HOME/embq/models or ~/.cache/embq/models]
+    #[arg(long, env = "MODEL_CACHE_DIR", global = true)]
+    pub model_cache_dir: Option<String>,
+    // --- end issue 3 ---
 }
 
 /// The validated configuration.
@@ -323,7 +348,64 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Worker id.
     pub worker_id: String,
+    // --- issue 3: providers, tokens and rate limits ---
+    /// Whole-request timeout of a provider call.
+    #[serde(serialize_with = "ser_ms")]
+    pub provider_timeout: Duration,
+    /// Per-request caps of the openai / openai-compatible provider.
+    pub request_caps: crate::provider::RequestCaps,
+    /// Gemini taskType.
+    pub gemini_task_type: String,
+    /// Gemini base URL.
+    pub gemini_base_url: String,
+    /// What happens to an overlong input.
+    pub overlong_input: crate::tokens::OverlongInput,
+    /// Per-process or fleet-wide budgets.
+    pub rate_limit_scope: RateLimitScope,
+    /// The local model's cache directory.
+    pub model_cache_dir: std::path::PathBuf,
+    // --- end issue 3 ---
 }
+
+// --- issue 3 ---
+/// Whether the per-minute budgets hold per process or for every worker sharing the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    /// Each worker process has the whole budget.
+    Worker,
+    /// All workers on the same database share the budget.
+    Fleet,
+}
+
+/// Gemini's documented task types.
+const GEMINI_TASK_TYPES: &[&str] = &[
+    "RETRIEVAL_DOCUMENT",
+    "RETRIEVAL_QUERY",
+    "SEMANTIC_SIMILARITY",
+    "CLASSIFICATION",
+    "CLUSTERING",
+    "QUESTION_ANSWERING",
+    "FACT_VERIFICATION",
+    "CODE_RETRIEVAL_QUERY",
+];
+
+fn default_model_cache_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| std::path::PathBuf::from(".cache"));
+    base.join("embq").join("models")
+}
+
+fn http_url(v: &str) -> Result<String, String> {
+    let u = url::Url::parse(v).map_err(|e| format!("not a valid URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    Ok(v.trim_end_matches('/').to_string())
+}
+// --- end issue 3 ---
 
 /// When and how often a failed job is tried again.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -377,12 +459,11 @@ impl Problems {
                 Ok(t) => t,
                 Err(why) => {
                     // Never echo the value of a secret-bearing variable.
-                    let shown =
-                        if var.contains("KEY") || var.contains("TOKEN") || var.contains("URL") {
-                            String::new()
-                        } else {
-                            format!(" (got {v:?})")
-                        };
+                    let shown = if var.contains("KEY") || var.contains("TOKEN") || var.contains("URL") {
+                        String::new()
+                    } else {
+                        format!(" (got {v:?})")
+                    };
                     self.0.push(format!("{var}: {why}{shown}"));
                     default
                 }
@@ -392,18 +473,15 @@ impl Problems {
 }
 
 fn positive_usize(v: &str) -> Result<NonZeroUsize, String> {
-    v.parse::<NonZeroUsize>()
-        .map_err(|_| "must be a whole number of at least 1".to_string())
+    v.parse::<NonZeroUsize>().map_err(|_| "must be a whole number of at least 1".to_string())
 }
 
 fn positive_u32(v: &str) -> Result<NonZeroU32, String> {
-    v.parse::<NonZeroU32>()
-        .map_err(|_| "must be a whole number of at least 1".to_string())
+    v.parse::<NonZeroU32>().map_err(|_| "must be a whole number of at least 1".to_string())
 }
 
 fn port(v: &str) -> Result<u16, String> {
-    v.parse::<u16>()
-        .map_err(|_| "must be a port number from 0 to 65535".to_string())
+    v.parse::<u16>().map_err(|_| "must be a port number from 0 to 65535".to_string())
 }
 
 fn boolean(v: &str) -> Result<bool, String> {
@@ -417,13 +495,9 @@ fn boolean(v: &str) -> Result<bool, String> {
 /// Parses a duration: a bare number is milliseconds; `ms`, `s`, `m`, `h` suffixes are accepted.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
-    let split = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
+    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| "must be milliseconds or a duration such as 500ms, 2s, 1m".to_string())?;
+    let n: f64 = num.parse().map_err(|_| "must be milliseconds or a duration such as 500ms, 2s, 1m".to_string())?;
     let ms = match unit.trim() {
         "" | "ms" => n,
         "s" => n * 1e3,
@@ -431,7 +505,7 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         "h" => n * 3600e3,
         _ => return Err("unknown unit (use ms, s, m or h)".into()),
     };
-    if !ms.is_finite() || ms < 0.0 || ms > 1e12 {
+    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
         return Err("out of range".into());
     }
     Ok(Duration::from_micros((ms * 1e3) as u64))
@@ -447,15 +521,8 @@ fn nonzero_duration(v: &str) -> Result<Duration, String> {
 
 /// The default worker id: host, process id and a random suffix, unique per start.
 fn default_worker_id() -> String {
-    let host = hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "host".into());
-    format!(
-        "{host}-{}-{:04x}",
-        std::process::id(),
-        rand::random::<u16>()
-    )
+    let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "host".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
 }
 
 impl RawConfig {
@@ -463,39 +530,22 @@ impl RawConfig {
     pub fn validate(&self) -> Result<Config, ConfigError> {
         let mut p = Problems(Vec::new());
         let default_db = DatabaseUrl("sqlite://embq.db".into());
-        let database_url = p.field(
-            "DATABASE_URL",
-            &self.database_url,
-            default_db,
-            DatabaseUrl::parse,
-        );
-        let database_listen_url = p.field(
-            "DATABASE_LISTEN_URL",
-            &self.database_listen_url,
-            None,
-            |v| {
-                let u = DatabaseUrl::parse(v)?;
-                if u.is_sqlite() {
-                    return Err("must be a postgres:// URL".into());
-                }
-                Ok(Some(u))
-            },
-        );
-        let default_mode = if database_url.port() == Some(6543) {
-            PoolMode::Transaction
-        } else {
-            PoolMode::Session
-        };
-        let pool_mode = p.field(
-            "DATABASE_POOL_MODE",
-            &self.database_pool_mode,
-            default_mode,
-            |v| match v.to_ascii_lowercase().as_str() {
+        let database_url = p.field("DATABASE_URL", &self.database_url, default_db, DatabaseUrl::parse);
+        let database_listen_url = p.field("DATABASE_LISTEN_URL", &self.database_listen_url, None, |v| {
+            let u = DatabaseUrl::parse(v)?;
+            if u.is_sqlite() {
+                return Err("must be a postgres:// URL".into());
+            }
+            Ok(Some(u))
+        });
+        let default_mode = if database_url.port() == Some(6543) { PoolMode::Transaction } else { PoolMode::Session };
+        let pool_mode = p.field("DATABASE_POOL_MODE", &self.database_pool_mode, default_mode, |v| {
+            match v.to_ascii_lowercase().as_str() {
                 "session" => Ok(PoolMode::Session),
                 "transaction" => Ok(PoolMode::Transaction),
                 _ => Err("must be session or transaction".into()),
-            },
-        );
+            }
+        });
         let max_concurrent_jobs = p.field(
             "MAX_CONCURRENT_JOBS",
             &self.max_concurrent_jobs,
@@ -508,24 +558,11 @@ impl RawConfig {
             (max_concurrent_jobs.get() as u32).saturating_add(3),
             |v| positive_u32(v).map(NonZeroU32::get),
         );
-        let poll_interval = p.field(
-            "QUEUE_POLL_INTERVAL",
-            &self.queue_poll_interval,
-            Duration::from_secs(5),
-            nonzero_duration,
-        );
-        let batch_size = p.field(
-            "BATCH_SIZE",
-            &self.batch_size,
-            NonZeroUsize::MIN.saturating_add(4),
-            positive_usize,
-        );
-        let heartbeat_interval = p.field(
-            "HEARTBEAT_INTERVAL",
-            &self.heartbeat_interval,
-            Duration::from_secs(30),
-            nonzero_duration,
-        );
+        let poll_interval =
+            p.field("QUEUE_POLL_INTERVAL", &self.queue_poll_interval, Duration::from_secs(5), nonzero_duration);
+        let batch_size = p.field("BATCH_SIZE", &self.batch_size, NonZeroUsize::MIN.saturating_add(4), positive_usize);
+        let heartbeat_interval =
+            p.field("HEARTBEAT_INTERVAL", &self.heartbeat_interval, Duration::from_secs(30), nonzero_duration);
         let max_requests_per_minute = p.field(
             "MAX_REQUESTS_PER_MINUTE",
             &self.max_requests_per_minute,
@@ -539,92 +576,41 @@ impl RawConfig {
             positive_u32,
         );
         let defaults = RetryPolicy::default();
-        let multiplier = p.field(
-            "BACKOFF_MULTIPLIER",
-            &self.backoff_multiplier,
-            defaults.multiplier,
-            |v| match v.parse::<f64>() {
+        let multiplier =
+            p.field("BACKOFF_MULTIPLIER", &self.backoff_multiplier, defaults.multiplier, |v| match v.parse::<f64>() {
                 Ok(m) if m.is_finite() && (1.0..=100.0).contains(&m) => Ok(m),
                 _ => Err("must be a number from 1 to 100".into()),
-            },
-        );
-        let base_delay = p.field(
-            "RETRY_BASE_DELAY",
-            &self.retry_base_delay,
-            defaults.base_delay,
-            parse_duration,
-        );
-        let max_delay = p.field(
-            "RETRY_MAX_DELAY",
-            &self.retry_max_delay,
-            defaults.max_delay,
-            parse_duration,
-        );
+            });
+        let base_delay = p.field("RETRY_BASE_DELAY", &self.retry_base_delay, defaults.base_delay, parse_duration);
+        let max_delay = p.field("RETRY_MAX_DELAY", &self.retry_max_delay, defaults.max_delay, parse_duration);
         if max_delay < base_delay {
             p.0.push("RETRY_MAX_DELAY: must not be shorter than RETRY_BASE_DELAY".into());
         }
-        let max_attempts = p.field(
-            "MAX_ATTEMPTS",
-            &self.max_attempts,
-            defaults.max_attempts,
-            positive_u32,
-        );
-        let memory_limit_mb = p.field(
-            "MEMORY_LIMIT_MB",
-            &self.memory_limit_mb,
-            1024u64,
-            |v| match v.parse::<u64>() {
-                Ok(n) if n >= 16 => Ok(n),
-                _ => Err("must be a whole number of MiB, at least 16".into()),
-            },
-        );
-        let cpu_limit_cores = p.field("CPU_LIMIT_CORES", &self.cpu_limit_cores, None, |v| match v
-            .parse::<f64>()
-        {
+        let max_attempts = p.field("MAX_ATTEMPTS", &self.max_attempts, defaults.max_attempts, positive_u32);
+        let memory_limit_mb = p.field("MEMORY_LIMIT_MB", &self.memory_limit_mb, 1024u64, |v| match v.parse::<u64>() {
+            Ok(n) if n >= 16 => Ok(n),
+            _ => Err("must be a whole number of MiB, at least 16".into()),
+        });
+        let cpu_limit_cores = p.field("CPU_LIMIT_CORES", &self.cpu_limit_cores, None, |v| match v.parse::<f64>() {
             Ok(c) if c.is_finite() && c > 0.0 && c <= 1024.0 => Ok(Some(c)),
             _ => Err("must be a positive number of cores such as 0.5 or 2".into()),
         });
-        let enable_queue_processing = p.field(
-            "ENABLE_QUEUE_PROCESSING",
-            &self.enable_queue_processing,
-            true,
-            boolean,
-        );
-        let enable_batch_optimization = p.field(
-            "ENABLE_BATCH_OPTIMIZATION",
-            &self.enable_batch_optimization,
-            false,
-            boolean,
-        );
-        let provider = p.field(
-            "EMBEDDING_PROVIDER",
-            &self.embedding_provider,
-            ProviderKind::Hash,
-            ProviderKind::parse,
-        );
+        let enable_queue_processing = p.field("ENABLE_QUEUE_PROCESSING", &self.enable_queue_processing, true, boolean);
+        let enable_batch_optimization =
+            p.field("ENABLE_BATCH_OPTIMIZATION", &self.enable_batch_optimization, false, boolean);
+        let provider = p.field("EMBEDDING_PROVIDER", &self.embedding_provider, ProviderKind::Hash, ProviderKind::parse);
         let (default_model, default_dims) = match provider {
-            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-                ("text-embedding-3-small", 1536)
-            }
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => ("text-embedding-3-small", 1536),
             ProviderKind::Gemini => ("gemini-embedding-001", 768),
             ProviderKind::Local => ("all-MiniLM-L6-v2", 384),
             ProviderKind::Hash => ("hash-v1", 384),
         };
-        let model = p.field(
-            "EMBEDDING_MODEL",
-            &self.embedding_model,
-            default_model.to_string(),
-            |v| Ok(v.to_string()),
-        );
-        let dimensions = p.field(
-            "EMBEDDING_DIMENSIONS",
-            &self.embedding_dimensions,
-            default_dims,
-            |v| match v.parse::<usize>() {
+        let model = p.field("EMBEDDING_MODEL", &self.embedding_model, default_model.to_string(), |v| Ok(v.to_string()));
+        let dimensions =
+            p.field("EMBEDDING_DIMENSIONS", &self.embedding_dimensions, default_dims, |v| match v.parse::<usize>() {
                 Ok(n) if (1..=16_000).contains(&n) => Ok(n),
                 _ => Err("must be a whole number from 1 to 16000".into()),
-            },
-        );
+            });
         let secret = |v: &str| Ok(Some(Secret::new(v)));
         let openai_api_key = p.field("OPENAI_API_KEY", &self.openai_api_key, None, secret);
         let gemini_api_key = p.field("GEMINI_API_KEY", &self.gemini_api_key, None, secret);
@@ -643,9 +629,9 @@ impl RawConfig {
             ProviderKind::Gemini if gemini_api_key.is_none() => {
                 p.0.push("GEMINI_API_KEY: required when EMBEDDING_PROVIDER=gemini".into())
             }
-            ProviderKind::OpenaiCompatible if openai_base_url.is_none() => p
-                .0
-                .push("OPENAI_BASE_URL: required when EMBEDDING_PROVIDER=openai-compatible".into()),
+            ProviderKind::OpenaiCompatible if openai_base_url.is_none() => {
+                p.0.push("OPENAI_BASE_URL: required when EMBEDDING_PROVIDER=openai-compatible".into())
+            }
             _ => {}
         }
         let health_port = p.field("HEALTH_PORT", &self.health_port, 8080, port);
@@ -653,31 +639,84 @@ impl RawConfig {
         if health_port == metrics_port && health_port != 0 {
             p.0.push("METRICS_PORT: must differ from HEALTH_PORT".into());
         }
-        let drain_timeout = p.field(
-            "DRAIN_TIMEOUT",
-            &self.drain_timeout,
-            Duration::from_secs(25),
-            parse_duration,
-        );
-        let log_format = p.field("LOG_FORMAT", &self.log_format, LogFormat::Text, |v| match v
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "json" => Ok(LogFormat::Json),
-            "text" => Ok(LogFormat::Text),
-            _ => Err("must be json or text".into()),
-        });
+        let drain_timeout = p.field("DRAIN_TIMEOUT", &self.drain_timeout, Duration::from_secs(25), parse_duration);
+        let log_format =
+            p.field("LOG_FORMAT", &self.log_format, LogFormat::Text, |v| match v.to_ascii_lowercase().as_str() {
+                "json" => Ok(LogFormat::Json),
+                "text" => Ok(LogFormat::Text),
+                _ => Err("must be json or text".into()),
+            });
         let worker_id = p.field("WORKER_ID", &self.worker_id, String::new(), |v| {
             if v.len() > 200 {
                 return Err("must be at most 200 characters".into());
             }
             Ok(v.to_string())
         });
-        let worker_id = if worker_id.is_empty() {
-            default_worker_id()
-        } else {
-            worker_id
+        let worker_id = if worker_id.is_empty() { default_worker_id() } else { worker_id };
+        // --- issue 3: providers, tokens and rate limits ---
+        let provider_timeout =
+            p.field("PROVIDER_TIMEOUT", &self.provider_timeout, Duration::from_secs(60), nonzero_duration);
+        let base_caps = match provider {
+            ProviderKind::OpenaiCompatible => crate::provider::openai::COMPATIBLE_CAPS,
+            _ => crate::provider::openai::OPENAI_CAPS,
         };
+        let cap = |v: &str| positive_usize(v).map(NonZeroUsize::get);
+        let request_caps = crate::provider::RequestCaps {
+            max_inputs: p.field(
+                "OPENAI_MAX_INPUTS_PER_REQUEST",
+                &self.openai_max_inputs_per_request,
+                base_caps.max_inputs,
+                cap,
+            ),
+            max_tokens_per_request: p.field(
+                "OPENAI_MAX_TOKENS_PER_REQUEST",
+                &self.openai_max_tokens_per_request,
+                base_caps.max_tokens_per_request,
+                cap,
+            ),
+            max_tokens_per_input: p.field(
+                "OPENAI_MAX_TOKENS_PER_INPUT",
+                &self.openai_max_tokens_per_input,
+                base_caps.max_tokens_per_input,
+                cap,
+            ),
+        };
+        let gemini_task_type =
+            p.field("GEMINI_TASK_TYPE", &self.gemini_task_type, "RETRIEVAL_DOCUMENT".to_string(), |v| {
+                let t = v.to_ascii_uppercase();
+                if GEMINI_TASK_TYPES.contains(&t.as_str()) {
+                    Ok(t)
+                } else {
+                    Err(format!("must be one of {}", GEMINI_TASK_TYPES.join(", ")))
+                }
+            });
+        let gemini_base_url = p.field(
+            "GEMINI_BASE_URL",
+            &self.gemini_base_url,
+            "https://generativelanguage.googleapis.com".to_string(),
+            http_url,
+        );
+        let overlong_input = p.field(
+            "OVERLONG_INPUT",
+            &self.overlong_input,
+            crate::tokens::OverlongInput::Truncate,
+            crate::tokens::OverlongInput::parse,
+        );
+        let default_scope = if database_url.is_sqlite() { RateLimitScope::Worker } else { RateLimitScope::Fleet };
+        let rate_limit_scope = p.field("RATE_LIMIT_SCOPE", &self.rate_limit_scope, default_scope, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "worker" => Ok(RateLimitScope::Worker),
+                "fleet" => Ok(RateLimitScope::Fleet),
+                _ => Err("must be worker or fleet".into()),
+            }
+        });
+        if rate_limit_scope == RateLimitScope::Fleet && database_url.is_sqlite() {
+            p.0.push("RATE_LIMIT_SCOPE: fleet needs a PostgreSQL DATABASE_URL; use worker with SQLite".into());
+        }
+        let model_cache_dir = p.field("MODEL_CACHE_DIR", &self.model_cache_dir, default_model_cache_dir(), |v| {
+            Ok(std::path::PathBuf::from(v))
+        });
+        // --- end issue 3 ---
 
         if !p.0.is_empty() {
             return Err(ConfigError(p.0));
@@ -693,12 +732,7 @@ impl RawConfig {
             heartbeat_interval,
             max_requests_per_minute,
             max_tokens_per_minute,
-            retry: RetryPolicy {
-                max_attempts,
-                base_delay,
-                multiplier,
-                max_delay,
-            },
+            retry: RetryPolicy { max_attempts, base_delay, multiplier, max_delay },
             memory_limit_bytes: memory_limit_mb * 1024 * 1024,
             cpu_limit_cores,
             enable_queue_processing,
@@ -715,6 +749,13 @@ impl RawConfig {
             drain_timeout,
             log_format,
             worker_id,
+            provider_timeout,
+            request_caps,
+            gemini_task_type,
+            gemini_base_url,
+            overlong_input,
+            rate_limit_scope,
+            model_cache_dir,
         })
     }
 }
@@ -776,18 +817,11 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_variable() {
-        let err = raw(&[
-            ("BATCH_SIZE", "ten"),
-            ("MAX_CONCURRENT_JOBS", "0"),
-            ("DATABASE_URL", "mysql://x"),
-        ])
-        .validate()
-        .unwrap_err();
+        let err = raw(&[("BATCH_SIZE", "ten"), ("MAX_CONCURRENT_JOBS", "0"), ("DATABASE_URL", "mysql://x")])
+            .validate()
+            .unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("BATCH_SIZE: must be a whole number"),
-            "{text}"
-        );
+        assert!(text.contains("BATCH_SIZE: must be a whole number"), "{text}");
         assert!(text.contains("\"ten\""), "{text}");
         assert!(text.contains("MAX_CONCURRENT_JOBS"), "{text}");
         assert!(text.contains("DATABASE_URL: must start with"), "{text}");
@@ -796,19 +830,10 @@ mod tests {
 
     #[test]
     fn durations_accept_ms_and_units() {
-        for (input, ms) in [
-            ("1500", 1500),
-            ("250ms", 250),
-            ("2s", 2000),
-            ("1.5s", 1500),
-            ("1m", 60_000),
-            ("1h", 3_600_000),
-        ] {
-            assert_eq!(
-                parse_duration(input).unwrap(),
-                Duration::from_millis(ms),
-                "{input}"
-            );
+        for (input, ms) in
+            [("1500", 1500), ("250ms", 250), ("2s", 2000), ("1.5s", 1500), ("1m", 60_000), ("1h", 3_600_000)]
+        {
+            assert_eq!(parse_duration(input).unwrap(), Duration::from_millis(ms), "{input}");
         }
         for bad in ["", "abc", "5d", "-1", "1e400"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
@@ -821,10 +846,7 @@ mod tests {
             ("EMBEDDING_PROVIDER", "openai"),
             ("OPENAI_API_KEY", "sk-very-secret"),
             ("SHUTDOWN_TOKEN", "tok-very-secret"),
-            (
-                "DATABASE_URL",
-                "postgres://u:pw-very-secret@127.0.0.1:5432/db",
-            ),
+            ("DATABASE_URL", "postgres://u:pw-very-secret@127.0.0.1:5432/db"),
         ])
         .validate()
         .unwrap();
@@ -835,40 +857,23 @@ mod tests {
 
     #[test]
     fn bad_secret_values_are_not_echoed() {
-        let err = raw(&[("DATABASE_URL", "postgres://u:pw-very-secret@[bad")])
-            .validate()
-            .unwrap_err();
+        let err = raw(&[("DATABASE_URL", "postgres://u:pw-very-secret@[bad")]).validate().unwrap_err();
         assert!(!err.to_string().contains("very-secret"), "{err}");
     }
 
     #[test]
     fn provider_requirements_are_checked() {
-        let err = raw(&[("EMBEDDING_PROVIDER", "openai")])
-            .validate()
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("OPENAI_API_KEY: required"),
-            "{err}"
-        );
-        let err = raw(&[("EMBEDDING_PROVIDER", "magic")])
-            .validate()
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("EMBEDDING_PROVIDER: must be one of"),
-            "{err}"
-        );
+        let err = raw(&[("EMBEDDING_PROVIDER", "openai")]).validate().unwrap_err();
+        assert!(err.to_string().contains("OPENAI_API_KEY: required"), "{err}");
+        let err = raw(&[("EMBEDDING_PROVIDER", "magic")]).validate().unwrap_err();
+        assert!(err.to_string().contains("EMBEDDING_PROVIDER: must be one of"), "{err}");
     }
 
     #[test]
     fn pooler_port_selects_transaction_mode() {
-        let c = raw(&[("DATABASE_URL", "postgres://u@127.0.0.1:6543/postgres")])
-            .validate()
-            .unwrap();
+        let c = raw(&[("DATABASE_URL", "postgres://u@127.0.0.1:6543/postgres")]).validate().unwrap();
         assert_eq!(c.pool_mode, PoolMode::Transaction);
-        let c = raw(&[("DATABASE_URL", "postgres://u@127.0.0.1:5432/postgres")])
-            .validate()
-            .unwrap();
+        let c = raw(&[("DATABASE_URL", "postgres://u@127.0.0.1:5432/postgres")]).validate().unwrap();
         assert_eq!(c.pool_mode, PoolMode::Session);
     }
 

@@ -95,8 +95,7 @@ impl Health {
     }
     /// The claim loop is alive.
     pub fn tick(&self) {
-        self.last_tick_ms
-            .store(self.elapsed_ms(), Ordering::Relaxed);
+        self.last_tick_ms.store(self.elapsed_ms(), Ordering::Relaxed);
     }
     /// Initialisation finished (config, schema, provider).
     pub fn set_started(&self) {
@@ -146,9 +145,7 @@ impl Health {
 
     /// Liveness: the loop ticked recently. Dependencies do not count here.
     pub fn live(&self) -> bool {
-        let since = self
-            .elapsed_ms()
-            .saturating_sub(self.last_tick_ms.load(Ordering::Relaxed));
+        let since = self.elapsed_ms().saturating_sub(self.last_tick_ms.load(Ordering::Relaxed));
         !self.started() || since <= self.liveness_window.as_millis() as u64
     }
 
@@ -227,11 +224,7 @@ mod tests {
         h.set_provider_parked(true);
         assert_eq!(
             h.not_ready_reasons(),
-            vec![
-                "database unavailable",
-                "provider parked: quota exhausted",
-                "memory above 90% of MEMORY_LIMIT_MB"
-            ]
+            vec!["database unavailable", "provider parked: quota exhausted", "memory above 90% of MEMORY_LIMIT_MB"]
         );
         assert!(!h.can_claim());
         // Liveness ignores dependencies.

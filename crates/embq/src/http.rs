@@ -33,11 +33,7 @@ pub fn health_router(health: Arc<Health>, token: Option<Secret>) -> Router {
 
 async fn health_handler(State(s): State<HealthState>) -> Response {
     let report = s.health.report();
-    let code = if s.health.live() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if s.health.live() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(report)).into_response()
 }
 
@@ -46,11 +42,7 @@ async fn ready_handler(State(s): State<HealthState>) -> Response {
     if reasons.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reasons": reasons})),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "reasons": reasons}))).into_response()
     }
 }
 
@@ -58,11 +50,7 @@ async fn startup_handler(State(s): State<HealthState>) -> Response {
     if s.health.started() {
         (StatusCode::OK, Json(json!({"status": "started"}))).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "starting"})),
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))).into_response()
     }
 }
 
@@ -114,13 +102,7 @@ pub fn metrics_router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
             let h = health.clone();
             async move {
                 refresh_process_gauges(&m, &h);
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    m.encode(),
-                )
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.encode())
             }
         }),
     )
@@ -130,18 +112,10 @@ pub fn metrics_router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
 pub fn refresh_process_gauges(m: &Metrics, h: &Health) {
     m.uptime_seconds.set(h.uptime().as_secs_f64());
     if let Some(rss) = crate::memory::rss_bytes() {
-        m.memory_bytes
-            .get_or_create(&MemoryLabel { r#type: "rss" })
-            .set(rss as i64);
+        m.memory_bytes.get_or_create(&MemoryLabel { r#type: "rss" }).set(rss as i64);
     }
-    m.memory_bytes
-        .get_or_create(&MemoryLabel { r#type: "heapUsed" })
-        .set(crate::memory::heap_used() as i64);
-    m.memory_bytes
-        .get_or_create(&MemoryLabel {
-            r#type: "heapTotal",
-        })
-        .set(crate::memory::heap_peak() as i64);
+    m.memory_bytes.get_or_create(&MemoryLabel { r#type: "heapUsed" }).set(crate::memory::heap_used() as i64);
+    m.memory_bytes.get_or_create(&MemoryLabel { r#type: "heapTotal" }).set(crate::memory::heap_peak() as i64);
     m.inflight_jobs.set(h.inflight());
     m.ready.set(i64::from(h.not_ready_reasons().is_empty()));
 }
@@ -152,12 +126,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -177,23 +148,13 @@ mod tests {
         h
     }
 
-    async fn call(
-        app: Router,
-        peer: &str,
-        method: &str,
-        path: &str,
-        auth: Option<&str>,
-    ) -> (StatusCode, String) {
+    async fn call(app: Router, peer: &str, method: &str, path: &str, auth: Option<&str>) -> (StatusCode, String) {
         let peer: SocketAddr = peer.parse().unwrap();
         let mut req = Request::builder().method(method).uri(path);
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        let resp = app
-            .layer(MockConnectInfo(peer))
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let resp = app.layer(MockConnectInfo(peer)).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
@@ -206,22 +167,13 @@ mod tests {
     async fn startup_and_ready_follow_initialisation() {
         let h = health();
         let app = health_router(h.clone(), None);
-        assert_eq!(
-            call(app.clone(), LOCAL, "GET", "/startup", None).await.0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(call(app.clone(), LOCAL, "GET", "/startup", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
         let (code, body) = call(app.clone(), LOCAL, "GET", "/ready", None).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("starting"), "{body}");
         h.set_started();
-        assert_eq!(
-            call(app.clone(), LOCAL, "GET", "/startup", None).await.0,
-            StatusCode::OK
-        );
-        assert_eq!(
-            call(app.clone(), LOCAL, "GET", "/ready", None).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(call(app.clone(), LOCAL, "GET", "/startup", None).await.0, StatusCode::OK);
+        assert_eq!(call(app.clone(), LOCAL, "GET", "/ready", None).await.0, StatusCode::OK);
         h.set_db_ok(false);
         let (code, body) = call(app.clone(), LOCAL, "GET", "/ready", None).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
@@ -229,23 +181,13 @@ mod tests {
         // Liveness does not depend on the database.
         let (code, body) = call(app, LOCAL, "GET", "/health", None).await;
         assert_eq!(code, StatusCode::OK);
-        assert!(
-            body.contains("\"worker_id\":\"w1\"") && body.contains("\"database\":\"unavailable\""),
-            "{body}"
-        );
+        assert!(body.contains("\"worker_id\":\"w1\"") && body.contains("\"database\":\"unavailable\""), "{body}");
     }
 
     #[tokio::test]
     async fn shutdown_from_loopback_needs_no_token() {
         let h = health();
-        let (code, _) = call(
-            health_router(h.clone(), None),
-            LOCAL,
-            "POST",
-            "/shutdown",
-            None,
-        )
-        .await;
+        let (code, _) = call(health_router(h.clone(), None), LOCAL, "POST", "/shutdown", None).await;
         assert_eq!(code, StatusCode::ACCEPTED);
         assert!(h.shutdown.is_cancelled());
     }
@@ -260,14 +202,7 @@ mod tests {
             (Some("Bearer s3cret"), StatusCode::ACCEPTED),
         ] {
             let h = health();
-            let (code, body) = call(
-                health_router(h.clone(), token.clone()),
-                REMOTE,
-                "POST",
-                "/shutdown",
-                auth,
-            )
-            .await;
+            let (code, body) = call(health_router(h.clone(), token.clone()), REMOTE, "POST", "/shutdown", auth).await;
             assert_eq!(code, want, "{auth:?}");
             assert_eq!(h.shutdown.is_cancelled(), want == StatusCode::ACCEPTED);
             assert!(!body.contains("s3cret"));
@@ -277,38 +212,18 @@ mod tests {
     #[tokio::test]
     async fn shutdown_without_configured_token_is_loopback_only() {
         let h = health();
-        let (code, _) = call(
-            health_router(h.clone(), None),
-            REMOTE,
-            "POST",
-            "/shutdown",
-            Some("Bearer x"),
-        )
-        .await;
+        let (code, _) = call(health_router(h.clone(), None), REMOTE, "POST", "/shutdown", Some("Bearer x")).await;
         assert_eq!(code, StatusCode::UNAUTHORIZED);
         assert!(!h.shutdown.is_cancelled());
-        let (code, _) = call(
-            health_router(h.clone(), None),
-            "[::1]:9",
-            "POST",
-            "/shutdown",
-            None,
-        )
-        .await;
+        let (code, _) = call(health_router(h.clone(), None), "[::1]:9", "POST", "/shutdown", None).await;
         assert_eq!(code, StatusCode::ACCEPTED);
     }
 
     #[tokio::test]
     async fn wrong_method_and_unknown_path_are_4xx() {
         let app = health_router(health(), None);
-        assert_eq!(
-            call(app.clone(), LOCAL, "GET", "/shutdown", None).await.0,
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            call(app, LOCAL, "GET", "/nope", None).await.0,
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(call(app.clone(), LOCAL, "GET", "/shutdown", None).await.0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(call(app, LOCAL, "GET", "/nope", None).await.0, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
@@ -316,10 +231,7 @@ mod tests {
         let m = Arc::new(Metrics::new("v", "hash", "hash-v1"));
         let (code, body) = call(metrics_router(m, health()), LOCAL, "GET", "/metrics", None).await;
         assert_eq!(code, StatusCode::OK);
-        assert!(
-            body.contains("worker_memory_usage_bytes{type=\"heapUsed\"}"),
-            "{body}"
-        );
+        assert!(body.contains("worker_memory_usage_bytes{type=\"heapUsed\"}"), "{body}");
         assert!(body.contains("worker_uptime_seconds"));
     }
 }

@@ -8,17 +8,21 @@
 //! - [`worker`]: the claim -> batch -> embed -> store loop, heartbeats, drain.
 //! - [`health`], [`http`], [`metrics`], [`memory`]: what probes and Prometheus see.
 //! - [`vector`]: vector encoding and validation.
+//! - [`tokens`], [`batching`], [`limiter`]: token counts, request packing, RPM/TPM budgets.
 //! - [`cli`]: one module per `embq` subcommand.
 
+pub mod batching;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod limiter;
 pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod queue;
+pub mod tokens;
 pub mod vector;
 pub mod worker;
 

@@ -101,14 +101,13 @@ pub struct Metrics {
     pub provider_request_seconds: Histogram,
     /// embedding_provider_parked
     pub provider_parked: Gauge,
+    /// embedding_overlong_inputs_total{kind="truncated|rejected"} (issue 3)
+    pub overlong_inputs: Family<KindLabel, Counter>,
 }
 
 /// Buckets for batched API calls: 5 ms up to about 5 minutes.
 fn duration_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
-    ]
-    .into_iter()
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0].into_iter()
 }
 
 impl Metrics {
@@ -128,10 +127,7 @@ impl Metrics {
             lease_reclaims: Counter::default(),
             processing_seconds: Histogram::new(duration_buckets()),
             batch_size_jobs: Histogram::new(
-                [
-                    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0,
-                ]
-                .into_iter(),
+                [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0],
             ),
             queue_depth: Gauge::default(),
             queue_scheduled: Gauge::default(),
@@ -148,6 +144,7 @@ impl Metrics {
             rate_limit_wait_seconds: Family::default(),
             provider_request_seconds: Histogram::new(duration_buckets()),
             provider_parked: Gauge::default(),
+            overlong_inputs: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -159,36 +156,20 @@ impl Metrics {
                 ("model", model.to_string()),
             ]),
         );
-        r.register(
-            "worker_uptime_seconds",
-            "Seconds since the worker started",
-            m.uptime_seconds.clone(),
-        );
+        r.register("worker_uptime_seconds", "Seconds since the worker started", m.uptime_seconds.clone());
         r.register(
             "worker_memory_usage_bytes",
             "Memory: rss from the OS; heapUsed = live heap bytes; heapTotal = peak live heap bytes",
             m.memory_bytes.clone(),
         );
-        r.register(
-            "embedding_jobs_processed",
-            "Jobs completed (embedded or unchanged)",
-            m.jobs_processed.clone(),
-        );
+        r.register("embedding_jobs_processed", "Jobs completed (embedded or unchanged)", m.jobs_processed.clone());
         r.register(
             "embedding_jobs_failed",
             "Job attempts that failed (retried or dead-lettered)",
             m.jobs_failed.clone(),
         );
-        r.register(
-            "embedding_jobs_dead_lettered",
-            "Jobs moved to the dead-letter queue",
-            m.jobs_dead.clone(),
-        );
-        r.register(
-            "embedding_jobs_retried",
-            "Jobs scheduled for another attempt",
-            m.jobs_retried.clone(),
-        );
+        r.register("embedding_jobs_dead_lettered", "Jobs moved to the dead-letter queue", m.jobs_dead.clone());
+        r.register("embedding_jobs_retried", "Jobs scheduled for another attempt", m.jobs_retried.clone());
         r.register(
             "embedding_jobs_released",
             "Jobs returned to the queue without spending an attempt",
@@ -214,31 +195,11 @@ impl Metrics {
             "Time to process one batch, claim to stored",
             m.processing_seconds.clone(),
         );
-        r.register(
-            "embedding_batch_size_jobs",
-            "Jobs per processed batch",
-            m.batch_size_jobs.clone(),
-        );
-        r.register(
-            "embedding_queue_depth",
-            "Jobs ready to run now",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "embedding_queue_scheduled_jobs",
-            "Jobs waiting for a retry time",
-            m.queue_scheduled.clone(),
-        );
-        r.register(
-            "embedding_queue_running_jobs",
-            "Jobs leased to any worker",
-            m.queue_running.clone(),
-        );
-        r.register(
-            "embedding_dead_letter_jobs",
-            "Jobs in the dead-letter queue",
-            m.dead_letter_jobs.clone(),
-        );
+        r.register("embedding_batch_size_jobs", "Jobs per processed batch", m.batch_size_jobs.clone());
+        r.register("embedding_queue_depth", "Jobs ready to run now", m.queue_depth.clone());
+        r.register("embedding_queue_scheduled_jobs", "Jobs waiting for a retry time", m.queue_scheduled.clone());
+        r.register("embedding_queue_running_jobs", "Jobs leased to any worker", m.queue_running.clone());
+        r.register("embedding_dead_letter_jobs", "Jobs in the dead-letter queue", m.dead_letter_jobs.clone());
         r.register(
             "embedding_queue_oldest_ready_age_seconds",
             "How long the oldest ready job has waited",
@@ -249,31 +210,11 @@ impl Metrics {
             "Jobs completed per second by this worker over the last minute",
             m.processing_rate.clone(),
         );
-        r.register(
-            "embedding_inflight_jobs",
-            "Jobs this worker is processing",
-            m.inflight_jobs.clone(),
-        );
-        r.register(
-            "embedding_worker_ready",
-            "1 when the worker is ready to claim jobs",
-            m.ready.clone(),
-        );
-        r.register(
-            "embedding_worker_errors",
-            "Errors by kind",
-            m.errors.clone(),
-        );
-        r.register(
-            "embedding_provider_requests",
-            "Provider requests by status class",
-            m.provider_requests.clone(),
-        );
-        r.register(
-            "embedding_provider_tokens",
-            "Tokens sent to the provider",
-            m.provider_tokens.clone(),
-        );
+        r.register("embedding_inflight_jobs", "Jobs this worker is processing", m.inflight_jobs.clone());
+        r.register("embedding_worker_ready", "1 when the worker is ready to claim jobs", m.ready.clone());
+        r.register("embedding_worker_errors", "Errors by kind", m.errors.clone());
+        r.register("embedding_provider_requests", "Provider requests by status class", m.provider_requests.clone());
+        r.register("embedding_provider_tokens", "Tokens sent to the provider", m.provider_tokens.clone());
         r.register(
             "embedding_provider_rate_limited",
             "Provider answers of 429 (throttled)",
@@ -293,6 +234,11 @@ impl Metrics {
             "embedding_provider_parked",
             "1 while the provider is parked (quota exhausted)",
             m.provider_parked.clone(),
+        );
+        r.register(
+            "embedding_overlong_inputs",
+            "Inputs longer than the model accepts, by what was done (truncated, rejected)",
+            m.overlong_inputs.clone(),
         );
         Self { registry: r, ..m }
     }
@@ -341,9 +287,7 @@ mod tests {
     fn exposition_carries_the_seed_names() {
         let m = Metrics::new("0.1.0", "hash", "hash-v1");
         m.jobs_processed.inc_by(3);
-        m.memory_bytes
-            .get_or_create(&MemoryLabel { r#type: "rss" })
-            .set(1);
+        m.memory_bytes.get_or_create(&MemoryLabel { r#type: "rss" }).set(1);
         m.error("database");
         let text = m.encode();
         for name in [

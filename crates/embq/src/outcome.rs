@@ -25,22 +25,13 @@ pub fn retry_delay(policy: &RetryPolicy, attempt: u32, rng: &mut impl Rng) -> Du
 /// Throttling and quota errors return the job without spending its attempt (the claim
 /// spent one, `Released` refunds it); a bad input or a refused request dead-letters at
 /// once; everything else retries with backoff until the last attempt.
-pub fn classify(
-    err: &ProviderError,
-    attempt: u32,
-    policy: &RetryPolicy,
-    rng: &mut impl Rng,
-) -> Outcome {
+pub fn classify(err: &ProviderError, attempt: u32, policy: &RetryPolicy, rng: &mut impl Rng) -> Outcome {
     match err {
-        ProviderError::RateLimited { retry_after } => Outcome::Released {
-            after: retry_after.unwrap_or(Duration::from_secs(1)),
-        },
-        ProviderError::QuotaExhausted(_) => Outcome::Released {
-            after: Duration::from_secs(60),
-        },
-        ProviderError::InvalidInput { message, .. } => {
-            Outcome::Dead(format!("input rejected: {message}"))
+        ProviderError::RateLimited { retry_after } => {
+            Outcome::Released { after: retry_after.unwrap_or(Duration::from_secs(1)) }
         }
+        ProviderError::QuotaExhausted(_) => Outcome::Released { after: Duration::from_secs(60) },
+        ProviderError::InvalidInput { message, .. } => Outcome::Dead(format!("input rejected: {message}")),
         ProviderError::InvalidRequest(m) => Outcome::Dead(format!("request rejected: {m}")),
         ProviderError::TooLarge(_)
         | ProviderError::Transient(_)
@@ -50,19 +41,11 @@ pub fn classify(
 }
 
 /// Retry after the backoff delay, or dead-letter once the last attempt has been made.
-pub fn retry_or_dead(
-    error: String,
-    attempt: u32,
-    policy: &RetryPolicy,
-    rng: &mut impl Rng,
-) -> Outcome {
+pub fn retry_or_dead(error: String, attempt: u32, policy: &RetryPolicy, rng: &mut impl Rng) -> Outcome {
     if attempt >= policy.max_attempts.get() {
         Outcome::Dead(format!("failed after {attempt} attempts: {error}"))
     } else {
-        Outcome::Retry {
-            after: retry_delay(policy, attempt, rng),
-            error,
-        }
+        Outcome::Retry { after: retry_delay(policy, attempt, rng), error }
     }
 }
 
@@ -88,10 +71,7 @@ mod tests {
         for (attempt, nominal) in [(1u32, 1.0f64), (2, 2.0), (3, 4.0), (4, 8.0)] {
             for _ in 0..200 {
                 let d = retry_delay(&policy(), attempt, &mut rng).as_secs_f64();
-                assert!(
-                    d >= nominal * 0.8 - 1e-9 && d <= (nominal * 1.2).min(10.0) + 1e-9,
-                    "{attempt}: {d}"
-                );
+                assert!(d >= nominal * 0.8 - 1e-9 && d <= (nominal * 1.2).min(10.0) + 1e-9, "{attempt}: {d}");
             }
         }
         for attempt in [5, 10, 1000, u32::MAX] {
@@ -105,38 +85,13 @@ mod tests {
         let p = policy();
         let secs = |s| Some(Duration::from_secs(s));
         let cases: Vec<(ProviderError, u32, &str)> = vec![
-            (
-                ProviderError::RateLimited {
-                    retry_after: secs(7),
-                },
-                5,
-                "released",
-            ),
-            (
-                ProviderError::QuotaExhausted("insufficient_quota".into()),
-                5,
-                "released",
-            ),
-            (
-                ProviderError::InvalidInput {
-                    index: 0,
-                    message: "too long".into(),
-                },
-                1,
-                "dead",
-            ),
-            (
-                ProviderError::InvalidRequest("unknown model".into()),
-                1,
-                "dead",
-            ),
+            (ProviderError::RateLimited { retry_after: secs(7) }, 5, "released"),
+            (ProviderError::QuotaExhausted("insufficient_quota".into()), 5, "released"),
+            (ProviderError::InvalidInput { index: 0, message: "too long".into() }, 1, "dead"),
+            (ProviderError::InvalidRequest("unknown model".into()), 1, "dead"),
             (ProviderError::Transient("502".into()), 1, "retry"),
             (ProviderError::Transient("502".into()), 5, "dead"),
-            (
-                ProviderError::InvalidResponse("3 vectors for 2 inputs".into()),
-                2,
-                "retry",
-            ),
+            (ProviderError::InvalidResponse("3 vectors for 2 inputs".into()), 2, "retry"),
             (ProviderError::TooLarge("413".into()), 1, "retry"),
             (ProviderError::Unauthorized("401".into()), 4, "retry"),
             (ProviderError::Unauthorized("401".into()), 5, "dead"),
@@ -151,33 +106,16 @@ mod tests {
             assert_eq!(got, want, "{err:?} on attempt {attempt}");
         }
         assert_eq!(
-            classify(
-                &ProviderError::RateLimited {
-                    retry_after: secs(7)
-                },
-                1,
-                &p,
-                &mut rng
-            ),
-            Outcome::Released {
-                after: Duration::from_secs(7)
-            }
+            classify(&ProviderError::RateLimited { retry_after: secs(7) }, 1, &p, &mut rng),
+            Outcome::Released { after: Duration::from_secs(7) }
         );
     }
 
     #[test]
     fn dead_letter_keeps_the_last_error() {
         let mut rng = StdRng::seed_from_u64(1);
-        match classify(
-            &ProviderError::Transient("HTTP 503".into()),
-            5,
-            &policy(),
-            &mut rng,
-        ) {
-            Outcome::Dead(e) => assert!(
-                e.contains("failed after 5 attempts") && e.contains("HTTP 503"),
-                "{e}"
-            ),
+        match classify(&ProviderError::Transient("HTTP 503".into()), 5, &policy(), &mut rng) {
+            Outcome::Dead(e) => assert!(e.contains("failed after 5 attempts") && e.contains("HTTP 503"), "{e}"),
             other => panic!("{other:?}"),
         }
     }

@@ -12,30 +12,19 @@ pub fn to_le_bytes(v: &[f32]) -> Vec<u8> {
 /// Decodes little-endian f32 bytes; the length must be a multiple of four.
 pub fn from_le_bytes(b: &[u8]) -> Result<Vec<f32>, String> {
     if b.len() % 4 != 0 {
-        return Err(format!(
-            "{} bytes is not a whole number of f32 values",
-            b.len()
-        ));
+        return Err(format!("{} bytes is not a whole number of f32 values", b.len()));
     }
-    Ok(b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
 /// Checks a provider's answer: one vector per input, each of `dims` finite values.
 pub fn validate(vectors: &[Vec<f32>], expected: usize, dims: usize) -> Result<(), String> {
     if vectors.len() != expected {
-        return Err(format!(
-            "expected {expected} vectors, got {}",
-            vectors.len()
-        ));
+        return Err(format!("expected {expected} vectors, got {}", vectors.len()));
     }
     for (i, v) in vectors.iter().enumerate() {
         if v.len() != dims {
-            return Err(format!(
-                "vector {i} has {} dimensions, expected {dims}",
-                v.len()
-            ));
+            return Err(format!("vector {i} has {} dimensions, expected {dims}", v.len()));
         }
         if let Some(j) = v.iter().position(|x| !x.is_finite()) {
             return Err(format!("vector {i} has a non-finite value at position {j}"));
@@ -84,15 +73,9 @@ mod tests {
     fn validation_rejects_wrong_count_dimension_and_non_finite() {
         let ok = vec![vec![0.1, 0.2], vec![0.3, 0.4]];
         assert!(validate(&ok, 2, 2).is_ok());
-        assert!(validate(&ok, 3, 2)
-            .unwrap_err()
-            .contains("expected 3 vectors"));
-        assert!(validate(&ok, 2, 3)
-            .unwrap_err()
-            .contains("2 dimensions, expected 3"));
-        assert!(validate(&[vec![0.1, f32::NAN]], 1, 2)
-            .unwrap_err()
-            .contains("non-finite"));
+        assert!(validate(&ok, 3, 2).unwrap_err().contains("expected 3 vectors"));
+        assert!(validate(&ok, 2, 3).unwrap_err().contains("2 dimensions, expected 3"));
+        assert!(validate(&[vec![0.1, f32::NAN]], 1, 2).unwrap_err().contains("non-finite"));
         assert!(validate(&[vec![f32::INFINITY, 0.0]], 1, 2).is_err());
     }
 

@@ -19,12 +19,17 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::limiter::{Limiter, LimiterSink};
 use crate::memory;
 use crate::metrics::{Metrics, ProviderLabel, RequestLabel};
 use crate::outcome;
 use crate::provider::{Provider, ProviderError};
 use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome, Queue, QueueError, WorkerInfo};
 use crate::vector;
+
+mod requests;
+
+use requests::embed_jobs;
 
 /// Errors that stop the worker.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +114,12 @@ struct Ctx {
     rate: RateWindow,
     hard: CancellationToken,
     slot_freed: Notify,
+    // --- issue 3 ---
+    /// The provider's budget; `None` for providers that spend none (hash, local).
+    limiter: Option<Arc<Limiter>>,
+    /// Set while the provider is parked (quota exhausted).
+    parked: Arc<std::sync::atomic::AtomicBool>,
+    // --- end issue 3 ---
 }
 
 /// A configured worker, ready to run.
@@ -126,6 +137,14 @@ impl Worker {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // --- issue 3: metered providers wait for their RPM/TPM budget ---
+        let limiter = provider.metered().then(|| {
+            Arc::new(Limiter::from_config(&cfg).unwrap_or_else(|e| {
+                warn!(error = %e, "fleet rate budget unavailable: budgeting per worker");
+                Limiter::local(cfg.max_requests_per_minute.get(), cfg.max_tokens_per_minute.get())
+            }))
+        });
+        // --- end issue 3 ---
         let ctx = Ctx {
             cfg,
             queue,
@@ -136,11 +155,10 @@ impl Worker {
             rate: RateWindow::default(),
             hard: CancellationToken::new(),
             slot_freed: Notify::new(),
+            limiter,
+            parked: Arc::default(),
         };
-        Self {
-            ctx: Arc::new(ctx),
-            drain_when_idle: false,
-        }
+        Self { ctx: Arc::new(ctx), drain_when_idle: false }
     }
 
     /// Exit once no job is ready and none is running (`embq worker --drain`).
@@ -148,6 +166,19 @@ impl Worker {
         self.drain_when_idle = yes;
         self
     }
+
+    // --- issue 3 ---
+    /// Uses this limiter instead of the configured one (tests share one between workers).
+    /// Ignored for providers that spend no budget.
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            if ctx.limiter.is_some() {
+                ctx.limiter = Some(limiter);
+            }
+        }
+        self
+    }
+    // --- end issue 3 ---
 
     /// Live counters.
     pub fn counters(&self) -> Arc<Counters> {
@@ -163,6 +194,10 @@ impl Worker {
     pub async fn run(self) -> Result<RunSummary, WorkerError> {
         let ctx = self.ctx;
         let soft = ctx.health.shutdown.clone();
+        if let Some(l) = &ctx.limiter {
+            // Rate-limit headers of every response feed the budget (issue 3).
+            ctx.provider.set_signal_sink(Arc::new(LimiterSink(l.clone())));
+        }
         if !startup(&ctx, &soft).await? {
             return Ok(ctx.counters.summary());
         }
@@ -183,10 +218,7 @@ impl Worker {
         if !tracker.is_empty() {
             info!(in_flight = ctx.health.inflight(), timeout = ?ctx.cfg.drain_timeout, "draining in-flight batches");
         }
-        if tokio::time::timeout(ctx.cfg.drain_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(ctx.cfg.drain_timeout, tracker.wait()).await.is_err() {
             warn!("drain timeout reached: cancelling in-flight batches and releasing their jobs");
             ctx.hard.cancel();
             tracker.wait().await;
@@ -195,19 +227,10 @@ impl Worker {
         let _ = maintenance.await;
         let _ = listener.await;
         let summary = ctx.counters.summary();
-        if let Err(e) = ctx
-            .queue
-            .worker_stopped(&worker_info(&ctx, "stopped"))
-            .await
-        {
+        if let Err(e) = ctx.queue.worker_stopped(&worker_info(&ctx, "stopped")).await {
             warn!(error = %e, "could not mark the worker stopped");
         }
-        info!(
-            processed = summary.processed,
-            failed = summary.failed,
-            dead = summary.dead,
-            "worker stopped"
-        );
+        info!(processed = summary.processed, failed = summary.failed, dead = summary.dead, "worker stopped");
         Ok(summary)
     }
 }
@@ -233,11 +256,7 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<bool, WorkerErro
     }
     ctx.health.set_db_ok(true);
     ctx.health.set_schema_ok(true);
-    if let Err(e) = ctx
-        .queue
-        .heartbeat(&worker_info(ctx, "running"), ctx.cfg.lease_duration())
-        .await
-    {
+    if let Err(e) = ctx.queue.heartbeat(&worker_info(ctx, "running"), ctx.cfg.lease_duration()).await {
         warn!(error = %e, "first heartbeat failed");
     }
     ctx.health.set_started();
@@ -245,10 +264,7 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<bool, WorkerErro
 }
 
 fn worker_info(ctx: &Ctx, state: &str) -> WorkerInfo {
-    let host = hostname::get()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default();
+    let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     WorkerInfo {
         id: ctx.health.worker_id.clone(),
         host,
@@ -268,12 +284,8 @@ fn jittered(d: Duration) -> Duration {
 /// Fetches work while there are free slots; returns when told to stop or, in drain mode, when idle.
 async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_when_idle: bool) {
     let soft = ctx.health.shutdown.clone();
-    let batch = ctx
-        .cfg
-        .batch_size
-        .get()
-        .min(ctx.provider.max_inputs())
-        .max(1);
+    let base_batch = ctx.cfg.batch_size.get().min(ctx.provider.max_inputs()).max(1);
+    let mut batch = base_batch;
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_concurrent_jobs.get()));
     let mut db_backoff = Duration::from_millis(100);
     // Liveness needs a tick even while every slot is busy or the queue is empty.
@@ -293,15 +305,8 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
             continue;
         }
         let want = free * batch;
-        let lease = Lease {
-            owner: ctx.health.worker_id.clone(),
-            token: uuid::Uuid::new_v4().to_string(),
-        };
-        let jobs = match ctx
-            .queue
-            .claim(want, &lease, ctx.cfg.lease_duration(), ctx.provider.model())
-            .await
-        {
+        let lease = Lease { owner: ctx.health.worker_id.clone(), token: uuid::Uuid::new_v4().to_string() };
+        let jobs = match ctx.queue.claim(want, &lease, ctx.cfg.lease_duration(), ctx.provider.model()).await {
             Ok(jobs) => {
                 ctx.health.set_db_ok(true);
                 db_backoff = Duration::from_millis(100);
@@ -315,8 +320,7 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
                     _ = tokio::time::sleep(db_backoff) => {}
                     _ = soft.cancelled() => return,
                 }
-                db_backoff =
-                    (db_backoff * 2).min(ctx.cfg.poll_interval.max(Duration::from_secs(1)));
+                db_backoff = (db_backoff * 2).min(ctx.cfg.poll_interval.max(Duration::from_secs(1)));
                 continue;
             }
         };
@@ -343,6 +347,12 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
                 ctx2.slot_freed.notify_one();
             });
         }
+        // --- issue 3: ENABLE_BATCH_OPTIMIZATION grows batches toward the provider's cap while
+        // claims come back full (a backlog), and returns to BATCH_SIZE when they do not.
+        if ctx.cfg.enable_batch_optimization {
+            batch = if got == want { (batch * 2).min(ctx.provider.max_inputs().max(1)) } else { base_batch };
+        }
+        // --- end issue 3 ---
         if got == want {
             // A full claim means a backlog: fetch again at once instead of waiting for the poll.
             continue;
@@ -372,69 +382,15 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
 async fn process_batch(ctx: &Ctx, lease: &Lease, jobs: Vec<ClaimedJob>) {
     let started = Instant::now();
     let provider = ctx.provider.kind().as_str();
-    let span = info_span!(
-        "batch",
-        provider,
-        model = ctx.provider.model(),
-        jobs = jobs.len(),
-        tokens = tracing::field::Empty
-    );
+    let span =
+        info_span!("batch", provider, model = ctx.provider.model(), jobs = jobs.len(), tokens = tracing::field::Empty);
     async {
         let mut outcomes: Vec<(i64, Outcome)> = Vec::with_capacity(jobs.len());
         let (unchanged, todo): (Vec<_>, Vec<_>) = jobs.iter().partition(|j| j.unchanged);
         outcomes.extend(unchanged.iter().map(|j| (j.id, Outcome::Unchanged)));
         if !todo.is_empty() {
-            let texts: Vec<&str> = todo.iter().map(|j| j.text.as_str()).collect();
-            let call_started = Instant::now();
-            let result = tokio::select! {
-                r = ctx.provider.embed(&texts) => Some(r),
-                _ = ctx.hard.cancelled() => None,
-            };
-            ctx.metrics
-                .provider_request_seconds
-                .observe(call_started.elapsed().as_secs_f64());
-            match result {
-                None => {
-                    outcomes.extend(todo.iter().map(|j| {
-                        (
-                            j.id,
-                            Outcome::Released {
-                                after: Duration::ZERO,
-                            },
-                        )
-                    }));
-                }
-                Some(Ok(embedded)) => {
-                    count_request(ctx, provider, "2xx");
-                    if let Some(t) = embedded.tokens {
-                        ctx.metrics
-                            .provider_tokens
-                            .get_or_create(&ProviderLabel { provider })
-                            .inc_by(t);
-                        tracing::Span::current().record("tokens", t);
-                    }
-                    match vector::validate(&embedded.vectors, todo.len(), ctx.provider.dimensions())
-                    {
-                        Ok(()) => outcomes.extend(
-                            todo.iter()
-                                .zip(embedded.vectors)
-                                .map(|(j, v)| (j.id, Outcome::Done(v))),
-                        ),
-                        Err(why) => {
-                            ctx.metrics.error("invalid_response");
-                            warn!(error = %why, "provider returned unusable vectors");
-                            let err = ProviderError::InvalidResponse(why);
-                            classify_all(ctx, &todo, &err, &mut outcomes);
-                        }
-                    }
-                }
-                Some(Err(err)) => {
-                    count_request(ctx, provider, status_class(&err));
-                    ctx.metrics.error(err.kind());
-                    warn!(error = %err, "provider call failed");
-                    classify_all(ctx, &todo, &err, &mut outcomes);
-                }
-            }
+            // Token-aware requests under the rate limit (issue 3).
+            embed_jobs(ctx, provider, &todo, &mut outcomes).await;
         }
         let report = finish_with_retry(ctx, lease, outcomes).await;
         record(ctx, &report, jobs.len(), started.elapsed());
@@ -443,22 +399,13 @@ async fn process_batch(ctx: &Ctx, lease: &Lease, jobs: Vec<ClaimedJob>) {
     .await
 }
 
-fn classify_all(
-    ctx: &Ctx,
-    jobs: &[&ClaimedJob],
-    err: &ProviderError,
-    out: &mut Vec<(i64, Outcome)>,
-) {
+fn classify_all(ctx: &Ctx, jobs: &[&ClaimedJob], err: &ProviderError, out: &mut Vec<(i64, Outcome)>) {
     let mut rng = rand::thread_rng();
     for j in jobs {
         let o = match err {
             // Only the input the provider named is bad; its batch-mates retry unharmed.
-            ProviderError::InvalidInput { index, .. }
-                if jobs.get(*index).map(|b| b.id) != Some(j.id) =>
-            {
-                Outcome::Released {
-                    after: Duration::ZERO,
-                }
+            ProviderError::InvalidInput { index, .. } if jobs.get(*index).map(|b| b.id) != Some(j.id) => {
+                Outcome::Released { after: Duration::ZERO }
             }
             _ => outcome::classify(err, j.attempt, &ctx.cfg.retry, &mut rng),
         };
@@ -476,35 +423,18 @@ fn status_class(err: &ProviderError) -> &'static str {
 }
 
 fn count_request(ctx: &Ctx, provider: &'static str, status_class: &'static str) {
-    ctx.metrics
-        .provider_requests
-        .get_or_create(&RequestLabel {
-            provider,
-            status_class,
-        })
-        .inc();
+    ctx.metrics.provider_requests.get_or_create(&RequestLabel { provider, status_class }).inc();
     if status_class == "429" {
-        ctx.metrics
-            .provider_rate_limited
-            .get_or_create(&ProviderLabel { provider })
-            .inc();
+        ctx.metrics.provider_rate_limited.get_or_create(&ProviderLabel { provider }).inc();
     }
 }
 
 /// Writes outcomes, retrying while the database is down and the lease may still be valid.
-async fn finish_with_retry(
-    ctx: &Ctx,
-    lease: &Lease,
-    outcomes: Vec<(i64, Outcome)>,
-) -> FinishReport {
+async fn finish_with_retry(ctx: &Ctx, lease: &Lease, outcomes: Vec<(i64, Outcome)>) -> FinishReport {
     let deadline = Instant::now() + ctx.cfg.lease_duration();
     let mut delay = Duration::from_millis(50);
     loop {
-        match ctx
-            .queue
-            .finish(lease, ctx.provider.model(), &outcomes)
-            .await
-        {
+        match ctx.queue.finish(lease, ctx.provider.model(), &outcomes).await {
             Ok(r) => {
                 ctx.health.set_db_ok(true);
                 return r;
@@ -517,10 +447,7 @@ async fn finish_with_retry(
                 if Instant::now() + delay >= deadline || matches!(e, QueueError::Invalid(_)) {
                     // The lease will expire and another worker redoes the batch; the upsert is idempotent.
                     error!(error = %e, jobs = outcomes.len(), "could not record batch results; the jobs will be re-claimed");
-                    return FinishReport {
-                        lost: outcomes.len() as u64,
-                        ..FinishReport::default()
-                    };
+                    return FinishReport { lost: outcomes.len() as u64, ..FinishReport::default() };
                 }
                 warn!(error = %e, "recording batch results failed; retrying");
                 tokio::time::sleep(delay).await;
@@ -549,10 +476,7 @@ fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
     c.dead.fetch_add(r.dead, Ordering::Relaxed);
     ctx.rate.record(completed);
     if r.lost > 0 {
-        warn!(
-            lost = r.lost,
-            "results discarded: the lease on these jobs had been lost"
-        );
+        warn!(lost = r.lost, "results discarded: the lease on these jobs had been lost");
     }
     debug!(
         stored = r.stored,

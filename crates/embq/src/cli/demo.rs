@@ -27,15 +27,12 @@ pub struct Args {
 /// Runs the demo.
 pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let input = match &args.jobs {
-        Some(p) => std::fs::read(p)
-            .map_err(|e| CliError::Input(format!("cannot read {}: {e}", p.display())))?,
+        Some(p) => std::fs::read(p).map_err(|e| CliError::Input(format!("cannot read {}: {e}", p.display())))?,
         None => SAMPLE.to_vec(),
     };
     let parsed = super::enqueue::parse_jsonl(&input);
     if let Some(first) = parsed.errors.first() {
-        return Err(CliError::Input(format!(
-            "the sample set is invalid: {first}"
-        )));
+        return Err(CliError::Input(format!("the sample set is invalid: {first}")));
     }
     println!(
         "embq demo: store {}, provider {} (model {}, {} dimensions)",
@@ -47,31 +44,16 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     if cfg.provider == ProviderKind::Hash {
         println!("  note: `hash` is the development provider: vectors come from word hashing, not a language model");
     }
-    let provider =
-        crate::provider::build(&cfg, Duration::ZERO).map_err(|e| CliError::Other(e.to_string()))?;
+    let provider = crate::provider::build(&cfg, Duration::ZERO).map_err(|e| CliError::Other(e.to_string()))?;
     let queue = crate::queue::connect(&cfg).await?;
     queue.migrate().await?;
-    let report = queue
-        .enqueue(&parsed.jobs, &crate::queue::no_progress)
-        .await?;
+    let report = queue.enqueue(&parsed.jobs, &crate::queue::no_progress).await?;
     let total = report.inserted + report.replaced;
-    println!(
-        "queued {total} jobs ({} new, {} replaced pending ones)",
-        report.inserted, report.replaced
-    );
+    println!("queued {total} jobs ({} new, {} replaced pending ones)", report.inserted, report.replaced);
 
-    let metrics = Arc::new(Metrics::new(
-        crate::VERSION,
-        cfg.provider.as_str(),
-        &cfg.model,
-    ));
-    let health = Arc::new(Health::new(
-        cfg.worker_id.clone(),
-        true,
-        Duration::from_secs(30),
-    ));
-    let worker =
-        Worker::new(cfg, queue.clone(), provider, health.clone(), metrics).drain_when_idle(true);
+    let metrics = Arc::new(Metrics::new(crate::VERSION, cfg.provider.as_str(), &cfg.model));
+    let health = Arc::new(Health::new(cfg.worker_id.clone(), true, Duration::from_secs(30)));
+    let worker = Worker::new(cfg, queue.clone(), provider, health.clone(), metrics).drain_when_idle(true);
     let counters = worker.counters();
     let soft = health.shutdown.clone();
     let signals = tokio::spawn(async move {
@@ -90,18 +72,13 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
         let c = counters.clone();
         tokio::spawn(async move {
             loop {
-                b.set_position(
-                    c.processed.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed),
-                );
+                b.set_position(c.processed.load(Ordering::Relaxed) + c.dead.load(Ordering::Relaxed));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     });
     let started = Instant::now();
-    let summary = worker
-        .run()
-        .await
-        .map_err(|e| CliError::Other(e.to_string()))?;
+    let summary = worker.run().await.map_err(|e| CliError::Other(e.to_string()))?;
     let took = started.elapsed();
     signals.abort();
     if let Some(p) = progress {
@@ -112,20 +89,10 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     }
     let stats = queue.stats().await?;
     let rate = summary.processed as f64 / took.as_secs_f64().max(1e-9);
-    println!(
-        "done: {} jobs in {} ({rate:.0} jobs/s)",
-        summary.processed,
-        super::secs(took)
-    );
+    println!("done: {} jobs in {} ({rate:.0} jobs/s)", summary.processed, super::secs(took));
     println!("  embedded now: {}", summary.processed - summary.unchanged);
-    println!(
-        "  unchanged (already embedded, no provider call): {}",
-        summary.unchanged
-    );
-    println!(
-        "  dead-lettered: {} (in the dead-letter queue: {})",
-        summary.dead, stats.dead
-    );
+    println!("  unchanged (already embedded, no provider call): {}", summary.unchanged);
+    println!("  dead-lettered: {} (in the dead-letter queue: {})", summary.dead, stats.dead);
     println!("try: embq search \"coffee\"   |   embq queue stats");
     Ok(())
 }

@@ -51,11 +51,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
         Cmd::List { limit, json } => {
             let jobs = q.dead_jobs(limit.max(0)).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&jobs)
-                        .map_err(|e| CliError::Other(e.to_string()))?
-                );
+                println!("{}", serde_json::to_string_pretty(&jobs).map_err(|e| CliError::Other(e.to_string()))?);
                 return Ok(());
             }
             if jobs.is_empty() {

@@ -39,8 +39,7 @@ pub fn parse_jsonl(input: &[u8]) -> Parsed {
         let line = match std::str::from_utf8(raw) {
             Ok(l) => l,
             Err(e) => {
-                out.errors
-                    .push(format!("line {line_no}: not valid UTF-8 ({e})"));
+                out.errors.push(format!("line {line_no}: not valid UTF-8 ({e})"));
                 continue;
             }
         };
@@ -84,22 +83,14 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     if !parsed.errors.is_empty() {
         let shown: Vec<&str> = parsed.errors.iter().take(20).map(String::as_str).collect();
         let more = parsed.errors.len().saturating_sub(shown.len());
-        let list = shown.join("\n  ")
-            + &if more > 0 {
-                format!("\n  … and {more} more")
-            } else {
-                String::new()
-            };
+        let list = shown.join("\n  ") + &if more > 0 { format!("\n  … and {more} more") } else { String::new() };
         if !args.skip_invalid {
             return Err(CliError::Input(format!(
                 "{} invalid line(s); nothing was queued (use --skip-invalid to queue the valid ones):\n  {list}",
                 parsed.errors.len()
             )));
         }
-        eprintln!(
-            "skipping {} invalid line(s):\n  {list}",
-            parsed.errors.len()
-        );
+        eprintln!("skipping {} invalid line(s):\n  {list}", parsed.errors.len());
     }
     if parsed.jobs.is_empty() {
         println!("queued 0 jobs (the input held none)");

@@ -107,10 +107,8 @@ impl CliError {
 
 /// Every environment variable the binary reads, from the flag definitions.
 pub fn env_vars() -> Vec<String> {
-    let mut vars: Vec<String> = Cli::command()
-        .get_arguments()
-        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-        .collect();
+    let mut vars: Vec<String> =
+        Cli::command().get_arguments().filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned())).collect();
     vars.push("RUST_LOG".into());
     vars.sort();
     vars.dedup();
@@ -119,17 +117,10 @@ pub fn env_vars() -> Vec<String> {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Text => builder.with_target(false).init(),
     }
 }
@@ -140,9 +131,7 @@ fn runtime(cfg: &Config) -> Result<tokio::runtime::Runtime, CliError> {
         // A fractional limit still needs one thread; 1.5 cores get two.
         b.worker_threads((cores.ceil() as usize).max(1));
     }
-    b.enable_all()
-        .build()
-        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))
+    b.enable_all().build().map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))
 }
 
 /// Runs the parsed command line and returns the process exit code.

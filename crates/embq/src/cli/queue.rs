@@ -55,15 +55,9 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
                 println!("{}", json(&w)?);
                 return Ok(());
             }
-            println!(
-                "{:<40} {:<9} {:>9} {:>10} {:>7}",
-                "WORKER", "STATE", "IN FLIGHT", "PROCESSED", "FAILED"
-            );
+            println!("{:<40} {:<9} {:>9} {:>10} {:>7}", "WORKER", "STATE", "IN FLIGHT", "PROCESSED", "FAILED");
             for w in w {
-                println!(
-                    "{:<40} {:<9} {:>9} {:>10} {:>7}",
-                    w.id, w.state, w.in_flight, w.processed, w.failed
-                );
+                println!("{:<40} {:<9} {:>9} {:>10} {:>7}", w.id, w.state, w.in_flight, w.processed, w.failed);
             }
         }
     }

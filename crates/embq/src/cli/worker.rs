@@ -39,17 +39,9 @@ async fn bind(port: u16, what: &str) -> Result<tokio::net::TcpListener, CliError
 pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let provider = crate::provider::build(&cfg, Duration::from_millis(args.hash_delay_ms))
         .map_err(|e| CliError::Other(e.to_string()))?;
-    let metrics = Arc::new(Metrics::new(
-        crate::VERSION,
-        cfg.provider.as_str(),
-        &cfg.model,
-    ));
+    let metrics = Arc::new(Metrics::new(crate::VERSION, cfg.provider.as_str(), &cfg.model));
     // The claim loop ticks at least every second; 30 s of silence means it is stuck.
-    let health = Arc::new(Health::new(
-        cfg.worker_id.clone(),
-        cfg.enable_queue_processing,
-        Duration::from_secs(30),
-    ));
+    let health = Arc::new(Health::new(cfg.worker_id.clone(), cfg.enable_queue_processing, Duration::from_secs(30)));
 
     let health_listener = bind(cfg.health_port, "health").await?;
     let metrics_listener = bind(cfg.metrics_port, "metrics").await?;
@@ -71,8 +63,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     ));
 
     let queue = crate::queue::connect(&cfg).await?;
-    let worker =
-        Worker::new(cfg, queue, provider, health.clone(), metrics).drain_when_idle(args.drain);
+    let worker = Worker::new(cfg, queue, provider, health.clone(), metrics).drain_when_idle(args.drain);
     let hard = worker.hard_cancel();
 
     // First signal: graceful drain. Second signal: cancel in-flight work now (leases are released).
@@ -93,8 +84,6 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let _ = metrics_server.await;
     match result {
         Ok(_) => Ok(()),
-        Err(WorkerError::Schema(msg)) => {
-            Err(CliError::Queue(crate::queue::QueueError::Schema(msg)))
-        }
+        Err(WorkerError::Schema(msg)) => Err(CliError::Queue(crate::queue::QueueError::Schema(msg))),
     }
 }

@@ -34,11 +34,7 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
 impl HashProvider {
     /// A provider producing `dims`-dimensional vectors under the given model name.
     pub fn new(model: &str, dims: usize) -> Self {
-        Self {
-            model: model.to_string(),
-            dims: dims.max(1),
-            delay: Duration::ZERO,
-        }
+        Self { model: model.to_string(), dims: dims.max(1), delay: Duration::ZERO }
     }
 
     /// Adds an artificial latency per call, to test what happens mid-batch.
@@ -53,10 +49,7 @@ impl HashProvider {
         let lower = text.to_lowercase();
         let mut prev: Option<&str> = None;
         let mut any = false;
-        for word in lower
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
+        for word in lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
             self.add(&mut v, 0, word.as_bytes(), 1.0);
             if let Some(p) = prev {
                 let pair = format!("{p} {word}");
@@ -99,10 +92,7 @@ impl Provider for HashProvider {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        Ok(Embedded {
-            vectors: texts.iter().map(|t| self.vector(t)).collect(),
-            tokens: None,
-        })
+        Ok(Embedded { vectors: texts.iter().map(|t| self.vector(t)).collect(), tokens: None })
     }
 }
 

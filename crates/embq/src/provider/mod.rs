@@ -4,6 +4,15 @@
 //! the queue must do next; [`crate::outcome::classify`] turns them into job outcomes.
 
 mod hash;
+// --- issue 3: real providers ---
+pub mod gemini;
+#[cfg(feature = "local-model")]
+pub mod local;
+pub mod openai;
+pub mod remote;
+
+pub use remote::{RateSignals, SignalSink};
+// --- end issue 3 ---
 
 pub use hash::HashProvider;
 
@@ -13,6 +22,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::{Config, ProviderKind};
+use crate::tokens::TokenCounter;
+
+// --- issue 3 ---
+/// What one request to a provider may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCaps {
+    /// Most inputs per request.
+    pub max_inputs: usize,
+    /// Most tokens per request, all inputs together.
+    pub max_tokens_per_request: usize,
+    /// Most tokens in one input.
+    pub max_tokens_per_input: usize,
+}
+// --- end issue 3 ---
 
 /// A successful embedding call.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +112,22 @@ pub trait Provider: Send + Sync + 'static {
     fn max_inputs(&self) -> usize;
     /// Embeds a batch of texts.
     async fn embed(&self, texts: &[&str]) -> Result<Embedded, ProviderError>;
+    // --- issue 3 ---
+    /// Per-request caps; by default only the input count is limited.
+    fn caps(&self) -> RequestCaps {
+        RequestCaps { max_inputs: self.max_inputs(), max_tokens_per_request: usize::MAX, max_tokens_per_input: usize::MAX }
+    }
+    /// How this provider's model counts tokens.
+    fn token_counter(&self) -> TokenCounter {
+        TokenCounter::Estimate
+    }
+    /// Whether calls spend a remote per-minute budget (and so go through the limiter).
+    fn metered(&self) -> bool {
+        false
+    }
+    /// Connects the sink that receives the rate-limit signals of every response.
+    fn set_signal_sink(&self, _sink: Arc<dyn SignalSink>) {}
+    // --- end issue 3 ---
 }
 
 /// Errors building a provider from the configuration.
@@ -97,14 +136,44 @@ pub enum BuildError {
     /// The provider is not available in this build.
     #[error("EMBEDDING_PROVIDER={0} is not available in this build of embq")]
     Unavailable(&'static str),
+    /// The provider could not be set up (no model files, a bad client setting).
+    #[error("EMBEDDING_PROVIDER={0}: {1}")]
+    Setup(&'static str, String),
 }
 
 /// Builds the configured provider.
 pub fn build(cfg: &Config, hash_delay: Duration) -> Result<Arc<dyn Provider>, BuildError> {
+    let setup = |e: String| BuildError::Setup(cfg.provider.as_str(), e);
     match cfg.provider {
-        ProviderKind::Hash => Ok(Arc::new(
-            HashProvider::new(&cfg.model, cfg.dimensions).with_delay(hash_delay),
-        )),
-        other => Err(BuildError::Unavailable(other.as_str())),
+        ProviderKind::Hash => Ok(Arc::new(HashProvider::new(&cfg.model, cfg.dimensions).with_delay(hash_delay))),
+        // --- issue 3 ---
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            let settings = openai::OpenAiSettings {
+                kind: cfg.provider,
+                base_url: cfg.openai_base_url.clone().unwrap_or_else(|| "https://api.openai.com".into()),
+                api_key: cfg.openai_api_key.clone(),
+                model: cfg.model.clone(),
+                dimensions: cfg.dimensions,
+                timeout: cfg.provider_timeout,
+                caps: cfg.request_caps,
+            };
+            Ok(Arc::new(openai::OpenAiProvider::new(settings).map_err(setup)?))
+        }
+        ProviderKind::Gemini => {
+            let settings = gemini::GeminiSettings {
+                base_url: cfg.gemini_base_url.clone(),
+                api_key: cfg.gemini_api_key.clone().ok_or_else(|| setup("GEMINI_API_KEY is not set".into()))?,
+                model: cfg.model.clone(),
+                dimensions: cfg.dimensions,
+                task_type: cfg.gemini_task_type.clone(),
+                timeout: cfg.provider_timeout,
+            };
+            Ok(Arc::new(gemini::GeminiProvider::new(settings).map_err(setup)?))
+        }
+        #[cfg(feature = "local-model")]
+        ProviderKind::Local => Ok(Arc::new(local::LocalProvider::load(&cfg.model_cache_dir, cfg.dimensions).map_err(setup)?)),
+        #[cfg(not(feature = "local-model"))]
+        ProviderKind::Local => Err(BuildError::Unavailable("local")),
+        // --- end issue 3 ---
     }
 }

@@ -101,11 +101,9 @@ pub const MAX_TEXT_BYTES: usize = 1 << 20;
 impl NewJob {
     /// Checks the fields a store cannot fix, naming the bad one.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, value) in [
-            ("source_type", &self.source_type),
-            ("source_id", &self.source_id),
-            ("content_type", &self.content_type),
-        ] {
+        for (name, value) in
+            [("source_type", &self.source_type), ("source_id", &self.source_id), ("content_type", &self.content_type)]
+        {
             if value.trim().is_empty() {
                 return Err(format!("{name} must not be empty"));
             }
@@ -117,10 +115,7 @@ impl NewJob {
             return Err("text must not be empty".into());
         }
         if self.text.len() > MAX_TEXT_BYTES {
-            return Err(format!(
-                "text is {} bytes; at most {MAX_TEXT_BYTES} are accepted",
-                self.text.len()
-            ));
+            return Err(format!("text is {} bytes; at most {MAX_TEXT_BYTES} are accepted", self.text.len()));
         }
         if self.text.contains('\0') {
             return Err("text must not contain NUL characters".into());
@@ -360,11 +355,7 @@ pub trait Queue: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), QueueError>;
     /// Adds jobs atomically (all or none); a key with a pending job gets its text replaced.
     /// `progress` is called with the number of jobs written so far.
-    async fn enqueue(
-        &self,
-        jobs: &[NewJob],
-        progress: &Progress,
-    ) -> Result<EnqueueReport, QueueError>;
+    async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError>;
     /// Leases up to `limit` ready jobs, highest priority first, then oldest.
     async fn claim(
         &self,
@@ -374,12 +365,8 @@ pub trait Queue: Send + Sync + 'static {
         model: &str,
     ) -> Result<Vec<ClaimedJob>, QueueError>;
     /// Applies outcomes in one transaction, only to jobs still leased under `lease`.
-    async fn finish(
-        &self,
-        lease: &Lease,
-        model: &str,
-        outcomes: &[(i64, Outcome)],
-    ) -> Result<FinishReport, QueueError>;
+    async fn finish(&self, lease: &Lease, model: &str, outcomes: &[(i64, Outcome)])
+        -> Result<FinishReport, QueueError>;
     /// Extends every lease held by `worker` and refreshes its row.
     async fn heartbeat(&self, worker: &WorkerInfo, duration: Duration) -> Result<u64, QueueError>;
     /// Returns jobs whose lease expired to ready (or dead after their last attempt).
@@ -399,8 +386,7 @@ pub trait Queue: Send + Sync + 'static {
     /// Lists known workers.
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError>;
     /// All stored embeddings of one model, for a brute-force search.
-    async fn embeddings(&self, model: &str, limit: i64)
-        -> Result<Vec<StoredEmbedding>, QueueError>;
+    async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError>;
     /// Waits for a new-job notification; returns `None` if this store cannot notify.
     async fn listener(&self) -> Option<Box<dyn JobListener>>;
 }
@@ -424,15 +410,9 @@ pub async fn connect(cfg: &Config) -> Result<Arc<dyn Queue>, QueueError> {
 }
 
 /// Opens a store with an explicit URL and clock (tests).
-pub async fn connect_with_clock(
-    cfg: &Config,
-    url: &DatabaseUrl,
-    clock: Clock,
-) -> Result<Arc<dyn Queue>, QueueError> {
+pub async fn connect_with_clock(cfg: &Config, url: &DatabaseUrl, clock: Clock) -> Result<Arc<dyn Queue>, QueueError> {
     if url.is_sqlite() {
-        Ok(Arc::new(
-            SqliteQueue::connect(url.expose(), cfg.db_max_connections, clock).await?,
-        ))
+        Ok(Arc::new(SqliteQueue::connect(url.expose(), cfg.db_max_connections, clock).await?))
     } else {
         Ok(Arc::new(PgQueue::connect(cfg, url, clock).await?))
     }
@@ -506,37 +486,25 @@ mod tests {
     #[test]
     fn duplicate_keys_keep_the_last_text() {
         let jobs = vec![job("1", "a"), job("2", "b"), job("1", "c")];
-        let kept: Vec<_> = dedupe_keys(&jobs)
-            .into_iter()
-            .map(|j| j.text.clone())
-            .collect();
+        let kept: Vec<_> = dedupe_keys(&jobs).into_iter().map(|j| j.text.clone()).collect();
         assert_eq!(kept, vec!["b", "c"]);
     }
 
     #[test]
     fn validation_names_the_bad_field() {
-        assert_eq!(
-            job("1", "  ").validate().unwrap_err(),
-            "text must not be empty"
-        );
-        assert_eq!(
-            job("", "x").validate().unwrap_err(),
-            "source_id must not be empty"
-        );
+        assert_eq!(job("1", "  ").validate().unwrap_err(), "text must not be empty");
+        assert_eq!(job("", "x").validate().unwrap_err(), "source_id must not be empty");
         assert!(job("1", "ok").validate().is_ok());
     }
 
     #[test]
     fn jsonl_fields_parse_with_defaults_and_reject_unknown() {
-        let j: NewJob =
-            serde_json::from_str(r#"{"source_type":"r","source_id":7,"text":"x"}"#).unwrap();
+        let j: NewJob = serde_json::from_str(r#"{"source_type":"r","source_id":7,"text":"x"}"#).unwrap();
         assert_eq!(j.source_id, "7");
         assert_eq!(j.content_type, "default");
         assert_eq!(j.priority, 0);
-        let e = serde_json::from_str::<NewJob>(
-            r#"{"source_type":"r","source_id":"1","text":"x","colour":1}"#,
-        )
-        .unwrap_err();
+        let e =
+            serde_json::from_str::<NewJob>(r#"{"source_type":"r","source_id":"1","text":"x","colour":1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
     }
 

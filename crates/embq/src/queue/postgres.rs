@@ -14,9 +14,9 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row, Transaction}
 
 use super::schema::{self, SCHEMA_VERSION};
 use super::{
-    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport,
-    FinishReport, JobListener, Lease, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError,
-    QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener,
+    Lease, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding,
+    WorkerInfo,
 };
 use crate::config::{Config, DatabaseUrl, PoolMode};
 
@@ -52,22 +52,14 @@ fn options(url: &DatabaseUrl, mode: PoolMode) -> Result<PgConnectOptions, QueueE
 
 impl PgQueue {
     /// Connects, failing fast with a clear message when the server does not answer.
-    pub async fn connect(
-        cfg: &Config,
-        url: &DatabaseUrl,
-        clock: Clock,
-    ) -> Result<Self, QueueError> {
+    pub async fn connect(cfg: &Config, url: &DatabaseUrl, clock: Clock) -> Result<Self, QueueError> {
         let opts = options(url, cfg.pool_mode)?;
         // One direct connection first: its error says why (refused, auth, unknown database),
         // where a pool would only report a timeout.
         let conn = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&opts))
             .await
-            .map_err(|_| {
-                QueueError::Unavailable(format!("timed out connecting to {}", url.redacted()))
-            })?
-            .map_err(|e| {
-                QueueError::Unavailable(format!("cannot connect to {}: {e}", url.redacted()))
-            })?;
+            .map_err(|_| QueueError::Unavailable(format!("timed out connecting to {}", url.redacted())))?
+            .map_err(|e| QueueError::Unavailable(format!("cannot connect to {}: {e}", url.redacted())))?;
         let _ = conn.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(cfg.db_max_connections)
@@ -81,12 +73,7 @@ impl PgQueue {
             // LISTEN through a transaction pooler silently loses notifications: poll instead.
             (None, PoolMode::Transaction) => None,
         };
-        Ok(Self {
-            pool,
-            clock,
-            persistent: cfg.pool_mode == PoolMode::Session,
-            listen,
-        })
+        Ok(Self { pool, clock, persistent: cfg.pool_mode == PoolMode::Session, listen })
     }
 
     fn q(&self, sql: &'static str) -> Query {
@@ -102,22 +89,16 @@ impl PgQueue {
     }
 
     /// The pgvector type, schema-qualified, when the extension is installed (creating it if available).
-    async fn vector_type(
-        tx: &mut Transaction<'static, Postgres>,
-    ) -> Result<Option<String>, QueueError> {
-        let available: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')",
-        )
-        .persistent(false)
-        .fetch_one(&mut **tx)
-        .await?;
+    async fn vector_type(tx: &mut Transaction<'static, Postgres>) -> Result<Option<String>, QueueError> {
+        let available: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')")
+                .persistent(false)
+                .fetch_one(&mut **tx)
+                .await?;
         if available {
             // Creating an extension needs privileges we may lack; a savepoint keeps the migration going.
             sqlx::Executor::execute(&mut **tx, "SAVEPOINT embq_vector").await?;
-            if sqlx::Executor::execute(&mut **tx, "CREATE EXTENSION IF NOT EXISTS vector")
-                .await
-                .is_err()
-            {
+            if sqlx::Executor::execute(&mut **tx, "CREATE EXTENSION IF NOT EXISTS vector").await.is_err() {
                 sqlx::Executor::execute(&mut **tx, "ROLLBACK TO SAVEPOINT embq_vector").await?;
             }
         }
@@ -132,24 +113,18 @@ impl PgQueue {
         Ok(schema.map(|s| format!("\"{}\".vector", s.replace('"', "\"\""))))
     }
 
-    async fn schema_version(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-    ) -> Result<Option<i32>, QueueError> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('embq.schema_version') IS NOT NULL")
-                .persistent(self.persistent)
-                .fetch_one(&mut **tx)
-                .await?;
+    async fn schema_version(&self, tx: &mut Transaction<'static, Postgres>) -> Result<Option<i32>, QueueError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('embq.schema_version') IS NOT NULL")
+            .persistent(self.persistent)
+            .fetch_one(&mut **tx)
+            .await?;
         if !exists {
             return Ok(None);
         }
-        Ok(
-            sqlx::query_scalar("SELECT max(version) FROM embq.schema_version")
-                .persistent(self.persistent)
-                .fetch_one(&mut **tx)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT max(version) FROM embq.schema_version")
+            .persistent(self.persistent)
+            .fetch_one(&mut **tx)
+            .await?)
     }
 
     /// Moves running jobs back to ready, or to superseded when a newer pending job exists.
@@ -190,10 +165,7 @@ impl PgQueue {
             .bind(lease.token.clone())
             .fetch_all(&mut **tx)
             .await?;
-        let superseded = rows
-            .iter()
-            .filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "superseded"))
-            .count();
+        let superseded = rows.iter().filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "superseded")).count();
         Ok(((rows.len() - superseded) as u64, superseded as u64))
     }
 
@@ -240,19 +212,13 @@ impl Queue for PgQueue {
             .await?;
         let current = self.schema_version(&mut tx).await?.unwrap_or(0);
         if current > SCHEMA_VERSION {
-            return Err(schema::check_version(Some(current))
-                .err()
-                .unwrap_or_else(|| {
-                    QueueError::Schema(format!(
-                        "schema version {current} is newer than this binary's"
-                    ))
-                }));
+            return Err(schema::check_version(Some(current)).err().unwrap_or_else(|| {
+                QueueError::Schema(format!("schema version {current} is newer than this binary's"))
+            }));
         }
         for (i, script) in schema::POSTGRES.iter().enumerate().skip(current as usize) {
             let version = i as i32 + 1;
-            let vector = Self::vector_type(&mut tx)
-                .await?
-                .unwrap_or_else(|| "real[]".to_string());
+            let vector = Self::vector_type(&mut tx).await?.unwrap_or_else(|| "real[]".to_string());
             let sql = script.replace("__VECTOR_TYPE__", &vector);
             sqlx::Executor::execute(&mut *tx, sql.as_str())
                 .await
@@ -280,14 +246,9 @@ impl Queue for PgQueue {
         Ok(())
     }
 
-    async fn enqueue(
-        &self,
-        jobs: &[NewJob],
-        progress: &Progress,
-    ) -> Result<EnqueueReport, QueueError> {
+    async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError> {
         for (i, j) in jobs.iter().enumerate() {
-            j.validate()
-                .map_err(|e| QueueError::Invalid(format!("job {}: {e}", i + 1)))?;
+            j.validate().map_err(|e| QueueError::Invalid(format!("job {}: {e}", i + 1)))?;
         }
         let jobs = dedupe_keys(jobs);
         let mut report = EnqueueReport::default();
@@ -299,10 +260,7 @@ impl Queue for PgQueue {
             let tx_: Vec<&str> = chunk.iter().map(|j| j.text.as_str()).collect();
             let sh: Vec<Vec<u8>> = chunk.iter().map(|j| j.text_sha256()).collect();
             let pr: Vec<i32> = chunk.iter().map(|j| j.priority).collect();
-            let md: Vec<Option<String>> = chunk
-                .iter()
-                .map(|j| j.metadata.as_ref().map(|m| m.to_string()))
-                .collect();
+            let md: Vec<Option<String>> = chunk.iter().map(|j| j.metadata.as_ref().map(|m| m.to_string())).collect();
             let rows = sqlx::query(
                 "INSERT INTO embq.jobs AS j
                     (source_type, source_id, content_type, text, text_sha256, priority, metadata,
@@ -338,9 +296,7 @@ impl Queue for PgQueue {
             progress(report.inserted + report.replaced);
         }
         // Delivered at commit; identical payloads in one transaction fold into one.
-        self.q("SELECT pg_notify('embq_jobs', '')")
-            .execute(&mut *tx)
-            .await?;
+        self.q("SELECT pg_notify('embq_jobs', '')").execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(report)
     }
@@ -402,9 +358,7 @@ impl Queue for PgQueue {
         if !g.done.is_empty() {
             let dims = g.done[0].1.len();
             if g.done.iter().any(|(_, v)| v.len() != dims) || dims == 0 {
-                return Err(QueueError::Invalid(
-                    "vectors of one batch must share a non-zero dimension".into(),
-                ));
+                return Err(QueueError::Invalid("vectors of one batch must share a non-zero dimension".into()));
             }
             let ids: Vec<i64> = g.done.iter().map(|d| d.0).collect();
             let mut flat = Vec::with_capacity(ids.len() * dims);
@@ -481,11 +435,7 @@ impl Queue for PgQueue {
                 .await?;
             report.dead = r.rows_affected();
         }
-        let retry: Vec<_> = g
-            .retry
-            .iter()
-            .map(|(id, d, e)| (*id, *d, Some(*e)))
-            .collect();
+        let retry: Vec<_> = g.retry.iter().map(|(id, d, e)| (*id, *d, Some(*e))).collect();
         let (retried, sup1) = self.requeue(&mut tx, lease, &retry, false).await?;
         let released: Vec<_> = g.released.iter().map(|(id, d)| (*id, *d, None)).collect();
         let (released, sup2) = self.requeue(&mut tx, lease, &released, true).await?;
@@ -493,12 +443,8 @@ impl Queue for PgQueue {
         report.released = released;
         report.superseded = sup1 + sup2;
         tx.commit().await?;
-        let applied = report.stored
-            + report.unchanged
-            + report.dead
-            + report.retried
-            + report.released
-            + report.superseded;
+        let applied =
+            report.stored + report.unchanged + report.dead + report.retried + report.released + report.superseded;
         report.lost = (outcomes.len() as u64).saturating_sub(applied);
         Ok(report)
     }
@@ -612,11 +558,9 @@ impl Queue for PgQueue {
     async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError> {
         let mut tx = self.begin().await?;
         let rows = self
-            .q(
-                "SELECT id, source_type, source_id, content_type, attempts, last_error,
+            .q("SELECT id, source_type, source_id, content_type, attempts, last_error,
                     COALESCE(finished_at, updated_at) AS failed_at
-                FROM embq.jobs WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT $1",
-            )
+                FROM embq.jobs WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT $1")
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
@@ -667,14 +611,9 @@ impl Queue for PgQueue {
             .bind(self.now())
             .fetch_all(&mut *tx)
             .await?;
-        self.q("SELECT pg_notify('embq_jobs', '')")
-            .execute(&mut *tx)
-            .await?;
+        self.q("SELECT pg_notify('embq_jobs', '')").execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(rows
-            .iter()
-            .filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "ready"))
-            .count() as u64)
+        Ok(rows.iter().filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "ready")).count() as u64)
     }
 
     async fn purge_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
@@ -690,17 +629,15 @@ impl Queue for PgQueue {
 
     async fn worker_stopped(&self, w: &WorkerInfo) -> Result<(), QueueError> {
         let mut tx = self.begin().await?;
-        self.q(
-            "UPDATE embq.workers SET state = 'stopped', in_flight = 0, processed = $2, failed = $3,
+        self.q("UPDATE embq.workers SET state = 'stopped', in_flight = 0, processed = $2, failed = $3,
                     last_heartbeat_at = COALESCE($4::timestamptz, now())
-                WHERE id = $1",
-        )
-        .bind(w.id.clone())
-        .bind(w.processed)
-        .bind(w.failed)
-        .bind(self.now())
-        .execute(&mut *tx)
-        .await?;
+                WHERE id = $1")
+            .bind(w.id.clone())
+            .bind(w.processed)
+            .bind(w.failed)
+            .bind(self.now())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -729,17 +666,11 @@ impl Queue for PgQueue {
             .map_err(Into::into)
     }
 
-    async fn embeddings(
-        &self,
-        model: &str,
-        limit: i64,
-    ) -> Result<Vec<StoredEmbedding>, QueueError> {
+    async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
         let mut tx = self.begin().await?;
         let rows = self
-            .q(
-                "SELECT source_type, source_id, content_type, model, embedding::real[] AS v
-                FROM embq.embeddings WHERE model = $1 LIMIT $2",
-            )
+            .q("SELECT source_type, source_id, content_type, model, embedding::real[] AS v
+                FROM embq.embeddings WHERE model = $1 LIMIT $2")
             .bind(model.to_string())
             .bind(limit)
             .fetch_all(&mut *tx)
@@ -761,9 +692,7 @@ impl Queue for PgQueue {
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
         let opts = self.listen.clone()?;
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(opts);
+        let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(opts);
         let mut l = PgListener::connect_with(&pool).await.ok()?;
         l.listen(CHANNEL).await.ok()?;
         Some(Box::new(PgJobListener(l)))
@@ -790,8 +719,7 @@ pub(super) fn fold_stats(rows: Vec<StatRow>) -> QueueStats {
                 *by_prio.entry(r.priority).or_insert(0) += r.count;
                 if let Some(age) = r.age {
                     let age = age.max(0.0);
-                    s.oldest_ready_age_seconds =
-                        Some(s.oldest_ready_age_seconds.map_or(age, |a: f64| a.max(age)));
+                    s.oldest_ready_age_seconds = Some(s.oldest_ready_age_seconds.map_or(age, |a: f64| a.max(age)));
                 }
             }
             ("ready", false) => s.scheduled += r.count,

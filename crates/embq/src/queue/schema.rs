@@ -35,18 +35,9 @@ mod tests {
     #[test]
     fn version_mismatch_says_what_to_do() {
         assert!(check_version(Some(SCHEMA_VERSION)).is_ok());
-        assert!(check_version(None)
-            .unwrap_err()
-            .to_string()
-            .contains("run `embq migrate` first"));
-        assert!(check_version(Some(SCHEMA_VERSION + 1))
-            .unwrap_err()
-            .to_string()
-            .contains("upgrade embq"));
-        assert!(check_version(Some(0))
-            .unwrap_err()
-            .to_string()
-            .contains("run `embq migrate`"));
+        assert!(check_version(None).unwrap_err().to_string().contains("run `embq migrate` first"));
+        assert!(check_version(Some(SCHEMA_VERSION + 1)).unwrap_err().to_string().contains("upgrade embq"));
+        assert!(check_version(Some(0)).unwrap_err().to_string().contains("run `embq migrate`"));
         assert_eq!(POSTGRES.len(), SCHEMA_VERSION as usize);
         assert_eq!(SQLITE.len(), SCHEMA_VERSION as usize);
     }

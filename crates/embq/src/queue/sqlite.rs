@@ -9,17 +9,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::postgres::{fold_stats, StatRow};
 use super::schema::{self, SCHEMA_VERSION};
 use super::{
-    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport,
-    FinishReport, JobListener, Lease, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError,
-    QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener,
+    Lease, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding,
+    WorkerInfo,
 };
 use crate::vector;
 
@@ -40,11 +38,7 @@ const REQUEUE_STATE: &str = "CASE WHEN EXISTS (SELECT 1 FROM jobs p WHERE p.sour
 
 impl SqliteQueue {
     /// Opens (creating if needed) the database file named by a `sqlite:` URL.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        clock: Clock,
-    ) -> Result<Self, QueueError> {
+    pub async fn connect(url: &str, max_connections: u32, clock: Clock) -> Result<Self, QueueError> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {url}: {e}")))?
             .create_if_missing(true)
@@ -69,10 +63,7 @@ impl SqliteQueue {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn schema_version(
-        &self,
-        tx: &mut Transaction<'static, Sqlite>,
-    ) -> Result<Option<i32>, QueueError> {
+    async fn schema_version(&self, tx: &mut Transaction<'static, Sqlite>) -> Result<Option<i32>, QueueError> {
         let exists: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
         )
@@ -81,11 +72,7 @@ impl SqliteQueue {
         if !exists {
             return Ok(None);
         }
-        Ok(
-            sqlx::query_scalar("SELECT max(version) FROM schema_version")
-                .fetch_one(&mut **tx)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT max(version) FROM schema_version").fetch_one(&mut **tx).await?)
     }
 
     async fn requeue(
@@ -124,10 +111,7 @@ impl SqliteQueue {
             // Ids are typed integers, so formatting them into SQL cannot inject anything.
             DeadSelection::Ids(ids) if ids.is_empty() => " AND 0".to_string(),
             DeadSelection::Ids(ids) => {
-                format!(
-                    " AND id IN ({})",
-                    ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
-                )
+                format!(" AND id IN ({})", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
             }
         })
     }
@@ -170,9 +154,7 @@ impl Queue for SqliteQueue {
         .fetch_one(&mut *conn)
         .await?;
         let v = if exists {
-            sqlx::query_scalar("SELECT max(version) FROM schema_version")
-                .fetch_one(&mut *conn)
-                .await?
+            sqlx::query_scalar("SELECT max(version) FROM schema_version").fetch_one(&mut *conn).await?
         } else {
             None
         };
@@ -184,14 +166,9 @@ impl Queue for SqliteQueue {
         Ok(())
     }
 
-    async fn enqueue(
-        &self,
-        jobs: &[NewJob],
-        progress: &Progress,
-    ) -> Result<EnqueueReport, QueueError> {
+    async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError> {
         for (i, j) in jobs.iter().enumerate() {
-            j.validate()
-                .map_err(|e| QueueError::Invalid(format!("job {}: {e}", i + 1)))?;
+            j.validate().map_err(|e| QueueError::Invalid(format!("job {}: {e}", i + 1)))?;
         }
         let jobs = dedupe_keys(jobs);
         let now = self.now_ms();
@@ -366,34 +343,22 @@ impl Queue for SqliteQueue {
             report.dead += r.rows_affected();
         }
         for (id, after, err) in &g.retry {
-            match self
-                .requeue(&mut tx, lease, *id, *after, Some(err), false)
-                .await?
-                .as_deref()
-            {
+            match self.requeue(&mut tx, lease, *id, *after, Some(err), false).await?.as_deref() {
                 Some("superseded") => report.superseded += 1,
                 Some(_) => report.retried += 1,
                 None => {}
             }
         }
         for (id, after) in &g.released {
-            match self
-                .requeue(&mut tx, lease, *id, *after, None, true)
-                .await?
-                .as_deref()
-            {
+            match self.requeue(&mut tx, lease, *id, *after, None, true).await?.as_deref() {
                 Some("superseded") => report.superseded += 1,
                 Some(_) => report.released += 1,
                 None => {}
             }
         }
         tx.commit().await?;
-        let applied = report.stored
-            + report.unchanged
-            + report.dead
-            + report.retried
-            + report.released
-            + report.superseded;
+        let applied =
+            report.stored + report.unchanged + report.dead + report.retried + report.released + report.superseded;
         report.lost = (outcomes.len() as u64).saturating_sub(applied);
         Ok(report)
     }
@@ -401,13 +366,11 @@ impl Queue for SqliteQueue {
     async fn heartbeat(&self, w: &WorkerInfo, duration: Duration) -> Result<u64, QueueError> {
         let now = self.now_ms();
         let mut tx = self.begin().await?;
-        let r = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = ?1 WHERE state = 'running' AND lease_owner = ?2",
-        )
-        .bind(now.saturating_add(ms(duration)))
-        .bind(&w.id)
-        .execute(&mut *tx)
-        .await?;
+        let r = sqlx::query("UPDATE jobs SET lease_expires_at = ?1 WHERE state = 'running' AND lease_owner = ?2")
+            .bind(now.saturating_add(ms(duration)))
+            .bind(&w.id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO workers (id, host, pid, version, started_at, last_heartbeat_at, in_flight, processed,
                                   failed, state)
@@ -446,11 +409,7 @@ impl Queue for SqliteQueue {
              WHERE state = 'running' AND lease_expires_at < ?2
              RETURNING state"
         );
-        let rows = sqlx::query(&sql)
-            .bind(max_attempts as i64)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows = sqlx::query(&sql).bind(max_attempts as i64).bind(now).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let mut r = RescueReport::default();
         for row in rows {
@@ -525,22 +484,17 @@ impl Queue for SqliteQueue {
         let clause = Self::selection_clause(which)?;
         let mut tx = self.begin().await?;
         // Newest dead job per key first, so the older ones find it pending and are superseded.
-        let ids: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE state = 'dead'{clause} ORDER BY id DESC"
-        ))
-        .fetch_all(&mut *tx)
-        .await?;
+        let ids: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT id FROM jobs WHERE state = 'dead'{clause} ORDER BY id DESC"))
+                .fetch_all(&mut *tx)
+                .await?;
         let sql = format!(
             "UPDATE jobs SET state = {REQUEUE_STATE}, attempts = 0, run_at = ?1, finished_at = NULL, updated_at = ?1
              WHERE id = ?2 RETURNING state"
         );
         let mut ready = 0;
         for id in ids {
-            let state: String = sqlx::query_scalar(&sql)
-                .bind(now)
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            let state: String = sqlx::query_scalar(&sql).bind(now).bind(id).fetch_one(&mut *tx).await?;
             if state == "ready" {
                 ready += 1;
             }
@@ -552,9 +506,7 @@ impl Queue for SqliteQueue {
     async fn purge_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
         let clause = Self::selection_clause(which)?;
         let mut tx = self.begin().await?;
-        let r = sqlx::query(&format!("DELETE FROM jobs WHERE state = 'dead'{clause}"))
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(&format!("DELETE FROM jobs WHERE state = 'dead'{clause}")).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(r.rows_affected())
     }
@@ -576,11 +528,10 @@ impl Queue for SqliteQueue {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
-        let rows = sqlx::query(
-            "SELECT id, host, pid, version, in_flight, processed, failed, state FROM workers ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT id, host, pid, version, in_flight, processed, failed, state FROM workers ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(WorkerInfo {
@@ -598,11 +549,7 @@ impl Queue for SqliteQueue {
             .map_err(Into::into)
     }
 
-    async fn embeddings(
-        &self,
-        model: &str,
-        limit: i64,
-    ) -> Result<Vec<StoredEmbedding>, QueueError> {
+    async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
         let rows = sqlx::query(
             "SELECT source_type, source_id, content_type, model, embedding FROM embeddings WHERE model = ?1 LIMIT ?2",
         )
@@ -618,9 +565,8 @@ impl Queue for SqliteQueue {
                     source_id: r.try_get("source_id")?,
                     content_type: r.try_get("content_type")?,
                     model: r.try_get("model")?,
-                    vector: vector::from_le_bytes(&blob).map_err(|e| {
-                        QueueError::Invalid(format!("stored vector is corrupt: {e}"))
-                    })?,
+                    vector: vector::from_le_bytes(&blob)
+                        .map_err(|e| QueueError::Invalid(format!("stored vector is corrupt: {e}")))?,
                 })
             })
             .collect()

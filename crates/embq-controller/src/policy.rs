@@ -1,0 +1,516 @@
+//! Pure decisions: what the fleet looks like in, what to do about it out.
+//!
+//! Nothing here talks to Kubernetes or to a worker, reads a clock or holds a lock:
+//! [`decide`] takes the observations, the thresholds ([`Limits`]) and what was done
+//! before ([`Memory`]) and returns a list of [`Decision`]s with every guard already
+//! applied (cooldowns, the fleet-wide cap, the disruption budget, dry-run). The
+//! caller then records them with [`Memory::record`]. Time is passed in as `now`, so the
+//! tables below can replay any history.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Thresholds and guards, from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub health_failure_after: Duration,
+    pub error_rate_max: f64,
+    pub p95_max_seconds: f64,
+    pub crash_loop_restarts: i32,
+    pub oom_repeat: i32,
+    pub pod_cooldown: Duration,
+    pub max_actions: u32,
+    pub action_window: Duration,
+    pub max_disrupted: u32,
+    pub pressure_window: Duration,
+    pub calm_window: Duration,
+    pub scale_step: i32,
+    pub scale_max: i32,
+    pub scale_cooldown: Duration,
+    pub signal_window: Duration,
+    pub dry_run: bool,
+}
+
+/// A critical condition that Kubernetes reports about a pod's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Critical {
+    /// ErrImagePull / ImagePullBackOff / InvalidImageName.
+    ImagePull,
+    /// CrashLoopBackOff that is not an OOM kill.
+    CrashLoop { restarts: i32 },
+    /// The container's last termination was OOMKilled. `fresh` when the restart
+    /// count moved since the previous look (a new kill, not an old one remembered).
+    OomKilled { restarts: i32, fresh: bool },
+}
+
+/// What one look found about one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodObservation {
+    pub name: String,
+    pub ready: bool,
+    pub critical: Option<Critical>,
+    /// How long /health has been failing without a success in between.
+    pub health_failing_for: Option<Duration>,
+    /// Failed / finished jobs over the window, only when enough jobs finished.
+    pub error_rate: Option<f64>,
+    /// p95 of processing duration over the window, only when enough jobs finished.
+    pub p95_seconds: Option<f64>,
+}
+
+impl PodObservation {
+    pub fn healthy(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ready: true,
+            critical: None,
+            health_failing_for: None,
+            error_rate: None,
+            p95_seconds: None,
+        }
+    }
+}
+
+/// Who scales the worker Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleKind {
+    /// An autoscaling/v2 HorizontalPodAutoscaler: the controller moves `spec.minReplicas`.
+    Hpa,
+    /// A KEDA ScaledObject: the controller moves `spec.minReplicaCount`.
+    ScaledObject,
+    /// Nobody: the controller moves the Deployment's `spec.replicas`.
+    Deployment,
+}
+
+/// The object the controller would change to add capacity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleTarget {
+    pub kind: ScaleKind,
+    /// The autoscaler's minimum, or the Deployment's replicas.
+    pub current: i32,
+    /// Replicas the Deployment has now (an autoscaler may run above its minimum).
+    pub replicas: i32,
+    /// The autoscaler's maximum (no ceiling for a bare Deployment).
+    pub ceiling: Option<i32>,
+    /// The value before the controller first raised it (kept in an annotation).
+    pub original: Option<i32>,
+}
+
+/// Fleet-wide capacity signals.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CapacityObservation {
+    pub target: Option<ScaleTarget>,
+    /// Why the fleet is under pressure now, if it is.
+    pub pressure: Option<Reason>,
+    /// How long the pressure has lasted without a break.
+    pub pressure_for: Option<Duration>,
+    /// How long the fleet has been free of pressure.
+    pub calm_for: Option<Duration>,
+    /// The provider answered 429 or workers waited for rate-limit budget in the window.
+    pub rate_limited: bool,
+}
+
+/// Everything one look at the fleet found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FleetObservation {
+    pub pods: Vec<PodObservation>,
+    /// The Deployment's rolling-update maxUnavailable, resolved to a pod count.
+    pub max_unavailable: u32,
+    /// Pods whose graceful restart is still running.
+    pub in_flight: Vec<String>,
+    pub capacity: CapacityObservation,
+}
+
+/// What the controller does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// An Event and a metric; nothing changes in the cluster.
+    Report,
+    /// Evict the pod through the Eviction API (PDBs apply); no drain, it is not serving.
+    Evict,
+    /// POST /shutdown, wait for the drain, evict, check the replacement is Ready.
+    GracefulRestart,
+    /// Raise the autoscaler's minimum, or the Deployment's replicas.
+    ScaleUp,
+    /// Lower them back towards the value before the controller raised them.
+    ScaleDown,
+    /// Pressure is there but adding pods would not help (provider rate limit).
+    HoldScale,
+}
+
+/// Why: the failure class and signal behind an action. Bounded, used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    ImagePull,
+    CrashLoop,
+    OomKilled,
+    OomRepeated,
+    HealthCheck,
+    ErrorRate,
+    SlowProcessing,
+    QueueDepth,
+    Saturation,
+    RateLimited,
+    PressureGone,
+}
+
+impl Action {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Report => "report",
+            Action::Evict => "evict",
+            Action::GracefulRestart => "graceful_restart",
+            Action::ScaleUp => "scale_up",
+            Action::ScaleDown => "scale_down",
+            Action::HoldScale => "hold_scale",
+        }
+    }
+}
+
+impl Reason {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ImagePull => "image_pull",
+            Reason::CrashLoop => "crash_loop",
+            Reason::OomKilled => "oom_killed",
+            Reason::OomRepeated => "oom_repeated",
+            Reason::HealthCheck => "health_check",
+            Reason::ErrorRate => "error_rate",
+            Reason::SlowProcessing => "slow_processing",
+            Reason::QueueDepth => "queue_depth",
+            Reason::Saturation => "saturation",
+            Reason::RateLimited => "rate_limited",
+            Reason::PressureGone => "pressure_gone",
+        }
+    }
+
+    /// The Event reason (CamelCase, as Kubernetes shows them).
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            Reason::ImagePull => "ImagePullFailure",
+            Reason::CrashLoop => "CrashLoop",
+            Reason::OomKilled => "OOMKilled",
+            Reason::OomRepeated => "MemoryLimitTooLow",
+            Reason::HealthCheck => "HealthCheckFailing",
+            Reason::ErrorRate => "HighErrorRate",
+            Reason::SlowProcessing => "SlowProcessing",
+            Reason::QueueDepth => "QueueBacklog",
+            Reason::Saturation => "WorkersSaturated",
+            Reason::RateLimited => "ProviderRateLimited",
+            Reason::PressureGone => "PressureGone",
+        }
+    }
+}
+
+/// Why a decided action was not carried out. Bounded, used as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Guard {
+    Cooldown,
+    ActionCap,
+    DisruptionBudget,
+}
+
+impl Guard {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guard::Cooldown => "cooldown",
+            Guard::ActionCap => "action_cap",
+            Guard::DisruptionBudget => "disruption_budget",
+        }
+    }
+}
+
+/// Whether a decision is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Act,
+    /// Dry-run: log and emit a "would ..." Event only.
+    DryRun,
+    Suppressed(Guard),
+}
+
+/// What an action is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Pod(String),
+    Fleet,
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Pod(p) => write!(f, "pod/{p}"),
+            Subject::Fleet => f.write_str("fleet"),
+        }
+    }
+}
+
+/// One decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub subject: Subject,
+    pub action: Action,
+    pub reason: Reason,
+    pub verdict: Verdict,
+    /// The new replica count (or minimum) for scale actions.
+    pub scale_to: Option<i32>,
+}
+
+impl Decision {
+    pub fn carried_out(&self) -> bool {
+        matches!(self.verdict, Verdict::Act | Verdict::DryRun)
+    }
+    pub fn pod(&self) -> Option<&str> {
+        match &self.subject {
+            Subject::Pod(p) => Some(p),
+            Subject::Fleet => None,
+        }
+    }
+}
+
+/// What the controller did before, as far as the guards need to know.
+#[derive(Debug, Default, Clone)]
+pub struct Memory {
+    /// Last disruptive action per pod.
+    last_disruption: HashMap<String, Instant>,
+    /// Last report per (subject, reason), so a lasting condition is reported once per cooldown.
+    last_report: HashMap<(Subject, Reason), Instant>,
+    /// Disruptive actions across the fleet, oldest first, trimmed to the action window.
+    disruptions: VecDeque<Instant>,
+    last_scale: Option<Instant>,
+}
+
+impl Memory {
+    /// Records the carried-out decisions (dry-run ones too, so a dry run shows the real cadence).
+    pub fn record(&mut self, decisions: &[Decision], now: Instant, limits: &Limits) {
+        for d in decisions.iter().filter(|d| d.carried_out()) {
+            match d.action {
+                Action::Report | Action::HoldScale => {
+                    self.last_report.insert((d.subject.clone(), d.reason), now);
+                }
+                Action::Evict | Action::GracefulRestart => {
+                    if let Subject::Pod(p) = &d.subject {
+                        self.last_disruption.insert(p.clone(), now);
+                    }
+                    self.disruptions.push_back(now);
+                }
+                Action::ScaleUp | Action::ScaleDown => self.last_scale = Some(now),
+            }
+        }
+        self.forget_before(now, limits);
+    }
+
+    /// Drops what no guard can need any more, so memory stays bounded by the fleet.
+    fn forget_before(&mut self, now: Instant, limits: &Limits) {
+        let keep = limits.pod_cooldown.max(limits.scale_cooldown);
+        self.last_disruption.retain(|_, t| now.duration_since(*t) < keep);
+        self.last_report.retain(|_, t| now.duration_since(*t) < keep);
+        while self.disruptions.front().is_some_and(|t| now.duration_since(*t) >= limits.action_window) {
+            self.disruptions.pop_front();
+        }
+    }
+
+    fn disruption_cooled(&self, pod: &str, now: Instant, cooldown: Duration) -> bool {
+        self.last_disruption.get(pod).is_none_or(|t| now.duration_since(*t) >= cooldown)
+    }
+
+    fn report_cooled(&self, key: &(Subject, Reason), now: Instant, cooldown: Duration) -> bool {
+        self.last_report.get(key).is_none_or(|t| now.duration_since(*t) >= cooldown)
+    }
+
+    fn disruptions_in_window(&self, now: Instant, window: Duration) -> usize {
+        self.disruptions.iter().filter(|t| now.duration_since(**t) < window).count()
+    }
+
+    fn scale_cooled(&self, now: Instant, cooldown: Duration) -> bool {
+        self.last_scale.is_none_or(|t| now.duration_since(t) >= cooldown)
+    }
+}
+
+/// Decides every action for one look at the fleet, guards applied.
+pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: Instant) -> Vec<Decision> {
+    let mut out = Vec::new();
+    let mut candidates: Vec<(u8, &str, Action, Reason, bool)> = Vec::new();
+
+    // A crash loop on one pod while others serve may be local to that pod or its node
+    // (a bad node, a corrupt emptyDir): rescheduling it can help. On several pods it is
+    // the image or the config, and deleting pods only resets the kubelet's back-off.
+    let crash_looping = fleet.pods.iter().filter(|p| matches!(p.critical, Some(Critical::CrashLoop { .. }))).count();
+    let others_ready = fleet.pods.iter().filter(|p| p.ready).count();
+
+    for pod in &fleet.pods {
+        if fleet.in_flight.iter().any(|n| n == &pod.name) {
+            continue;
+        }
+        match pod.critical {
+            Some(Critical::ImagePull) => report(&mut out, pod, Reason::ImagePull, limits, memory, now),
+            Some(Critical::OomKilled { restarts, fresh }) => {
+                // A restart cannot raise a memory limit: say so, once per kill.
+                if fresh {
+                    let reason = if restarts >= limits.oom_repeat { Reason::OomRepeated } else { Reason::OomKilled };
+                    report(&mut out, pod, reason, limits, memory, now);
+                }
+            }
+            Some(Critical::CrashLoop { restarts }) => {
+                report(&mut out, pod, Reason::CrashLoop, limits, memory, now);
+                if restarts >= limits.crash_loop_restarts && crash_looping == 1 && others_ready > 0 {
+                    candidates.push((0, &pod.name, Action::Evict, Reason::CrashLoop, pod.ready));
+                }
+            }
+            None => {
+                let signal = if pod.health_failing_for.is_some_and(|d| d >= limits.health_failure_after) {
+                    Some((1, Reason::HealthCheck))
+                } else if pod.error_rate.is_some_and(|r| r > limits.error_rate_max) {
+                    Some((2, Reason::ErrorRate))
+                } else if pod.p95_seconds.is_some_and(|s| s > limits.p95_max_seconds) {
+                    Some((3, Reason::SlowProcessing))
+                } else {
+                    None
+                };
+                match signal {
+                    // Failing or slow jobs while the provider throttles us are the provider's
+                    // doing: a restart would not fix them, so report instead.
+                    Some((_, reason @ (Reason::ErrorRate | Reason::SlowProcessing))) if fleet.capacity.rate_limited => {
+                        report(&mut out, pod, reason, limits, memory, now)
+                    }
+                    Some((rank, reason)) => {
+                        candidates.push((rank, &pod.name, Action::GracefulRestart, reason, pod.ready))
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    // Most severe first, then by name so the order is stable between looks.
+    candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
+    let mut used = memory.disruptions_in_window(now, limits.action_window);
+    let allowed = limits.max_disrupted.min(fleet.max_unavailable) as usize;
+    // Pods not Ready are already unavailable; restarts in flight count until they end.
+    let mut disrupted = fleet.pods.iter().filter(|p| !p.ready).count()
+        + fleet.in_flight.iter().filter(|n| fleet.pods.iter().any(|p| &p.name == *n && p.ready)).count();
+    for (_, name, action, reason, ready) in candidates {
+        let verdict = if !memory.disruption_cooled(name, now, limits.pod_cooldown) {
+            Verdict::Suppressed(Guard::Cooldown)
+        } else if used >= limits.max_actions as usize {
+            Verdict::Suppressed(Guard::ActionCap)
+        } else if ready && disrupted >= allowed {
+            Verdict::Suppressed(Guard::DisruptionBudget)
+        } else {
+            used += 1;
+            if ready {
+                disrupted += 1;
+            }
+            act(limits)
+        };
+        out.push(Decision { subject: Subject::Pod(name.to_owned()), action, reason, verdict, scale_to: None });
+    }
+
+    if let Some(d) = decide_capacity(&fleet.capacity, limits, memory, now) {
+        out.push(d);
+    }
+    out
+}
+
+fn act(limits: &Limits) -> Verdict {
+    if limits.dry_run {
+        Verdict::DryRun
+    } else {
+        Verdict::Act
+    }
+}
+
+fn report(
+    out: &mut Vec<Decision>,
+    pod: &PodObservation,
+    reason: Reason,
+    limits: &Limits,
+    memory: &Memory,
+    now: Instant,
+) {
+    let subject = Subject::Pod(pod.name.clone());
+    let verdict = if memory.report_cooled(&(subject.clone(), reason), now, limits.pod_cooldown) {
+        act(limits)
+    } else {
+        Verdict::Suppressed(Guard::Cooldown)
+    };
+    out.push(Decision { subject, action: Action::Report, reason, verdict, scale_to: None });
+}
+
+/// Scale up under lasting pressure unless the provider is the bottleneck; scale back down
+/// to the value the controller found once the pressure has been gone for the calm window.
+pub fn decide_capacity(c: &CapacityObservation, limits: &Limits, memory: &Memory, now: Instant) -> Option<Decision> {
+    let target = c.target.as_ref()?;
+    let lasting = c.pressure.zip(c.pressure_for).filter(|(_, d)| *d >= limits.pressure_window);
+    let decision = |action, reason, scale_to, cooled: bool| Decision {
+        subject: Subject::Fleet,
+        action,
+        reason,
+        verdict: if cooled { act(limits) } else { Verdict::Suppressed(Guard::Cooldown) },
+        scale_to,
+    };
+
+    if let Some((reason, _)) = lasting {
+        if c.rate_limited {
+            // More pods would only send more requests into the same 429s.
+            let key = (Subject::Fleet, Reason::RateLimited);
+            let cooled = memory.report_cooled(&key, now, limits.scale_cooldown);
+            return Some(decision(Action::HoldScale, Reason::RateLimited, None, cooled));
+        }
+        let bound = target.ceiling.map_or(limits.scale_max, |c| c.min(limits.scale_max));
+        let from = match target.kind {
+            // Raising an autoscaler's minimum below what it already runs adds nothing.
+            ScaleKind::Hpa | ScaleKind::ScaledObject => target.current.max(target.replicas),
+            ScaleKind::Deployment => target.current,
+        };
+        let to = from.saturating_add(limits.scale_step).min(bound);
+        if to <= target.current {
+            return None;
+        }
+        let cooled = memory.scale_cooled(now, limits.scale_cooldown);
+        return Some(decision(Action::ScaleUp, reason, Some(to), cooled));
+    }
+
+    let original = target.original?;
+    if c.pressure.is_some() || c.calm_for.is_none_or(|d| d < limits.calm_window) || target.current <= original {
+        return None;
+    }
+    let to = match target.kind {
+        // The autoscaler's own scale-down behaviour paces the pods; give the minimum back at once.
+        ScaleKind::Hpa | ScaleKind::ScaledObject => original,
+        ScaleKind::Deployment => target.current.saturating_sub(limits.scale_step).max(original),
+    };
+    let cooled = memory.scale_cooled(now, limits.scale_cooldown);
+    Some(decision(Action::ScaleDown, Reason::PressureGone, Some(to), cooled))
+}
+
+/// Tracks how long the fleet has been under pressure, or free of it.
+#[derive(Debug, Default, Clone)]
+pub struct PressureTracker {
+    pressured_since: Option<Instant>,
+    calm_since: Option<Instant>,
+}
+
+impl PressureTracker {
+    /// Feeds one look; returns (pressure_for, calm_for).
+    pub fn observe(&mut self, now: Instant, pressured: bool) -> (Option<Duration>, Option<Duration>) {
+        if pressured {
+            self.calm_since = None;
+            let since = *self.pressured_since.get_or_insert(now);
+            (Some(now.duration_since(since)), None)
+        } else {
+            self.pressured_since = None;
+            let since = *self.calm_since.get_or_insert(now);
+            (None, Some(now.duration_since(since)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! The graceful restart of one worker: check the eviction is allowed, POST /shutdown,
+//! wait (bounded) for the drain, evict through the Eviction API, then wait (bounded)
+//! for a replacement to become Ready. An Event marks each step.
+//!
+//! The eviction is tried with `dryRun=All` first: if a PodDisruptionBudget refuses it
+//! (429) the worker is left alone instead of being drained for nothing. A refusal is
+//! not retried here; the pod's cooldown, set when the restart was decided, keeps the
+//! next attempt at least one cooldown away — no retry storm against the budget.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::controller::Context;
+use crate::kube_api::{self, EventTarget, EventType, Eviction};
+use crate::observe::pod_status;
+use crate::worker::Drain;
+
+/// One restart to carry out.
+#[derive(Debug, Clone)]
+pub struct RestartJob {
+    pub pod: String,
+    pub uid: Option<String>,
+    pub ip: Option<IpAddr>,
+    /// Why, for the Events ("/health failing for 75s").
+    pub why: String,
+    /// Pod names at decision time: a replacement is a Ready pod not among them.
+    pub known_pods: HashSet<String>,
+}
+
+/// How a graceful restart ended (also the `kind` label of restart_outcomes_total).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    ReplacementReady,
+    ReplacementNotReady,
+    EvictionRefused,
+    Cancelled,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::ReplacementReady => "replacement_ready",
+            Outcome::ReplacementNotReady => "replacement_not_ready",
+            Outcome::EvictionRefused => "eviction_refused",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Runs the whole sequence; never panics or returns an error, every ending is an [`Outcome`].
+pub async fn graceful_restart(ctx: Arc<Context>, job: RestartJob) -> Outcome {
+    let outcome = run(&ctx, &job).await;
+    ctx.metrics.outcome(outcome.as_str());
+    tracing::info!(pod = %job.pod, outcome = outcome.as_str(), "graceful restart finished");
+    outcome
+}
+
+async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
+    let target = EventTarget::pod_named(&job.pod, job.uid.clone());
+    let event = |type_, reason: &'static str, message: String| {
+        let target = target.clone();
+        async move { kube_api::post_event(ctx, &target, type_, reason, "GracefulRestart", &message).await }
+    };
+
+    // 1. Would the budget allow the eviction at all?
+    match kube_api::evict(ctx, &job.pod, true).await {
+        Ok(Eviction::Evicted) => {}
+        Ok(Eviction::Gone) => return Outcome::Cancelled,
+        Ok(Eviction::Refused(msg)) => {
+            event(
+                EventType::Warning,
+                "EvictionRefused",
+                format!("not restarting ({}): the disruption budget refuses an eviction now: {msg}; next try after the cooldown", job.why),
+            )
+            .await;
+            return Outcome::EvictionRefused;
+        }
+        Err(e) => {
+            tracing::warn!(pod = %job.pod, error = %e, "eviction check failed");
+            return Outcome::Failed;
+        }
+    }
+    if ctx.shutdown.is_cancelled() {
+        return Outcome::Cancelled;
+    }
+
+    // 2. Drain: the worker stops claiming, finishes in-flight jobs, releases the rest.
+    let drain = match job.ip {
+        Some(ip) => match ctx.worker.shutdown(ip).await {
+            Ok(()) => {
+                event(
+                    EventType::Normal,
+                    "Draining",
+                    format!(
+                        "restarting gracefully ({}): POST /shutdown accepted, waiting up to {}s for in-flight jobs",
+                        job.why,
+                        ctx.config.drain_timeout.as_secs()
+                    ),
+                )
+                .await;
+                Some(ctx.worker.wait_drained(ip, ctx.config.drain_timeout, ctx.config.drain_poll).await)
+            }
+            Err(e) => {
+                event(
+                    EventType::Warning,
+                    "Draining",
+                    format!("restarting ({}): shutdown call failed ({e}); evicting, SIGTERM starts the drain", job.why),
+                )
+                .await;
+                None
+            }
+        },
+        None => None,
+    };
+    if ctx.shutdown.is_cancelled() {
+        return Outcome::Cancelled;
+    }
+
+    // 3. Evict: the ReplicaSet creates the replacement.
+    let drained = match drain {
+        Some(Drain::Drained(d)) => format!("drained in {:.1}s", d.as_secs_f64()),
+        Some(Drain::TimedOut) => "drain still running at the deadline".to_owned(),
+        None => "not drained".to_owned(),
+    };
+    match kube_api::evict(ctx, &job.pod, false).await {
+        Ok(Eviction::Evicted) | Ok(Eviction::Gone) => {
+            event(EventType::Normal, "Evicted", format!("evicted ({drained})")).await;
+        }
+        Ok(Eviction::Refused(msg)) => {
+            event(
+                EventType::Warning,
+                "EvictionRefused",
+                format!("{drained}, but the disruption budget now refuses the eviction: {msg}; the kubelet restarts the drained container"),
+            )
+            .await;
+            return Outcome::EvictionRefused;
+        }
+        Err(e) => {
+            tracing::warn!(pod = %job.pod, error = %e, "eviction failed");
+            return Outcome::Failed;
+        }
+    }
+
+    // 4. Verify: a pod that did not exist before becomes Ready in time.
+    let deadline = Instant::now() + ctx.config.replacement_timeout;
+    loop {
+        let ready_new = match kube_api::list_pods(ctx).await {
+            Ok(pods) => {
+                pods.iter().map(pod_status).find(|p| p.ready && !p.terminating && !job.known_pods.contains(&p.name))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "listing pods while waiting for the replacement");
+                None
+            }
+        };
+        if let Some(p) = ready_new {
+            event(EventType::Normal, "ReplacementReady", format!("replacement {} is Ready", p.name)).await;
+            return Outcome::ReplacementReady;
+        }
+        if Instant::now() + ctx.config.replacement_poll > deadline || ctx.shutdown.is_cancelled() {
+            event(
+                EventType::Warning,
+                "ReplacementNotReady",
+                format!(
+                    "no replacement became Ready within {}s: check the ReplicaSet and scheduling",
+                    ctx.config.replacement_timeout.as_secs()
+                ),
+            )
+            .await;
+            return Outcome::ReplacementNotReady;
+        }
+        tokio::time::sleep(ctx.config.replacement_poll).await;
+    }
+}

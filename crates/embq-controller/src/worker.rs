@@ -1,0 +1,108 @@
+//! HTTP calls to one worker on its pod IP: /health, /metrics, POST /shutdown, and the drain wait.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{Config, Secret};
+use crate::observe::{parse_worker_metrics, WorkerMetrics};
+use crate::Error;
+
+/// A client for the workers' HTTP endpoints.
+#[derive(Clone)]
+pub struct WorkerClient {
+    http: reqwest::Client,
+    health_port: u16,
+    metrics_port: u16,
+    token: Secret,
+}
+
+/// How a drain wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// No job in flight any more (or the process is gone).
+    Drained(Duration),
+    /// Still busy at the deadline; eviction's SIGTERM gives it the rest of its grace period.
+    TimedOut,
+}
+
+impl WorkerClient {
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.scrape_timeout)
+            .connect_timeout(config.scrape_timeout)
+            // Pod IPs are reached directly: a cluster-wide HTTP proxy must not see them.
+            .no_proxy()
+            .build()
+            .map_err(|e| Error::Setup(format!("worker HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            health_port: config.worker_health_port,
+            metrics_port: config.worker_metrics_port,
+            token: config.shutdown_token.clone(),
+        })
+    }
+
+    fn url(ip: IpAddr, port: u16, path: &str) -> String {
+        // SocketAddr's Display brackets IPv6 addresses.
+        format!("http://{}{path}", SocketAddr::new(ip, port))
+    }
+
+    /// `GET /health`: true on any 2xx; false on anything else, including no answer.
+    pub async fn health(&self, ip: IpAddr) -> bool {
+        match self.http.get(Self::url(ip, self.health_port, "/health")).send().await {
+            Ok(r) => r.status().is_success(),
+            Err(_) => false,
+        }
+    }
+
+    /// `GET /metrics`, parsed.
+    pub async fn metrics(&self, ip: IpAddr) -> Result<WorkerMetrics, Error> {
+        let url = Self::url(ip, self.metrics_port, "/metrics");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| Error::Worker(format!("GET {url}: {e}")))?;
+        let text = resp.text().await.map_err(|e| Error::Worker(format!("GET {url}: {e}")))?;
+        Ok(parse_worker_metrics(&text))
+    }
+
+    /// `POST /shutdown` with the bearer token; the worker answers 202 and starts draining.
+    pub async fn shutdown(&self, ip: IpAddr) -> Result<(), Error> {
+        let url = Self::url(ip, self.health_port, "/shutdown");
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| Error::Worker(format!("POST {url}: {e}")))?;
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            s => Err(Error::Worker(format!("POST {url}: HTTP {s}"))),
+        }
+    }
+
+    /// Polls the worker's in-flight gauge until it is zero or the worker stops answering,
+    /// bounded by `timeout`.
+    pub async fn wait_drained(&self, ip: IpAddr, timeout: Duration, poll: Duration) -> Drain {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        loop {
+            match self.metrics(ip).await {
+                Ok(m) if m.inflight.unwrap_or(0.0) <= 0.0 => return Drain::Drained(start.elapsed()),
+                Ok(_) => {}
+                // The process exited after its drain: nothing is in flight.
+                Err(_) => return Drain::Drained(start.elapsed()),
+            }
+            if Instant::now() + poll > deadline {
+                return Drain::TimedOut;
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! The controller against a mocked API server, scenario by scenario: each asserts the
+//! exact sequence of API requests (and of calls to the stand-in workers). The last test
+//! replays them all and compares the requests with the RBAC Role in deploy/.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use embq_controller::controller::{self, reconcile, Tick};
+use embq_controller::kube_api::ORIGINAL_ANNOTATION;
+use embq_controller::policy::{Action, Guard, Reason, Verdict};
+use serde_json::{json, Value};
+use support::*;
+
+type Requests = Vec<(String, String)>;
+
+fn ready_hpa(min: i32, annotations: Value) -> Value {
+    list(
+        "HorizontalPodAutoscalerList",
+        "autoscaling/v2",
+        &[hpa(min, 10, annotations, json!({}), "embedding-queue-workers-hpa")],
+    )
+}
+
+fn leader(tick: Tick) -> Vec<embq_controller::policy::Decision> {
+    match tick {
+        Tick::Leader(d) => d,
+        Tick::Follower => panic!("expected to lead"),
+    }
+}
+
+/// `/health` failing: Lease, fleet read, PDB check, POST /shutdown, drain, eviction,
+/// replacement Ready — with an Event at each step.
+pub async fn graceful_restart() -> Requests {
+    let (ctx, mut api) =
+        controller_with_workers(vec![Behavior::failing_health(), Behavior::healthy(&worker_metrics(0.0, 1.0, 0.0))])
+            .await;
+    let (ctx, workers) = ctx;
+    let [a, b] = [workers.ips[0], workers.ips[1]];
+    let tick = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { reconcile(&ctx).await }
+    });
+
+    api.expect("GET", &lease_uri()).await.status(404, "NotFound", "leases not found");
+    let create = api.expect("POST", "/apis/coordination.k8s.io/v1/namespaces/ns/leases?").await;
+    assert_eq!(create.body["spec"]["holderIdentity"], "me");
+    create.echo(201);
+    let pods = pod_list(&[pod(&PodSpec::not_ready("w-a", a)), pod(&PodSpec::ready("w-b", b))]);
+    api.fleet(pods, deployment(2, json!({})), None, ready_hpa(2, json!({}))).await;
+
+    let dry = api.expect("POST", &eviction_uri("w-a", true)).await;
+    dry.reply(201, status_body(201, "", ""));
+    let (reason, message) = api.expect_event("w-a").await;
+    assert_eq!(reason, "Draining");
+    assert!(message.contains("POST /shutdown accepted"), "{message}");
+    assert!(message.contains("(/health failing for 0s"), "{message}");
+    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    assert_eq!(api.expect_event("w-a").await.0, "Evicted");
+    // The replacement: first not Ready yet, then Ready.
+    let replacement = |ready| {
+        let spec = PodSpec { ready, ..PodSpec::ready("w-c", b) };
+        pod_list(&[pod(&PodSpec::ready("w-b", b)), pod(&spec)])
+    };
+    api.expect("GET", &pods_uri()).await.ok(replacement(false));
+    api.expect("GET", &pods_uri()).await.ok(replacement(true));
+    assert_eq!(api.expect_event("w-a").await.0, "ReplacementReady");
+
+    let decisions = leader(tick.await.expect("tick task").expect("tick"));
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(
+        (decisions[0].action, decisions[0].reason, decisions[0].verdict),
+        (Action::GracefulRestart, Reason::HealthCheck, Verdict::Act)
+    );
+    restarts_done(&ctx).await;
+    api.assert_idle();
+
+    // The shutdown call reached the failing worker, with the token, between the PDB
+    // check and the "Draining" Event; the healthy worker was never touched.
+    let log = api.log.entries();
+    let at =
+        |needle: &str| log.iter().position(|e| e == needle).unwrap_or_else(|| panic!("{needle} missing from {log:#?}"));
+    let shutdown = at(&format!("worker {a} POST /shutdown"));
+    assert!(at(&format!("POST {}", eviction_uri("w-a", true))) < shutdown);
+    assert!(shutdown < at(&format!("POST {}", eviction_uri("w-a", false))));
+    assert!(!log.iter().any(|e| e.contains(&format!("worker {b} POST"))));
+    let text = ctx.metrics.encode();
+    assert!(text.contains(r#"restart_controller_actions_total{action="graceful_restart",reason="health_check"} 1"#));
+    assert!(text.contains(r#"restart_controller_restart_outcomes_total{kind="replacement_ready"} 1"#));
+    api.seen
+}
+
+/// A PodDisruptionBudget refuses the eviction (429): the worker is not drained, an Event
+/// says why, and the next tick does not try again (cooldown) — no retry storm.
+pub async fn eviction_refused_by_pdb() -> Requests {
+    let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health()]).await;
+    let a = workers.ips[0];
+    let pods = || pod_list(&[pod(&PodSpec::not_ready("w-a", a))]);
+
+    for round in 0..3 {
+        let tick = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { reconcile(&ctx).await }
+        });
+        api.lease_renewed().await;
+        api.fleet(pods(), deployment(1, json!({})), None, ready_hpa(1, json!({}))).await;
+        if round == 0 {
+            api.expect("POST", &eviction_uri("w-a", true)).await.status(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            );
+            let (reason, message) = api.expect_event("w-a").await;
+            assert_eq!(reason, "EvictionRefused");
+            assert!(message.contains("disruption budget"), "{message}");
+        }
+        let decisions = leader(tick.await.expect("tick task").expect("tick"));
+        restarts_done(&ctx).await;
+        if round > 0 {
+            assert_eq!(decisions[0].verdict, Verdict::Suppressed(Guard::Cooldown), "round {round}");
+        }
+    }
+    api.assert_idle();
+    let log = api.log.entries();
+    assert!(!log.iter().any(|e| e.contains("/shutdown")), "no drain: {log:#?}");
+    assert_eq!(
+        log.iter().filter(|e| e.contains("/eviction")).count(),
+        1,
+        "one eviction attempt in three ticks: {log:#?}"
+    );
+    assert!(ctx.metrics.encode().contains(r#"restart_controller_restart_outcomes_total{kind="eviction_refused"} 1"#));
+    api.seen
+}
+
+/// Queue backlog with an HPA: raise its minReplicas (remembering the original), then
+/// give it back when the pressure is gone. The Deployment's replicas are never written.
+pub async fn capacity_via_hpa() -> Requests {
+    let ((ctx, workers), mut api) = controller_with_workers(vec![
+        Behavior::healthy(&worker_metrics(100.0, 3.0, 0.0)),
+        Behavior::healthy(&worker_metrics(100.0, 3.0, 0.0)),
+    ])
+    .await;
+    let pods = pod_list(&[pod(&PodSpec::ready("w-a", workers.ips[0])), pod(&PodSpec::ready("w-b", workers.ips[1]))]);
+
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(pods.clone(), deployment(2, json!({})), None, ready_hpa(2, json!({}))).await;
+    let patch = api
+        .expect("PATCH", "/apis/autoscaling/v2/namespaces/ns/horizontalpodautoscalers/embedding-queue-workers-hpa?")
+        .await;
+    assert_eq!(
+        patch.body,
+        json!({"metadata": {"annotations": {ORIGINAL_ANNOTATION: "2"}}, "spec": {"minReplicas": 3}})
+    );
+    patch.ok(hpa(3, 10, json!({ORIGINAL_ANNOTATION: "2"}), json!({}), "embedding-queue-workers-hpa"));
+    let (reason, message) = api.expect_event("embedding-queue-workers").await;
+    assert_eq!(reason, "ScaledUp");
+    assert!(message.contains("minReplicas 2 -> 3"), "{message}");
+    tick.await.expect("tick task").expect("tick");
+
+    // The backlog is gone: the minimum goes back to 2 and the annotation is removed.
+    for i in 0..2 {
+        workers.set(i, Behavior::healthy(&worker_metrics(0.0, 0.0, 0.0)));
+    }
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(pods, deployment(3, json!({})), None, ready_hpa(3, json!({ORIGINAL_ANNOTATION: "2"}))).await;
+    let patch = api
+        .expect("PATCH", "/apis/autoscaling/v2/namespaces/ns/horizontalpodautoscalers/embedding-queue-workers-hpa?")
+        .await;
+    assert_eq!(
+        patch.body,
+        json!({"metadata": {"annotations": {ORIGINAL_ANNOTATION: null}}, "spec": {"minReplicas": 2}})
+    );
+    patch.ok(hpa(2, 10, json!({}), json!({}), "embedding-queue-workers-hpa"));
+    assert_eq!(api.expect_event("embedding-queue-workers").await.0, "ScaledDown");
+    tick.await.expect("tick task").expect("tick");
+    api.assert_idle();
+    api.seen
+}
+
+/// The provider is rate limiting (its 429 counter grows): a backlog does not add pods.
+pub async fn no_scale_up_when_rate_limited() -> Requests {
+    let ((ctx, workers), mut api) =
+        controller_with_workers(vec![Behavior::healthy(&worker_metrics(0.0, 3.0, 10.0))]).await;
+    let pods = pod_list(&[pod(&PodSpec::ready("w-a", workers.ips[0]))]);
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(pods.clone(), deployment(2, json!({})), None, ready_hpa(2, json!({}))).await;
+    assert!(leader(tick.await.expect("task").expect("tick")).is_empty());
+
+    workers.set(0, Behavior::healthy(&worker_metrics(100.0, 3.0, 25.0)));
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(pods, deployment(2, json!({})), None, ready_hpa(2, json!({}))).await;
+    let (reason, message) = api.expect_event("embedding-queue-workers").await;
+    assert_eq!(reason, "ProviderRateLimited");
+    assert!(message.contains("not scaling up"), "{message}");
+    let decisions = leader(tick.await.expect("task").expect("tick"));
+    assert_eq!(decisions[0].action, Action::HoldScale);
+    api.assert_idle();
+    api.seen
+}
+
+/// No autoscaler targets the Deployment: its replicas are raised directly.
+pub async fn capacity_via_deployment() -> Requests {
+    let ((ctx, workers), mut api) =
+        controller_with_workers(vec![Behavior::healthy(&worker_metrics(50.0, 3.0, 0.0))]).await;
+    let pods = pod_list(&[pod(&PodSpec::ready("w-a", workers.ips[0]))]);
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    // An HPA for some other Deployment does not count.
+    let unrelated = json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "other", "namespace": NS},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "other"}, "maxReplicas": 3}
+    });
+    api.fleet(
+        pods,
+        deployment(1, json!({})),
+        Some(list("ScaledObjectList", "keda.sh/v1alpha1", &[])),
+        list("HorizontalPodAutoscalerList", "autoscaling/v2", &[unrelated]),
+    )
+    .await;
+    let patch = api.expect("PATCH", "/apis/apps/v1/namespaces/ns/deployments/embedding-queue-workers?").await;
+    assert_eq!(patch.body, json!({"metadata": {"annotations": {ORIGINAL_ANNOTATION: "1"}}, "spec": {"replicas": 2}}));
+    patch.ok(deployment(2, json!({ORIGINAL_ANNOTATION: "1"})));
+    let (reason, message) = api.expect_event("embedding-queue-workers").await;
+    assert_eq!(reason, "ScaledUp");
+    assert!(message.contains("Deployment embedding-queue-workers replicas 1 -> 2"), "{message}");
+    tick.await.expect("task").expect("tick");
+    api.assert_idle();
+    api.seen
+}
+
+/// KEDA owns the Deployment: its ScaledObject's minReplicaCount is raised, never the
+/// HPA KEDA generated for it.
+pub async fn capacity_via_scaled_object() -> Requests {
+    let ((ctx, workers), mut api) =
+        controller_with_workers(vec![Behavior::healthy(&worker_metrics(50.0, 3.0, 0.0))]).await;
+    let pods = pod_list(&[pod(&PodSpec::ready("w-a", workers.ips[0]))]);
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    let keda_hpa = hpa(
+        1,
+        10,
+        json!({}),
+        json!({"scaledobject.keda.sh/name": "embedding-queue-workers"}),
+        "keda-hpa-embedding-queue-workers",
+    );
+    api.fleet(
+        pods,
+        deployment(1, json!({})),
+        Some(list("ScaledObjectList", "keda.sh/v1alpha1", &[scaled_object(1, json!({}))])),
+        list("HorizontalPodAutoscalerList", "autoscaling/v2", &[keda_hpa]),
+    )
+    .await;
+    let patch =
+        api.expect("PATCH", "/apis/keda.sh/v1alpha1/namespaces/ns/scaledobjects/embedding-queue-workers?").await;
+    assert_eq!(
+        patch.body,
+        json!({"metadata": {"annotations": {ORIGINAL_ANNOTATION: "1"}}, "spec": {"minReplicaCount": 2}})
+    );
+    patch.ok(scaled_object(2, json!({ORIGINAL_ANNOTATION: "1"})));
+    assert_eq!(api.expect_event("embedding-queue-workers").await.0, "ScaledUp");
+    tick.await.expect("task").expect("tick");
+    api.assert_idle();
+    api.seen
+}
+
+/// Another replica holds a live Lease: this one reads the Lease and does nothing else.
+/// When that Lease expires, this one takes it over (with the resourceVersion it read).
+pub async fn follower_takes_no_action() -> Requests {
+    let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health()]).await;
+    let tick = spawn_tick(&ctx);
+    api.expect("GET", &lease_uri()).await.ok(lease("other", 1));
+    assert!(matches!(tick.await.expect("task").expect("tick"), Tick::Follower));
+    api.assert_idle();
+    assert!(ctx.metrics.encode().contains("restart_controller_leader 0"));
+    assert!(api.log.entries().iter().all(|e| !e.starts_with("worker ")), "a follower scrapes nothing");
+
+    // The holder stopped renewing: take over, then act.
+    let tick = spawn_tick(&ctx);
+    api.expect("GET", &lease_uri()).await.ok(lease("other", 120));
+    let put = api.expect("PUT", &format!("{}?", lease_uri())).await;
+    assert_eq!(put.body["spec"]["holderIdentity"], "me");
+    assert_eq!(put.body["metadata"]["resourceVersion"], "7");
+    put.echo(200);
+    let pods = pod_list(&[pod(&PodSpec::ready("w-a", workers.ips[0]))]);
+    api.fleet(pods, deployment(1, json!({})), None, ready_hpa(1, json!({}))).await;
+    // A single ready pod: maxUnavailable 1 allows it, so the restart starts.
+    api.expect("POST", &eviction_uri("w-a", true)).await.status(429, "TooManyRequests", "budget");
+    api.expect_event("w-a").await;
+    tick.await.expect("task").expect("tick");
+    restarts_done(&ctx).await;
+    assert!(ctx.metrics.encode().contains("restart_controller_leader 1"));
+
+    // Two replicas racing for the Lease: the loser gets 409 and follows.
+    let tick = spawn_tick(&ctx);
+    api.expect("GET", &lease_uri()).await.ok(lease("other", 120));
+    api.expect("PUT", &format!("{}?", lease_uri())).await.status(409, "Conflict", "the object has been modified");
+    assert!(matches!(tick.await.expect("task").expect("tick"), Tick::Follower));
+    api.assert_idle();
+    api.seen
+}
+
+/// Twenty workers fail at once: no more disruptive actions than the cap (3), whatever
+/// the order the restarts interleave in; later ticks in the window add none.
+pub async fn storm_is_capped() -> Requests {
+    let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health()]).await;
+    let ip = workers.ips[0];
+    let names: Vec<String> = (0..20).map(|i| format!("w-{i:02}")).collect();
+    let pods = pod_list(&names.iter().map(|n| pod(&PodSpec::not_ready(n, ip))).collect::<Vec<_>>());
+    let mut evictions = BTreeSet::new();
+    for round in 0..2 {
+        let tick = spawn_tick(&ctx);
+        api.lease_renewed().await;
+        api.fleet(pods.clone(), deployment(20, json!({})), None, ready_hpa(20, json!({}))).await;
+        // Restarts run concurrently: answer whatever comes until the tick and its
+        // restarts are done.
+        let drive = async {
+            loop {
+                let call = api.next().await;
+                match (call.method.as_str(), call.uri.as_str()) {
+                    ("POST", u) if u.contains("/eviction") => {
+                        evictions.insert(call.uri.clone());
+                        call.reply(201, status_body(201, "", ""));
+                    }
+                    ("POST", u) if u.ends_with("/events?") => call.echo(201),
+                    ("GET", u) if u == pods_uri() => call.ok(pod_list(&[pod(&PodSpec::ready("w-new", ip))])),
+                    (m, u) => panic!("unexpected request in the storm: {m} {u}"),
+                }
+            }
+        };
+        let finished = async {
+            let decisions = leader(tick.await.expect("task").expect("tick"));
+            restarts_done(&ctx).await;
+            decisions
+        };
+        let decisions = tokio::select! {
+            d = finished => d,
+            _ = drive => unreachable!("the driver loops until the tick is done"),
+        };
+        let acted = decisions.iter().filter(|d| d.verdict == Verdict::Act).count();
+        let capped = decisions.iter().filter(|d| d.verdict == Verdict::Suppressed(Guard::ActionCap)).count();
+        let want_acted = if round == 0 { 3 } else { 0 };
+        assert_eq!((acted, capped), (want_acted, 17), "round {round}");
+    }
+    api.assert_idle();
+    // Three restarts: a PDB check and an eviction each, three shutdown calls.
+    assert_eq!(evictions.len(), 6, "{evictions:#?}");
+    let shutdowns = api.log.entries().iter().filter(|e| e.ends_with("POST /shutdown")).count();
+    assert_eq!(shutdowns, 3);
+    assert!(ctx
+        .metrics
+        .encode()
+        .contains(r#"restart_controller_suppressed_total{action="graceful_restart",guard="action_cap"} 34"#));
+    api.seen
+}
+
+/// An API error fails the tick, the loop backs off and tries again: never fatal.
+pub async fn list_errors_are_retried_with_backoff() -> Requests {
+    tokio::time::pause();
+    let (ctx, mut api) = controller(&["--leader-election", "false", "--interval", "5s"]);
+    let run = tokio::spawn(controller::run(ctx.clone()));
+    api.expect("GET", &pods_uri()).await.status(500, "InternalError", "etcd is sad");
+    let failed_at = tokio::time::Instant::now();
+    api.expect("GET", &pods_uri()).await.status(503, "ServiceUnavailable", "still sad");
+    // Second failure: after the first back-off step (1 s).
+    assert!(failed_at.elapsed() >= std::time::Duration::from_secs(1));
+    let failed_at = tokio::time::Instant::now();
+    api.fleet(pod_list(&[]), deployment(1, json!({})), None, no_hpas()).await;
+    assert!(failed_at.elapsed() >= std::time::Duration::from_secs(2), "doubled back-off");
+    // Healthy again: the next tick comes one interval later.
+    let ok_at = tokio::time::Instant::now();
+    api.expect("GET", &pods_uri()).await.ok(pod_list(&[]));
+    assert!(ok_at.elapsed() >= std::time::Duration::from_secs(5));
+    ctx.shutdown.cancel();
+    api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/embedding-queue-workers"))
+        .await
+        .status(404, "NotFound", "gone");
+    tokio::time::timeout(STEP, run).await.expect("loop stops").expect("join");
+    let text = ctx.metrics.encode();
+    assert!(text.contains(r#"restart_controller_reconcile_errors_total{kind="kube_api"} 2"#), "{text}");
+    assert!(text.contains(r#"restart_controller_reconcile_errors_total{kind="deployment_missing"} 1"#), "{text}");
+    api.seen
+}
+
+/// Dry run: the same decision, a "would ..." Event, no eviction and no shutdown call.
+pub async fn dry_run_only_reports() -> Requests {
+    let ((ctx, workers), mut api) =
+        controller_with_workers_args(vec![Behavior::failing_health()], &["--dry-run"]).await;
+    let pods = pod_list(&[pod(&PodSpec::not_ready("w-a", workers.ips[0]))]);
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(pods, deployment(1, json!({})), None, ready_hpa(1, json!({}))).await;
+    let (_, message) = api.expect_event("w-a").await;
+    assert!(message.starts_with("dry run, would restart the pod gracefully"), "{message}");
+    let decisions = leader(tick.await.expect("task").expect("tick"));
+    assert_eq!(decisions[0].verdict, Verdict::DryRun);
+    restarts_done(&ctx).await;
+    api.assert_idle();
+    assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")));
+    api.seen
+}
+
+fn spawn_tick(
+    ctx: &Arc<embq_controller::controller::Context>,
+) -> tokio::task::JoinHandle<Result<Tick, embq_controller::Error>> {
+    let ctx = ctx.clone();
+    tokio::spawn(async move { reconcile(&ctx).await })
+}
+
+async fn controller_with_workers(
+    behaviors: Vec<Behavior>,
+) -> ((Arc<embq_controller::controller::Context>, Workers), MockApi) {
+    controller_with_workers_args(behaviors, &[]).await
+}
+
+async fn controller_with_workers_args(
+    behaviors: Vec<Behavior>,
+    extra: &[&str],
+) -> ((Arc<embq_controller::controller::Context>, Workers), MockApi) {
+    let log = Log::default();
+    let workers = Workers::start(behaviors, &log).await;
+    let ports = workers.port_args();
+    let mut args: Vec<&str> = ports.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    let (ctx, mut api) = controller(&args);
+    api.log = log;
+    ((ctx, workers), api)
+}
+
+#[tokio::test]
+async fn graceful_restart_drains_evicts_and_checks_the_replacement() {
+    graceful_restart().await;
+}
+
+#[tokio::test]
+async fn eviction_refused_by_a_pdb_is_not_retried_in_a_storm() {
+    eviction_refused_by_pdb().await;
+}
+
+#[tokio::test]
+async fn capacity_raises_and_restores_the_hpa_minimum() {
+    capacity_via_hpa().await;
+}
+
+#[tokio::test]
+async fn a_rate_limited_provider_blocks_scale_up() {
+    no_scale_up_when_rate_limited().await;
+}
+
+#[tokio::test]
+async fn capacity_scales_the_deployment_when_no_autoscaler_targets_it() {
+    capacity_via_deployment().await;
+}
+
+#[tokio::test]
+async fn capacity_goes_through_the_keda_scaled_object() {
+    capacity_via_scaled_object().await;
+}
+
+#[tokio::test]
+async fn a_follower_takes_no_action_until_the_lease_expires() {
+    follower_takes_no_action().await;
+}
+
+#[tokio::test]
+async fn a_storm_of_twenty_failing_pods_is_capped() {
+    storm_is_capped().await;
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_with_backoff_never_fatal() {
+    list_errors_are_retried_with_backoff().await;
+}
+
+#[tokio::test]
+async fn dry_run_emits_would_events_only() {
+    dry_run_only_reports().await;
+}
+
+/// (apiGroup, resource, verb) of one request path.
+fn rbac_of(method: &str, uri: &str) -> (String, String, String) {
+    let path = uri.split('?').next().unwrap_or_default();
+    let query = uri.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest.to_vec()),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest.to_vec()),
+        _ => panic!("not an API path: {uri}"),
+    };
+    let rest = match rest.as_slice() {
+        ["namespaces", _ns, rest @ ..] => rest.to_vec(),
+        other => other.to_vec(),
+    };
+    let (resource, named) = match rest.as_slice() {
+        [r] => (r.to_string(), false),
+        [r, _name] => (r.to_string(), true),
+        [r, _name, sub] => (format!("{r}/{sub}"), true),
+        _ => panic!("unexpected path shape: {uri}"),
+    };
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => panic!("unexpected method {method}"),
+    };
+    (group, resource, verb.to_owned())
+}
+
+/// (apiGroup, resource, verb) granted by the Role in deploy/.
+fn role_rules() -> BTreeSet<(String, String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/base/controller/role.yaml");
+    let text = std::fs::read_to_string(path).expect("role.yaml");
+    let role: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+    assert_eq!(role["kind"], "Role", "a namespaced Role, not a ClusterRole");
+    let mut out = BTreeSet::new();
+    let rules = role["rules"].as_sequence().expect("rules");
+    for rule in rules {
+        let strings = |key: &str| -> Vec<String> {
+            rule[key]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("rule without {key}: {rule:?}"))
+                .iter()
+                .map(|v| v.as_str().expect("string").to_owned())
+                .collect()
+        };
+        assert!(rule.get("resourceNames").is_none() || !rule["resourceNames"].is_null());
+        for g in strings("apiGroups") {
+            for r in strings("resources") {
+                for v in strings("verbs") {
+                    assert!(g != "*" && r != "*" && v != "*", "no wildcards");
+                    out.insert((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_role_allows_every_request_the_scenarios_make_and_nothing_else() {
+    let mut used = BTreeSet::new();
+    for seen in [
+        graceful_restart().await,
+        eviction_refused_by_pdb().await,
+        capacity_via_hpa().await,
+        no_scale_up_when_rate_limited().await,
+        capacity_via_deployment().await,
+        capacity_via_scaled_object().await,
+        follower_takes_no_action().await,
+        storm_is_capped().await,
+        dry_run_only_reports().await,
+    ] {
+        for (method, uri) in seen {
+            used.insert(rbac_of(&method, &uri));
+        }
+    }
+    let granted = role_rules();
+    let missing: Vec<_> = used.difference(&granted).collect();
+    let unused: Vec<_> = granted.difference(&used).collect();
+    assert!(missing.is_empty(), "requests the Role does not allow: {missing:?}");
+    assert!(unused.is_empty(), "Role rules no scenario uses: {unused:?}");
+}
+
+#[test]
+fn request_paths_map_to_rbac_rules() {
+    let cases = [
+        ("GET", "/api/v1/namespaces/ns/pods?&labelSelector=a", ("", "pods", "list")),
+        ("POST", "/api/v1/namespaces/ns/pods/p/eviction?", ("", "pods/eviction", "create")),
+        ("GET", "/apis/apps/v1/namespaces/ns/deployments/d", ("apps", "deployments", "get")),
+        ("PUT", "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l?", ("coordination.k8s.io", "leases", "update")),
+        ("GET", "/api/v1/namespaces/ns/pods?watch=true", ("", "pods", "watch")),
+    ];
+    for (m, u, (g, r, v)) in cases {
+        assert_eq!(rbac_of(m, u), (g.into(), r.into(), v.into()), "{m} {u}");
+    }
+}

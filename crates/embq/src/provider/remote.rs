@@ -1,0 +1,387 @@
+//! What every remote provider shares: the HTTP client, the rate-limit signals read from
+//! responses, and the one triage table from an HTTP answer to a [`ProviderError`].
+//!
+//! Triage knows three error bodies: OpenAI's nested `{"error":{"message","type","code"}}`,
+//! text-embeddings-inference's flat `{"error":"…","error_type":"…"}` and Google's
+//! `{"error":{"code","status","message","details":[…]}}`.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use super::ProviderError;
+
+/// Rate-limit state a provider reported with a response.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateSignals {
+    /// `Retry-After` / `retry-after-ms`, or Gemini's `RetryInfo.retryDelay`.
+    pub retry_after: Option<Duration>,
+    /// `x-ratelimit-remaining-requests`.
+    pub remaining_requests: Option<u64>,
+    /// `x-ratelimit-remaining-tokens`.
+    pub remaining_tokens: Option<u64>,
+    /// `x-ratelimit-reset-requests`: until the request budget is whole again.
+    pub reset_requests: Option<Duration>,
+    /// `x-ratelimit-reset-tokens`.
+    pub reset_tokens: Option<Duration>,
+}
+
+impl RateSignals {
+    /// True when the response carried no signal at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Where a provider sends the signals it reads (the limiter).
+pub trait SignalSink: Send + Sync {
+    /// Called once per response that carried any signal.
+    fn observe(&self, signals: &RateSignals);
+}
+
+/// A provider's slot for its sink, set once when the worker starts.
+#[derive(Default)]
+pub struct SinkSlot(OnceLock<Arc<dyn SignalSink>>);
+
+impl SinkSlot {
+    /// Connects the sink; a second call is ignored.
+    pub fn set(&self, sink: Arc<dyn SignalSink>) {
+        let _ = self.0.set(sink);
+    }
+    /// Forwards non-empty signals.
+    pub fn send(&self, signals: &RateSignals) {
+        if let (Some(sink), false) = (self.0.get(), signals.is_empty()) {
+            sink.observe(signals);
+        }
+    }
+}
+
+impl std::fmt::Debug for SinkSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "SinkSlot(set)" } else { "SinkSlot(empty)" })
+    }
+}
+
+/// The HTTP client of a remote provider: one connection pool, the whole-request timeout.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("embq/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// A transport failure (connect, timeout, broken body) is always worth a retry.
+/// The error is shown without its URL, which may carry a key (Gemini's `?key=`).
+pub fn transport_error(e: reqwest::Error) -> ProviderError {
+    let what = if e.is_timeout() {
+        "request timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body broken off"
+    } else {
+        "request failed"
+    };
+    ProviderError::Transient(format!("{what}: {}", e.without_url()))
+}
+
+/// Reads the rate-limit headers of a response.
+pub fn parse_signals(headers: &HeaderMap) -> RateSignals {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let retry_after = get("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .or_else(|| get("retry-after").and_then(parse_retry_after));
+    RateSignals {
+        retry_after,
+        remaining_requests: get("x-ratelimit-remaining-requests").and_then(|v| v.parse().ok()),
+        remaining_tokens: get("x-ratelimit-remaining-tokens").and_then(|v| v.parse().ok()),
+        reset_requests: get("x-ratelimit-reset-requests").and_then(parse_go_duration),
+        reset_tokens: get("x-ratelimit-reset-tokens").and_then(parse_go_duration),
+    }
+}
+
+/// `Retry-After`: delay-seconds (fractions tolerated) or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// Durations as OpenAI and Google write them: `6m0s`, `1s`, `120ms`, `0.5s`, `1h2m3.5s`, `13s`.
+pub fn parse_go_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if v.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    let mut rest = v;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let (num, tail) = rest.split_at(split);
+        let n: f64 = num.parse().ok()?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        total += n * match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = next;
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total.min(86_400.0)))
+}
+
+/// The parts of an error body triage looks at.
+#[derive(Debug, Default, PartialEq)]
+struct ErrorBody {
+    message: String,
+    /// OpenAI `type`/`code`, TEI `error_type`, Google `status`, lower-cased.
+    codes: Vec<String>,
+    /// Google `RetryInfo.retryDelay`.
+    retry_delay: Option<Duration>,
+    /// Google `QuotaFailure` ids, such as `EmbedContentRequestsPerDayPerProjectPerModel`.
+    quota_ids: Vec<String>,
+}
+
+fn parse_error_body(body: &str) -> ErrorBody {
+    let mut out = ErrorBody::default();
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        out.message = clip(body.trim(), 300);
+        return out;
+    };
+    let err = v.get("error").unwrap_or(&v);
+    let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    match err {
+        // TEI: {"error": "...", "error_type": "..."}
+        Value::String(m) => {
+            out.message = m.clone();
+            out.codes.extend(s(v.get("error_type")));
+        }
+        _ => {
+            out.message = s(err.get("message")).or_else(|| s(v.get("message"))).unwrap_or_default();
+            for key in ["type", "code", "status", "error_type"] {
+                out.codes.extend(s(err.get(key)));
+            }
+            for d in err.get("details").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(delay) = s(d.get("retryDelay")) {
+                    out.retry_delay = parse_go_duration(&delay);
+                }
+                for viol in d.get("violations").and_then(Value::as_array).into_iter().flatten() {
+                    out.quota_ids.extend(s(viol.get("quotaId")));
+                    out.quota_ids.extend(s(viol.get("quotaMetric")));
+                }
+            }
+        }
+    }
+    out.codes.iter_mut().for_each(|c| c.make_ascii_lowercase());
+    out.message = clip(&out.message, 300);
+    out
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Turns a non-2xx answer into what the worker must do. `inputs` is the batch size: an
+/// input the model finds too long is split out of a larger batch first, so that only that
+/// one job is dead-lettered. `secret` is scrubbed from any message that echoes it.
+pub fn triage(status: u16, body: &str, signals: &RateSignals, inputs: usize, secret: Option<&str>) -> ProviderError {
+    let b = parse_error_body(body);
+    let has = |code: &str| b.codes.iter().any(|c| c == code);
+    let lower = b.message.to_ascii_lowercase();
+    let mut message = if b.message.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {}", b.message) };
+    if let Some(s) = secret.filter(|s| s.len() >= 4) {
+        message = message.replace(s, "[redacted]");
+    }
+    let daily_quota = b.quota_ids.iter().any(|q| q.contains("PerDay") || q.contains("per_day"));
+    let quota = has("insufficient_quota") || has("billing_hard_limit_reached") || daily_quota;
+    let too_big = has("max_tokens_per_request")
+        || lower.contains("tokens per request")
+        || lower.contains("batch size")
+        || lower.contains("too many inputs")
+        || lower.contains("payload too large");
+    let input_too_long = lower.contains("maximum context length")
+        || lower.contains("must have less than")
+        || lower.contains("input is too long")
+        || lower.contains("too long")
+        || lower.contains("maximum input length");
+    match status {
+        429 if quota => ProviderError::QuotaExhausted(message),
+        429 => ProviderError::RateLimited {
+            retry_after: signals.retry_after.or(b.retry_delay).or_else(|| longest_reset(signals)),
+        },
+        // Google reports a daily quota as RESOURCE_EXHAUSTED, sometimes with 403.
+        403 if quota => ProviderError::QuotaExhausted(message),
+        401 | 403 => ProviderError::Unauthorized(message),
+        413 => ProviderError::TooLarge(message),
+        400 | 422 if too_big => ProviderError::TooLarge(message),
+        400 | 422 if input_too_long && inputs > 1 => ProviderError::TooLarge(message),
+        400 | 422 if input_too_long => ProviderError::InvalidInput { index: 0, message },
+        408 | 409 | 425 | 500..=599 => ProviderError::Transient(message),
+        // Some servers (TEI, Ollama) say "overloaded" with 503; a 424 is a backend failure.
+        424 => ProviderError::Transient(message),
+        _ => ProviderError::InvalidRequest(message),
+    }
+}
+
+/// When a 429 gives no `Retry-After`, the reset of whichever budget is exhausted.
+fn longest_reset(s: &RateSignals) -> Option<Duration> {
+    let req = s.reset_requests.filter(|_| s.remaining_requests == Some(0));
+    let tok = s.reset_tokens.filter(|_| s.remaining_tokens == Some(0));
+    match (req, tok) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b).or(s.reset_requests.max(s.reset_tokens)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        let ms = |m| Some(Duration::from_millis(m));
+        for (text, want) in [
+            ("6m0s", ms(360_000)),
+            ("1s", ms(1000)),
+            ("120ms", ms(120)),
+            ("0.5s", ms(500)),
+            ("1h2m3.5s", ms(3_723_500)),
+            ("13s", ms(13_000)),
+            ("", None),
+            ("5", None),
+            ("3d", None),
+            ("s", None),
+        ] {
+            assert_eq!(parse_go_duration(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn signals_prefer_retry_after_ms_and_read_openai_headers() {
+        let s = parse_signals(&headers(&[
+            ("retry-after", "20"),
+            ("retry-after-ms", "1500"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-remaining-tokens", "149984"),
+            ("x-ratelimit-reset-requests", "6m0s"),
+            ("x-ratelimit-reset-tokens", "6ms"),
+        ]));
+        assert_eq!(s.retry_after, Some(Duration::from_millis(1500)));
+        assert_eq!(s.remaining_requests, Some(0));
+        assert_eq!(s.remaining_tokens, Some(149_984));
+        assert_eq!(s.reset_requests, Some(Duration::from_secs(360)));
+        assert_eq!(s.reset_tokens, Some(Duration::from_millis(6)));
+        assert_eq!(parse_signals(&headers(&[("retry-after", "2")])).retry_after, Some(Duration::from_secs(2)));
+        assert!(parse_signals(&headers(&[("retry-after", "soon")])).is_empty());
+        let future = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let d = parse_retry_after(&future).unwrap();
+        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+    }
+
+    fn kind(e: &ProviderError) -> &'static str {
+        e.kind()
+    }
+
+    #[test]
+    fn triage_table() {
+        let none = RateSignals::default();
+        let retry = RateSignals { retry_after: Some(Duration::from_secs(3)), ..RateSignals::default() };
+        let reset = RateSignals {
+            remaining_tokens: Some(0),
+            reset_tokens: Some(Duration::from_secs(7)),
+            remaining_requests: Some(10),
+            reset_requests: Some(Duration::from_millis(100)),
+            ..RateSignals::default()
+        };
+        let openai = |t: &str, c: &str, m: &str| {
+            serde_json::json!({"error": {"message": m, "type": t, "code": c, "param": null}}).to_string()
+        };
+        let gemini_429 = |quota: &str| {
+            serde_json::json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "Quota exceeded",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": quota}]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "13s"}]}})
+            .to_string()
+        };
+        let tei = |m: &str, t: &str| serde_json::json!({"error": m, "error_type": t}).to_string();
+        let rate_limit = openai("tokens", "rate_limit_exceeded", "Rate limit reached");
+        let cases: Vec<(u16, String, &RateSignals, usize, &str)> = vec![
+            (429, rate_limit.clone(), &retry, 2, "rate_limited"),
+            (429, rate_limit.clone(), &none, 2, "rate_limited"),
+            (429, openai("insufficient_quota", "insufficient_quota", "You exceeded your current quota"), &none, 2, "quota_exhausted"),
+            (429, gemini_429("EmbedContentRequestsPerMinutePerProjectPerModel"), &none, 2, "rate_limited"),
+            (429, gemini_429("EmbedContentRequestsPerDayPerProjectPerModel-FreeTier"), &none, 2, "quota_exhausted"),
+            (429, tei("Model is overloaded", "overloaded"), &none, 2, "rate_limited"),
+            (401, openai("invalid_request_error", "invalid_api_key", "Incorrect API key"), &none, 2, "unauthorized"),
+            (403, "{}".into(), &none, 1, "unauthorized"),
+            (400, openai("max_tokens_per_request", "max_tokens_per_request", "Requested 400000 tokens, max 300000 tokens per request"), &none, 9, "too_large"),
+            (413, tei("batch size 64 > maximum allowed batch size 32", "validation"), &none, 64, "too_large"),
+            (400, openai("invalid_request_error", "", "This model's maximum context length is 8192 tokens"), &none, 4, "too_large"),
+            (400, openai("invalid_request_error", "", "This model's maximum context length is 8192 tokens"), &none, 1, "invalid_input"),
+            (422, tei("Input validation error: `inputs` must have less than 512 tokens", "validation"), &none, 1, "invalid_input"),
+            (400, openai("invalid_request_error", "", "'$.input' is invalid"), &none, 3, "invalid_request"),
+            (404, openai("invalid_request_error", "model_not_found", "The model does not exist"), &none, 3, "invalid_request"),
+            (500, "<html>oops</html>".into(), &none, 3, "transient"),
+            (502, "".into(), &none, 3, "transient"),
+            (503, tei("overloaded", "overloaded"), &none, 3, "transient"),
+            (504, "".into(), &none, 3, "transient"),
+            (408, "".into(), &none, 3, "transient"),
+            (424, tei("backend failed", "backend"), &none, 3, "transient"),
+        ];
+        for (status, body, sig, inputs, want) in cases {
+            let got = triage(status, &body, sig, inputs, None);
+            assert_eq!(kind(&got), want, "{status} {body}");
+        }
+        assert_eq!(
+            triage(429, &rate_limit, &retry, 1, None),
+            ProviderError::RateLimited { retry_after: Some(Duration::from_secs(3)) }
+        );
+        assert_eq!(
+            triage(429, &gemini_429("PerMinute"), &none, 1, None),
+            ProviderError::RateLimited { retry_after: Some(Duration::from_secs(13)) }
+        );
+        assert_eq!(
+            triage(429, &rate_limit, &reset, 1, None),
+            ProviderError::RateLimited { retry_after: Some(Duration::from_secs(7)) }
+        );
+    }
+
+    #[test]
+    fn triage_scrubs_an_echoed_secret_and_clips_bodies() {
+        let body = r#"{"error":{"message":"Incorrect API key provided: sk-live-123456","type":"invalid_request_error"}}"#;
+        let e = triage(401, body, &RateSignals::default(), 1, Some("sk-live-123456"));
+        assert!(!e.to_string().contains("sk-live-123456") && e.to_string().contains("[redacted]"), "{e}");
+        let e = triage(500, &"x".repeat(5000), &RateSignals::default(), 1, None);
+        assert!(e.to_string().len() < 400);
+    }
+}

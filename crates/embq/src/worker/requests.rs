@@ -1,0 +1,176 @@
+//! One batch's provider requests: inputs longer than the model accepts are truncated or
+//! rejected, the rest are packed into requests by count and tokens, each request waits for
+//! its RPM/TPM budget, and each error is acted on where it belongs — a 429 pauses the
+//! provider for every task, an exhausted quota parks it, a too-large request is split in
+//! halves, a bad input dead-letters only its own job.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::{classify_all, count_request, status_class, Ctx};
+use crate::batching::{self, PlanCaps};
+use crate::metrics::{KindLabel, ProviderLabel};
+use crate::provider::ProviderError;
+use crate::queue::{ClaimedJob, Outcome};
+use crate::tokens::OverlongInput;
+
+/// How long an exhausted quota parks the provider before one batch probes it again.
+pub(super) const QUOTA_PARK: Duration = Duration::from_secs(300);
+
+/// One input ready to send.
+#[derive(Clone)]
+struct Input<'a> {
+    job: &'a ClaimedJob,
+    text: Cow<'a, str>,
+    tokens: usize,
+}
+
+/// Embeds `todo` and appends one outcome per job.
+pub(super) async fn embed_jobs(ctx: &Ctx, provider: &'static str, todo: &[&ClaimedJob], out: &mut Vec<(i64, Outcome)>) {
+    let counter = ctx.provider.token_counter();
+    let caps = ctx.provider.caps();
+    let mut inputs: Vec<Input<'_>> = Vec::with_capacity(todo.len());
+    for &job in todo {
+        let n = counter.count(&job.text);
+        if n <= caps.max_tokens_per_input {
+            inputs.push(Input { job, text: Cow::Borrowed(&job.text), tokens: n });
+            continue;
+        }
+        let max = caps.max_tokens_per_input;
+        match ctx.cfg.overlong_input {
+            OverlongInput::Reject => {
+                ctx.metrics.overlong_inputs.get_or_create(&KindLabel { kind: "rejected" }).inc();
+                let why = format!("input has {n} tokens, the model accepts at most {max} (OVERLONG_INPUT=reject)");
+                out.push((job.id, Outcome::Dead(why)));
+            }
+            OverlongInput::Truncate => {
+                ctx.metrics.overlong_inputs.get_or_create(&KindLabel { kind: "truncated" }).inc();
+                let text = counter.truncate(&job.text, max);
+                let tokens = counter.count(&text);
+                inputs.push(Input { job, text: Cow::Owned(text), tokens });
+            }
+        }
+    }
+    // A request never holds more than a minute's token budget, so it can always be admitted.
+    let max_tokens = caps.max_tokens_per_request.min(ctx.cfg.max_tokens_per_minute.get() as usize);
+    let counts: Vec<usize> = inputs.iter().map(|i| i.tokens).collect();
+    let plan = batching::plan(&counts, PlanCaps { max_inputs: caps.max_inputs, max_tokens });
+    // Requests still to send, last one on top; a too-large request pushes its halves back.
+    let mut pending: Vec<Vec<Input<'_>>> =
+        plan.into_iter().rev().map(|idx| idx.into_iter().map(|i| inputs[i].clone()).collect()).collect();
+    while let Some(request) = pending.pop() {
+        if ctx.hard.is_cancelled() || ctx.parked.load(Ordering::Relaxed) {
+            release(&request, Duration::ZERO, out);
+            continue;
+        }
+        if let Some(halves) = send(ctx, provider, request, out).await {
+            pending.push(halves.1);
+            pending.push(halves.0);
+        }
+    }
+}
+
+fn release(inputs: &[Input<'_>], after: Duration, out: &mut Vec<(i64, Outcome)>) {
+    out.extend(inputs.iter().map(|i| (i.job.id, Outcome::Released { after })));
+}
+
+type Halves<'a> = (Vec<Input<'a>>, Vec<Input<'a>>);
+
+/// Sends one request and records its outcomes; returns the halves when it was too large.
+async fn send<'a>(
+    ctx: &Ctx,
+    provider: &'static str,
+    request: Vec<Input<'a>>,
+    out: &mut Vec<(i64, Outcome)>,
+) -> Option<Halves<'a>> {
+    let reserved: u64 = request.iter().map(|i| i.tokens as u64).sum();
+    if let Some(limiter) = &ctx.limiter {
+        let waited = tokio::select! {
+            w = limiter.acquire(reserved) => w,
+            _ = ctx.hard.cancelled() => {
+                release(&request, Duration::ZERO, out);
+                return None;
+            }
+        };
+        ctx.metrics.rate_limit_wait_seconds.get_or_create(&ProviderLabel { provider }).inc_by(waited.as_secs_f64());
+    }
+    let texts: Vec<&str> = request.iter().map(|i| i.text.as_ref()).collect();
+    let call_started = Instant::now();
+    let result = tokio::select! {
+        r = ctx.provider.embed(&texts) => Some(r),
+        _ = ctx.hard.cancelled() => None,
+    };
+    ctx.metrics.provider_request_seconds.observe(call_started.elapsed().as_secs_f64());
+    let jobs: Vec<&ClaimedJob> = request.iter().map(|i| i.job).collect();
+    match result {
+        None => release(&request, Duration::ZERO, out),
+        Some(Ok(embedded)) => {
+            count_request(ctx, provider, "2xx");
+            let used = embedded.tokens.unwrap_or(reserved);
+            ctx.metrics.provider_tokens.get_or_create(&ProviderLabel { provider }).inc_by(used);
+            tracing::Span::current().record("tokens", used);
+            if let Some(limiter) = &ctx.limiter {
+                limiter.correct(reserved, used).await;
+            }
+            match crate::vector::validate(&embedded.vectors, jobs.len(), ctx.provider.dimensions()) {
+                Ok(()) => out.extend(jobs.iter().zip(embedded.vectors).map(|(j, v)| (j.id, Outcome::Done(v)))),
+                Err(why) => {
+                    ctx.metrics.error("invalid_response");
+                    warn!(error = %why, "provider returned unusable vectors");
+                    classify_all(ctx, &jobs, &ProviderError::InvalidResponse(why), out);
+                }
+            }
+        }
+        Some(Err(err)) => {
+            count_request(ctx, provider, status_class(&err));
+            ctx.metrics.error(err.kind());
+            warn!(error = %err, inputs = jobs.len(), "provider call failed");
+            if let Some(limiter) = &ctx.limiter {
+                match &err {
+                    // The whole provider waits, not only this task.
+                    ProviderError::RateLimited { retry_after } => limiter.throttled(*retry_after).await,
+                    // A refused request is not billed.
+                    _ => limiter.correct(reserved, 0).await,
+                }
+            }
+            match err {
+                ProviderError::TooLarge(_) if request.len() > 1 => return Some(batching::halves(&request)),
+                ProviderError::TooLarge(message) => {
+                    let err = ProviderError::InvalidInput { index: 0, message };
+                    classify_all(ctx, &jobs, &err, out);
+                }
+                ProviderError::QuotaExhausted(_) => {
+                    park(ctx);
+                    classify_all(ctx, &jobs, &err, out);
+                }
+                _ => classify_all(ctx, &jobs, &err, out),
+            }
+        }
+    }
+    None
+}
+
+/// Quota exhausted: stop claiming, report not ready and raise the alert metric; after
+/// [`QUOTA_PARK`] the next batch probes the provider again.
+fn park(ctx: &Ctx) {
+    if ctx.parked.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    warn!(for_secs = QUOTA_PARK.as_secs(), "provider quota exhausted: parking the provider");
+    ctx.health.set_provider_parked(true);
+    ctx.metrics.provider_parked.set(1);
+    let (parked, health, metrics) = (ctx.parked.clone(), ctx.health.clone(), ctx.metrics.clone());
+    let stop = ctx.health.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(QUOTA_PARK) => info!("probing the parked provider again"),
+            _ = stop.cancelled() => {}
+        }
+        health.set_provider_parked(false);
+        metrics.provider_parked.set(0);
+        parked.store(false, Ordering::SeqCst);
+    });
+}

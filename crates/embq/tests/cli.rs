@@ -1,0 +1,166 @@
+//! The `embq` command line: bad input gets a clear error and a non-zero exit, and nothing is half-done.
+
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_embq");
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("q.db").display())
+    }
+    fn cmd(&self, envs: &[(&str, &str)]) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .current_dir(self.dir.path())
+            .env("DATABASE_URL", self.url())
+            .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied());
+        c
+    }
+    fn run(&self, envs: &[(&str, &str)], args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .cmd(envs)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn embq");
+        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+    fn ready(&self) -> u64 {
+        let out = self.run(&[], &["queue", "stats", "--json"], "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+        v["ready"].as_u64().expect("ready count")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const GOOD: &str = r#"{"source_type":"receipt","source_id":"1","text":"coffee 4.50"}"#;
+
+#[test]
+fn malformed_lines_are_reported_by_number_and_nothing_is_queued() {
+    let s = Sandbox::new();
+    assert!(s.run(&[], &["migrate"], "").status.success());
+    let cases = [
+        ("not json at all", "line 2: expected"),
+        (r#"{"source_type":"receipt","source_id":"2","text":""}"#, "line 2: text must not be empty"),
+        (r#"{"source_type":"receipt","source_id":"2","text":"x","colour":"red"}"#, "line 2: unknown field `colour`"),
+        (r#"{"source_id":"2","text":"x"}"#, "line 2: missing field `source_type`"),
+    ];
+    for (bad, want) in cases {
+        let input = format!("{GOOD}\n{bad}\n{GOOD}\n");
+        let out = s.run(&[], &["enqueue"], &input);
+        assert_eq!(out.status.code(), Some(65), "{bad}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{bad}: {err}");
+        assert!(err.contains("nothing was queued"), "{err}");
+        assert_eq!(s.ready(), 0, "a half-valid file queues nothing");
+    }
+}
+
+#[test]
+fn skip_invalid_queues_the_valid_lines() {
+    let s = Sandbox::new();
+    assert!(s.run(&[], &["migrate"], "").status.success());
+    let input = format!("{GOOD}\n{{oops\n{}\n", GOOD.replace("\"1\"", "\"2\""));
+    let out = s.run(&[], &["enqueue", "--skip-invalid"], &input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("queued 2 jobs"), "{}", text(&out.stdout));
+    assert_eq!(s.ready(), 2);
+}
+
+#[test]
+fn bad_settings_fail_fast_naming_each_variable() {
+    let s = Sandbox::new();
+    let out = s.run(&[("BATCH_SIZE", "lots"), ("QUEUE_POLL_INTERVAL", "soon")], &["worker"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("BATCH_SIZE: must be a whole number") && err.contains("\"lots\""), "{err}");
+    assert!(err.contains("QUEUE_POLL_INTERVAL"), "{err}");
+}
+
+#[test]
+fn unreachable_database_is_a_clear_error() {
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = Sandbox::new();
+    let url = format!("postgres://embq:hunter2secret@127.0.0.1:{port}/embq");
+    let out = s.run(&[("DATABASE_URL", &url)], &["queue", "stats"], "");
+    assert_eq!(out.status.code(), Some(69));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot connect to postgres://embq:"), "{err}");
+    assert!(!err.contains("hunter2secret"), "the password never appears: {err}");
+}
+
+#[test]
+fn worker_refuses_an_unmigrated_database() {
+    let s = Sandbox::new();
+    let out = s.run(&[("HEALTH_PORT", "0"), ("METRICS_PORT", "0")], &["worker", "--drain"], "");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out.stderr).contains("run `embq migrate` first"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn config_check_redacts_secrets_and_vars_lists_every_variable() {
+    let s = Sandbox::new();
+    let out = s.run(
+        &[("SHUTDOWN_TOKEN", "tok-do-not-print"), ("DATABASE_URL", "postgres://u:pw-do-not-print@127.0.0.1:5432/x")],
+        &["config", "check", "--json"],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("do-not-print"), "{all}");
+    assert!(all.contains("[redacted]"));
+    let vars = text(&s.run(&[], &["config", "vars"], "").stdout);
+    for v in ["DATABASE_URL", "BATCH_SIZE", "HEARTBEAT_INTERVAL", "DRAIN_TIMEOUT", "SHUTDOWN_TOKEN"] {
+        assert!(vars.lines().any(|l| l == v), "{v} missing from {vars}");
+    }
+}
+
+#[test]
+fn demo_runs_twice_and_the_second_run_costs_no_provider_call() {
+    let s = Sandbox::new();
+    let first = s.run(&[], &["demo"], "");
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let out = text(&first.stdout);
+    assert!(out.contains("queued 300 jobs"), "{out}");
+    assert!(out.contains("done: 300 jobs"), "{out}");
+    assert!(out.contains("dead-lettered: 0"), "{out}");
+    let second = s.run(&[], &["demo"], "");
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    let out = text(&second.stdout);
+    assert!(out.contains("unchanged (already embedded, no provider call): 300"), "{out}");
+    let search = s.run(&[], &["search", "cappuccino flat white", "-k", "3"], "");
+    assert!(search.status.success(), "{}", text(&search.stderr));
+    assert_eq!(text(&search.stdout).lines().count(), 3);
+}
+
+#[test]
+fn dlq_commands_need_a_selection() {
+    let s = Sandbox::new();
+    assert!(s.run(&[], &["migrate"], "").status.success());
+    let out = s.run(&[], &["dlq", "retry"], "");
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    let out = s.run(&[], &["dlq", "purge", "--all"], "");
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("0 dead-lettered job(s) deleted"));
+    let out = s.run(&[], &["dlq", "list"], "");
+    assert!(text(&out.stdout).contains("the dead-letter queue is empty"));
+}

@@ -1,0 +1,95 @@
+//! Shared test support: throwaway databases, configs, waiting on conditions.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use embq::config::{Config, DatabaseUrl, RawConfig};
+use sqlx::Connection;
+
+/// The PostgreSQL server the suite runs against; `scripts/test.sh` starts one.
+pub fn pg_admin_url() -> String {
+    std::env::var("EMBQ_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("EMBQ_TEST_DATABASE_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL")
+    })
+}
+
+/// The PgBouncer (transaction mode) in front of it.
+pub fn pgbouncer_admin_url() -> String {
+    std::env::var("EMBQ_TEST_PGBOUNCER_URL").unwrap_or_else(|_| {
+        panic!("EMBQ_TEST_PGBOUNCER_URL is not set: run the suite with scripts/test.sh, which starts PgBouncer")
+    })
+}
+
+/// Replaces the database name of a URL.
+pub fn with_db(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("test URL parses");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A fresh, empty database; returns its direct URL.
+pub async fn fresh_pg_db() -> String {
+    let admin = pg_admin_url();
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let _ = conn.close().await;
+    with_db(&admin, &name)
+}
+
+/// A validated config for a URL, with overrides as (variable, value) pairs.
+pub fn config(url: &str, overrides: &[(&str, &str)]) -> Config {
+    let mut raw = RawConfig { database_url: Some(url.to_string()), ..RawConfig::default() };
+    for (k, v) in overrides {
+        let v = Some(v.to_string());
+        match *k {
+            "DATABASE_POOL_MODE" => raw.database_pool_mode = v,
+            "BATCH_SIZE" => raw.batch_size = v,
+            "MAX_CONCURRENT_JOBS" => raw.max_concurrent_jobs = v,
+            "HEARTBEAT_INTERVAL" => raw.heartbeat_interval = v,
+            "QUEUE_POLL_INTERVAL" => raw.queue_poll_interval = v,
+            "MAX_ATTEMPTS" => raw.max_attempts = v,
+            "DB_MAX_CONNECTIONS" => raw.db_max_connections = v,
+            other => panic!("tests::common::config does not know {other}"),
+        }
+    }
+    raw.validate().expect("test config is valid")
+}
+
+/// Opens a store for a URL.
+pub async fn store(url: &str, clock: embq::queue::Clock) -> std::sync::Arc<dyn embq::queue::Queue> {
+    let cfg = config(url, &[("DB_MAX_CONNECTIONS", "20")]);
+    let url = DatabaseUrl::parse(url).expect("URL");
+    embq::queue::connect_with_clock(&cfg, &url, clock).await.expect("open store")
+}
+
+/// Polls `check` until it returns true or the deadline passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` jobs with distinct keys.
+pub fn jobs(n: usize, prefix: &str) -> Vec<embq::queue::NewJob> {
+    (0..n)
+        .map(|i| embq::queue::NewJob {
+            source_type: "doc".into(),
+            source_id: format!("{prefix}{i}"),
+            content_type: "default".into(),
+            text: format!("text of {prefix} number {i}"),
+            priority: 0,
+            metadata: None,
+        })
+        .collect()
+}

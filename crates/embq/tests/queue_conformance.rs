@@ -1,0 +1,402 @@
+//! One conformance suite for every queue store: each scenario runs against
+//! PostgreSQL (a fresh database) and SQLite (a fresh file), with a manual clock.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use embq::queue::{no_progress, Clock, DeadSelection, Lease, NewJob, Outcome, Queue, WorkerInfo};
+
+const MODEL: &str = "hash-v1";
+const LEASE: Duration = Duration::from_secs(30);
+
+struct Store {
+    q: Arc<dyn Queue>,
+    clock: Clock,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn start_clock() -> Clock {
+    Clock::manual(Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().expect("valid time"))
+}
+
+async fn postgres() -> Store {
+    let url = common::fresh_pg_db().await;
+    let clock = start_clock();
+    let q = common::store(&url, clock.clone()).await;
+    q.migrate().await.expect("migrate");
+    Store { q, clock, _dir: None }
+}
+
+async fn sqlite() -> Store {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    let clock = start_clock();
+    let q = common::store(&url, clock.clone()).await;
+    q.migrate().await.expect("migrate");
+    Store { q, clock, _dir: Some(dir) }
+}
+
+fn lease(owner: &str) -> Lease {
+    Lease { owner: owner.into(), token: uuid::Uuid::new_v4().to_string() }
+}
+
+fn job(id: &str, text: &str, priority: i32) -> NewJob {
+    NewJob {
+        source_type: "receipt".into(),
+        source_id: id.into(),
+        content_type: "default".into(),
+        text: text.into(),
+        priority,
+        metadata: Some(serde_json::json!({"k": id})),
+    }
+}
+
+fn worker(id: &str) -> WorkerInfo {
+    WorkerInfo {
+        id: id.into(),
+        host: "test".into(),
+        pid: 1,
+        version: "t".into(),
+        in_flight: 0,
+        processed: 0,
+        failed: 0,
+        state: "running".into(),
+    }
+}
+
+fn vec3(x: f32) -> Vec<f32> {
+    vec![x, 0.5, -0.25]
+}
+
+async fn claim_is_exclusive_under_concurrency(s: Store) {
+    s.q.enqueue(&common::jobs(2000, "c"), &no_progress).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let q = s.q.clone();
+        tasks.push(tokio::spawn(async move {
+            let l = lease(&format!("w{w}"));
+            let mut mine = Vec::new();
+            loop {
+                let got = q.claim(7, &l, LEASE, MODEL).await.expect("claim");
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.into_iter().map(|j| j.id));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 2000, "every job claimed exactly once in total");
+    assert_eq!(unique.len(), 2000, "no job claimed twice");
+    assert_eq!(s.q.stats().await.unwrap().running, 2000);
+}
+
+async fn claim_order_is_priority_then_age(s: Store) {
+    s.q.enqueue(&[job("a", "a", 0), job("b", "b", 5), job("c", "c", 0)], &no_progress).await.unwrap();
+    s.clock.advance(Duration::from_secs(1));
+    s.q.enqueue(&[job("d", "d", 5), job("e", "e", -1)], &no_progress).await.unwrap();
+    let l = lease("w");
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let got = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
+        order.push(got[0].source_id.clone());
+    }
+    assert_eq!(order, ["b", "d", "a", "c", "e"]);
+    let l2 = lease("w2");
+    s.q.enqueue(&[job("f", "f", 1), job("g", "g", 2)], &no_progress).await.unwrap();
+    let batch: Vec<_> = s.q.claim(10, &l2, LEASE, MODEL).await.unwrap().into_iter().map(|j| j.source_id).collect();
+    assert_eq!(batch, ["g", "f"], "a multi-job claim is returned in claim order");
+}
+
+async fn expired_lease_is_claimed_again(s: Store) {
+    s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
+    let a = lease("dead-worker");
+    let got = s.q.claim(5, &a, Duration::from_secs(10), MODEL).await.unwrap();
+    assert_eq!(got[0].attempt, 1);
+    s.clock.advance(Duration::from_secs(9));
+    assert_eq!(s.q.rescue_expired(5).await.unwrap().requeued, 0, "lease still valid");
+    assert!(s.q.claim(5, &lease("b"), LEASE, MODEL).await.unwrap().is_empty());
+    s.clock.advance(Duration::from_secs(2));
+    let r = s.q.rescue_expired(5).await.unwrap();
+    assert_eq!((r.requeued, r.dead), (1, 0));
+    let again = s.q.claim(5, &lease("b"), LEASE, MODEL).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2, "the crashed attempt counts");
+}
+
+async fn heartbeat_keeps_a_lease_alive(s: Store) {
+    s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
+    let a = lease("alive");
+    s.q.claim(5, &a, Duration::from_secs(10), MODEL).await.unwrap();
+    for _ in 0..5 {
+        s.clock.advance(Duration::from_secs(8));
+        assert_eq!(s.q.heartbeat(&worker("alive"), Duration::from_secs(10)).await.unwrap(), 1);
+        assert_eq!(s.q.rescue_expired(5).await.unwrap().requeued, 0);
+    }
+    let workers = s.q.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].id, "alive");
+}
+
+async fn stale_lease_finish_is_rejected(s: Store) {
+    s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
+    let a = lease("slow");
+    let ja = s.q.claim(1, &a, Duration::from_secs(10), MODEL).await.unwrap();
+    s.clock.advance(Duration::from_secs(11));
+    s.q.rescue_expired(5).await.unwrap();
+    let b = lease("fast");
+    let jb = s.q.claim(1, &b, LEASE, MODEL).await.unwrap();
+    assert_eq!(ja[0].id, jb[0].id);
+    let ra = s.q.finish(&a, MODEL, &[(ja[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
+    assert_eq!((ra.stored, ra.lost), (0, 1), "the old lease cannot write");
+    assert!(s.q.embeddings(MODEL, 10).await.unwrap().is_empty());
+    let rb = s.q.finish(&b, MODEL, &[(jb[0].id, Outcome::Done(vec3(2.0)))]).await.unwrap();
+    assert_eq!((rb.stored, rb.lost), (1, 0));
+    let stored = s.q.embeddings(MODEL, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].vector, vec3(2.0));
+    // A second finish with the same lease changes nothing.
+    let again = s.q.finish(&b, MODEL, &[(jb[0].id, Outcome::Done(vec3(3.0)))]).await.unwrap();
+    assert_eq!(again.lost, 1);
+    assert_eq!(s.q.embeddings(MODEL, 10).await.unwrap()[0].vector, vec3(2.0));
+}
+
+async fn retry_waits_for_its_scheduled_time(s: Store) {
+    s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
+    let l = lease("w");
+    let j = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
+    let r = s
+        .q
+        .finish(&l, MODEL, &[(j[0].id, Outcome::Retry { after: Duration::from_secs(4), error: "HTTP 503".into() })])
+        .await
+        .unwrap();
+    assert_eq!(r.retried, 1);
+    let st = s.q.stats().await.unwrap();
+    assert_eq!((st.ready, st.scheduled), (0, 1));
+    assert!(s.q.claim(1, &l, LEASE, MODEL).await.unwrap().is_empty());
+    s.clock.advance(Duration::from_secs(3));
+    assert!(s.q.claim(1, &l, LEASE, MODEL).await.unwrap().is_empty(), "not before its time");
+    s.clock.advance(Duration::from_secs(2));
+    let again = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    assert!(s.q.is_idle().await.is_ok());
+}
+
+async fn dead_letter_keeps_the_error_and_can_be_retried_or_purged(s: Store) {
+    s.q.enqueue(&[job("1", "t", 0), job("2", "u", 0)], &no_progress).await.unwrap();
+    let l = lease("w");
+    let j = s.q.claim(2, &l, LEASE, MODEL).await.unwrap();
+    let r = s
+        .q
+        .finish(
+            &l,
+            MODEL,
+            &[(j[0].id, Outcome::Dead("failed after 5 attempts: HTTP 500".into())), (j[1].id, Outcome::Dead("bad".into()))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.dead, 2);
+    let dead = s.q.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().any(|d| d.last_error.as_deref() == Some("failed after 5 attempts: HTTP 500")));
+    assert_eq!(s.q.stats().await.unwrap().dead, 2);
+    assert_eq!(s.q.retry_dead(&DeadSelection::Ids(vec![j[0].id])).await.unwrap(), 1);
+    let again = s.q.claim(5, &l, LEASE, MODEL).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 1, "a retried dead job gets a fresh attempt budget");
+    assert_eq!(s.q.purge_dead(&DeadSelection::All).await.unwrap(), 1);
+    assert!(s.q.dead_jobs(10).await.unwrap().is_empty());
+}
+
+async fn expired_lease_on_the_last_attempt_dead_letters(s: Store) {
+    s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
+    for attempt in 1..=2 {
+        let l = lease(&format!("crasher{attempt}"));
+        assert_eq!(s.q.claim(1, &l, Duration::from_secs(5), MODEL).await.unwrap()[0].attempt, attempt);
+        s.clock.advance(Duration::from_secs(6));
+        let r = s.q.rescue_expired(2).await.unwrap();
+        if attempt < 2 {
+            assert_eq!(r.requeued, 1);
+        } else {
+            assert_eq!(r.dead, 1, "a job that keeps killing its worker stops after MAX_ATTEMPTS");
+        }
+    }
+    let dead = s.q.dead_jobs(5).await.unwrap();
+    assert!(dead[0].last_error.as_deref().unwrap_or("").contains("lease expired"), "{dead:?}");
+}
+
+async fn release_spends_no_attempt(s: Store) {
+    s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
+    let l = lease("w");
+    for _ in 0..3 {
+        let j = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
+        assert_eq!(j[0].attempt, 1);
+        let r = s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Released { after: Duration::ZERO })]).await.unwrap();
+        assert_eq!(r.released, 1);
+    }
+}
+
+async fn reenqueue_replaces_a_pending_job(s: Store) {
+    let r = s.q.enqueue(&[job("1", "old text", 0)], &no_progress).await.unwrap();
+    assert_eq!((r.inserted, r.replaced), (1, 0));
+    let r = s.q.enqueue(&[job("1", "new text", 3)], &no_progress).await.unwrap();
+    assert_eq!((r.inserted, r.replaced), (0, 1));
+    let st = s.q.stats().await.unwrap();
+    assert_eq!(st.ready, 1);
+    let l = lease("w");
+    let j = s.q.claim(5, &l, LEASE, MODEL).await.unwrap();
+    assert_eq!(j.len(), 1);
+    assert_eq!((j[0].text.as_str(), j[0].priority), ("new text", 3));
+    // While that job runs, a new enqueue is a new job, and the older finish cannot overwrite it.
+    s.q.enqueue(&[job("1", "newest text", 0)], &no_progress).await.unwrap();
+    let l2 = lease("w2");
+    let j2 = s.q.claim(5, &l2, LEASE, MODEL).await.unwrap();
+    assert_eq!(j2[0].text, "newest text");
+    s.q.finish(&l2, MODEL, &[(j2[0].id, Outcome::Done(vec3(9.0)))]).await.unwrap();
+    s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
+    assert_eq!(s.q.embeddings(MODEL, 10).await.unwrap()[0].vector, vec3(9.0), "the newest text's vector wins");
+    // Duplicate keys in one call keep the last text.
+    let r = s.q.enqueue(&[job("2", "x", 0), job("2", "y", 0)], &no_progress).await.unwrap();
+    assert_eq!(r.inserted, 1);
+}
+
+async fn requeue_behind_a_newer_pending_job_is_superseded(s: Store) {
+    s.q.enqueue(&[job("1", "v1", 0)], &no_progress).await.unwrap();
+    let l = lease("w");
+    let j = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
+    s.q.enqueue(&[job("1", "v2", 0)], &no_progress).await.unwrap();
+    let r = s
+        .q
+        .finish(&l, MODEL, &[(j[0].id, Outcome::Retry { after: Duration::ZERO, error: "503".into() })])
+        .await
+        .unwrap();
+    assert_eq!((r.retried, r.superseded), (0, 1));
+    let st = s.q.stats().await.unwrap();
+    assert_eq!((st.ready, st.superseded), (1, 1));
+    assert_eq!(s.q.claim(5, &l, LEASE, MODEL).await.unwrap()[0].text, "v2");
+}
+
+async fn unchanged_text_needs_no_provider_call(s: Store) {
+    s.q.enqueue(&[job("1", "same", 0), job("2", "other", 0)], &no_progress).await.unwrap();
+    let l = lease("w");
+    let j = s.q.claim(5, &l, LEASE, MODEL).await.unwrap();
+    assert!(j.iter().all(|j| !j.unchanged));
+    let outcomes: Vec<_> = j.iter().map(|j| (j.id, Outcome::Done(vec3(1.0)))).collect();
+    s.q.finish(&l, MODEL, &outcomes).await.unwrap();
+    s.q.enqueue(&[job("1", "same", 0), job("2", "changed", 0)], &no_progress).await.unwrap();
+    let j = s.q.claim(5, &l, LEASE, MODEL).await.unwrap();
+    let flags: Vec<_> = j.iter().map(|j| (j.source_id.as_str(), j.unchanged)).collect();
+    assert_eq!(flags, [("1", true), ("2", false)]);
+    let r = s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Unchanged), (j[1].id, Outcome::Done(vec3(2.0)))]).await.unwrap();
+    assert_eq!((r.unchanged, r.stored), (1, 1));
+    // Another model means another embedding.
+    s.q.enqueue(&[job("1", "same", 0)], &no_progress).await.unwrap();
+    assert!(!s.q.claim(5, &l, LEASE, "other-model").await.unwrap()[0].unchanged);
+}
+
+async fn stats_and_idle_reflect_the_queue(s: Store) {
+    assert!(s.q.is_idle().await.unwrap());
+    s.q.enqueue(&[job("1", "a", 2), job("2", "b", 0), job("3", "c", 0)], &no_progress).await.unwrap();
+    s.clock.advance(Duration::from_secs(7));
+    let st = s.q.stats().await.unwrap();
+    assert_eq!(st.ready, 3);
+    assert_eq!(st.ready_by_priority, vec![(2, 1), (0, 2)]);
+    let age = st.oldest_ready_age_seconds.unwrap();
+    assert!((age - 7.0).abs() < 0.5, "{age}");
+    assert!(!s.q.is_idle().await.unwrap());
+    let l = lease("w");
+    let j = s.q.claim(3, &l, LEASE, MODEL).await.unwrap();
+    assert!(!s.q.is_idle().await.unwrap(), "running jobs are not idle");
+    let outcomes: Vec<_> = j.iter().map(|j| (j.id, Outcome::Done(vec3(0.1)))).collect();
+    s.q.finish(&l, MODEL, &outcomes).await.unwrap();
+    assert!(s.q.is_idle().await.unwrap());
+    assert_eq!(s.q.stats().await.unwrap().done, 3);
+}
+
+async fn invalid_jobs_are_refused_whole(s: Store) {
+    let bad = vec![job("1", "fine", 0), job("2", "   ", 0)];
+    let err = s.q.enqueue(&bad, &no_progress).await.unwrap_err();
+    assert!(err.to_string().contains("job 2: text must not be empty"), "{err}");
+    assert_eq!(s.q.stats().await.unwrap().ready, 0, "nothing was half-queued");
+}
+
+async fn migrate_is_idempotent_and_checked(s: Store) {
+    assert_eq!(s.q.migrate().await.unwrap(), embq::queue::SCHEMA_VERSION);
+    s.q.check_schema().await.unwrap();
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::postgres().await).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::sqlite().await).await })*
+        }
+    };
+}
+
+conformance!(
+    claim_is_exclusive_under_concurrency,
+    claim_order_is_priority_then_age,
+    expired_lease_is_claimed_again,
+    heartbeat_keeps_a_lease_alive,
+    stale_lease_finish_is_rejected,
+    retry_waits_for_its_scheduled_time,
+    dead_letter_keeps_the_error_and_can_be_retried_or_purged,
+    expired_lease_on_the_last_attempt_dead_letters,
+    release_spends_no_attempt,
+    reenqueue_replaces_a_pending_job,
+    requeue_behind_a_newer_pending_job_is_superseded,
+    unchanged_text_needs_no_provider_call,
+    stats_and_idle_reflect_the_queue,
+    invalid_jobs_are_refused_whole,
+    migrate_is_idempotent_and_checked,
+);
+
+#[tokio::test]
+async fn unmigrated_database_is_refused_with_a_clear_message() {
+    let url = common::fresh_pg_db().await;
+    let q = common::store(&url, Clock::System).await;
+    let err = q.check_schema().await.unwrap_err();
+    assert!(err.to_string().contains("run `embq migrate` first"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let q = common::store(&format!("sqlite://{}", dir.path().join("x.db").display()), Clock::System).await;
+    assert!(q.check_schema().await.unwrap_err().to_string().contains("run `embq migrate` first"));
+}
+
+#[tokio::test]
+async fn sql_enqueue_function_applies_the_same_rules() {
+    use sqlx::Connection;
+    let url = common::fresh_pg_db().await;
+    let q = common::store(&url, Clock::System).await;
+    q.migrate().await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let id1: i64 = sqlx::query_scalar("SELECT embq.enqueue('receipt', '42', 'first')").fetch_one(&mut c).await.unwrap();
+    let id2: i64 = sqlx::query_scalar("SELECT embq.enqueue('receipt', '42', 'second', p_priority => 3)")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(id1, id2, "a pending job is replaced, not duplicated");
+    let err = sqlx::query("SELECT embq.enqueue('receipt', '43', '  ')").execute(&mut c).await.unwrap_err();
+    assert!(err.to_string().contains("text must not be empty"), "{err}");
+    let l = lease("w");
+    let j = q.claim(5, &l, LEASE, MODEL).await.unwrap();
+    assert_eq!((j.len(), j[0].text.as_str(), j[0].priority), (1, "second", 3));
+    // The SQL function and the CLI hash the text the same way: unchanged text is recognised.
+    q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
+    sqlx::query("SELECT embq.enqueue('receipt', '42', 'second')").execute(&mut c).await.unwrap();
+    assert!(q.claim(5, &l, LEASE, MODEL).await.unwrap()[0].unchanged);
+}

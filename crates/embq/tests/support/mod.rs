@@ -1,0 +1,128 @@
+//! Support for the provider tests: the mock embedding API and a worker harness.
+#![allow(dead_code)]
+
+pub mod mock_provider;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use embq::config::{Config, RawConfig};
+use embq::health::Health;
+use embq::limiter::Limiter;
+use embq::metrics::Metrics;
+use embq::provider::Provider;
+use embq::queue::{NewJob, Queue};
+use embq::worker::{RunSummary, Worker};
+
+/// A validated config from (variable, value) pairs; unknown names are a test bug.
+pub fn config(pairs: &[(&str, &str)]) -> Config {
+    let mut r = RawConfig::default();
+    for (k, v) in pairs {
+        let v = Some(v.to_string());
+        match *k {
+            "DATABASE_URL" => r.database_url = v,
+            "EMBEDDING_PROVIDER" => r.embedding_provider = v,
+            "EMBEDDING_MODEL" => r.embedding_model = v,
+            "EMBEDDING_DIMENSIONS" => r.embedding_dimensions = v,
+            "OPENAI_API_KEY" => r.openai_api_key = v,
+            "OPENAI_BASE_URL" => r.openai_base_url = v,
+            "OPENAI_MAX_INPUTS_PER_REQUEST" => r.openai_max_inputs_per_request = v,
+            "OPENAI_MAX_TOKENS_PER_REQUEST" => r.openai_max_tokens_per_request = v,
+            "OPENAI_MAX_TOKENS_PER_INPUT" => r.openai_max_tokens_per_input = v,
+            "GEMINI_API_KEY" => r.gemini_api_key = v,
+            "GEMINI_BASE_URL" => r.gemini_base_url = v,
+            "GEMINI_TASK_TYPE" => r.gemini_task_type = v,
+            "PROVIDER_TIMEOUT" => r.provider_timeout = v,
+            "OVERLONG_INPUT" => r.overlong_input = v,
+            "RATE_LIMIT_SCOPE" => r.rate_limit_scope = v,
+            "MAX_REQUESTS_PER_MINUTE" => r.max_requests_per_minute = v,
+            "MAX_TOKENS_PER_MINUTE" => r.max_tokens_per_minute = v,
+            "BATCH_SIZE" => r.batch_size = v,
+            "MAX_CONCURRENT_JOBS" => r.max_concurrent_jobs = v,
+            "MAX_ATTEMPTS" => r.max_attempts = v,
+            "QUEUE_POLL_INTERVAL" => r.queue_poll_interval = v,
+            "RETRY_BASE_DELAY" => r.retry_base_delay = v,
+            "ENABLE_BATCH_OPTIMIZATION" => r.enable_batch_optimization = v,
+            "DB_MAX_CONNECTIONS" => r.db_max_connections = v,
+            "WORKER_ID" => r.worker_id = v,
+            other => panic!("support::config does not know {other}"),
+        }
+    }
+    r.validate().expect("test config is valid")
+}
+
+/// An OpenAI config against a mock, on a fresh SQLite file in `dir`.
+pub fn openai_config(dir: &tempfile::TempDir, mock_url: &str, extra: &[(&str, &str)]) -> Config {
+    let db = format!("sqlite://{}", dir.path().join("q.db").display());
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", db.as_str()),
+        ("EMBEDDING_PROVIDER", "openai"),
+        ("OPENAI_API_KEY", "sk-test-key"),
+        ("OPENAI_BASE_URL", mock_url),
+        ("EMBEDDING_DIMENSIONS", "8"),
+        ("PROVIDER_TIMEOUT", "2s"),
+        ("MAX_REQUESTS_PER_MINUTE", "60000"),
+        ("MAX_TOKENS_PER_MINUTE", "10000000"),
+        ("QUEUE_POLL_INTERVAL", "50"),
+        ("RETRY_BASE_DELAY", "10ms"),
+    ];
+    pairs.extend_from_slice(extra);
+    config(&pairs)
+}
+
+/// Jobs `0..n` of source type `doc` with texts from `text(i)`.
+pub fn jobs(n: usize, text: impl Fn(usize) -> String) -> Vec<NewJob> {
+    (0..n)
+        .map(|i| NewJob {
+            source_type: "doc".into(),
+            source_id: i.to_string(),
+            content_type: "default".into(),
+            text: text(i),
+            priority: 0,
+            metadata: None,
+        })
+        .collect()
+}
+
+/// Opens and migrates the configured store and enqueues `jobs`.
+pub async fn queue_with(cfg: &Config, jobs: &[NewJob]) -> Arc<dyn Queue> {
+    let q = embq::queue::connect(cfg).await.expect("open store");
+    q.migrate().await.expect("migrate");
+    q.enqueue(jobs, &embq::queue::no_progress).await.expect("enqueue");
+    q
+}
+
+/// A worker that exits once the queue is drained, and what it shares with the test.
+pub struct Harness {
+    /// The worker.
+    pub worker: Worker,
+    /// Its health.
+    pub health: Arc<Health>,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds a draining worker over `queue` with the configured provider (or `limiter`).
+pub fn harness(cfg: &Config, queue: Arc<dyn Queue>, limiter: Option<Arc<Limiter>>) -> Harness {
+    let provider: Arc<dyn Provider> = embq::provider::build(cfg, Duration::ZERO).expect("provider");
+    let metrics = Arc::new(Metrics::new("test", cfg.provider.as_str(), &cfg.model));
+    let health = Arc::new(Health::new(cfg.worker_id.clone(), true, Duration::from_secs(30)));
+    let mut worker = Worker::new(cfg.clone(), queue, provider, health.clone(), metrics.clone()).drain_when_idle(true);
+    if let Some(l) = limiter {
+        worker = worker.with_limiter(l);
+    }
+    Harness { worker, health, metrics }
+}
+
+/// Runs a draining worker to the end, failing the test after `timeout`.
+pub async fn drain(h: Harness, timeout: Duration) -> RunSummary {
+    tokio::time::timeout(timeout, h.worker.run()).await.expect("worker drained in time").expect("worker ran")
+}
+
+/// Reads one metric sample's value from the exposition.
+pub fn metric(m: &Metrics, sample: &str) -> f64 {
+    m.encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0)
+}

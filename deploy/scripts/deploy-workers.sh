@@ -1,0 +1,457 @@
+#!/usr/bin/env bash
+# Deploy the embq embedding queue workers to Kubernetes.
+#
+# Steps: check prerequisites (kubectl, cluster, required Secrets) -> render the
+# environment's kustomize overlay -> validate it (server-side dry run) -> apply
+# -> wait for every Deployment's rollout -> check that the workers are Ready.
+# Run with --help for the options and exit codes.
+set -euo pipefail
+
+readonly EXIT_USAGE=2
+readonly EXIT_PREREQ=3
+readonly EXIT_CLUSTER=4
+readonly EXIT_SECRETS=5
+readonly EXIT_VALIDATION=6
+readonly EXIT_APPLY=7
+readonly EXIT_ROLLOUT=8
+readonly EXIT_HEALTH=9
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly SCRIPT_DIR
+readonly OVERLAYS_DIR="${EMBQ_OVERLAYS_DIR:-$SCRIPT_DIR/../kubernetes/overlays}"
+readonly KUBECTL="${KUBECTL:-kubectl}"
+readonly ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-600s}"
+readonly REQUEST_TIMEOUT="${REQUEST_TIMEOUT:-15s}"
+readonly WORKER_SELECTOR="app=embedding-queue-worker"
+readonly IMAGE_PLACEHOLDER="registry.example.com/"
+
+# "secret:key" pairs the workers cannot run without (the key must be present).
+readonly REQUIRED_SECRETS=(
+  "supabase-secrets:database-url"
+  "ai-secrets:"
+  "embq-shutdown-token:token"
+)
+
+environment="production"
+namespace=""
+image=""
+controller_image=""
+dry_run=false
+force=false
+skip_validation=false
+cluster_available=false
+workdir=""
+
+usage() {
+  cat <<'EOF'
+Usage: deploy-workers.sh [options]
+
+Deploy the embq embedding queue workers with the kustomize overlay of an
+environment, then wait for the rollout and check the workers' health.
+
+Options:
+  --environment ENV  staging or production (default: production); selects
+                     deploy/kubernetes/overlays/ENV
+  --namespace NS     deploy into NS instead of the environment's namespace
+                     (production: paperless-maverick,
+                     staging: paperless-maverick-staging)
+  --image IMAGE      worker image: a tag (1.4.2), a full reference
+                     (registry/embq:1.4.2) or a digest (registry/embq@sha256:...).
+                     The restart controller's image follows: same registry
+                     path with embq-controller, same tag
+  --controller-image IMAGE
+                     restart controller image, if it does not follow --image
+  --dry-run          render and validate only; with a reachable cluster also
+                     run `kubectl apply --dry-run=server`. Prints the rendered
+                     manifests on stdout. Nothing is changed.
+  --force            deploy even if required Secrets are missing or the image
+                     is still the placeholder registry
+  --skip-validation  skip the server-side dry run before applying
+  -h, --help         show this help
+
+Environment:
+  KUBECTL            kubectl binary to use (default: kubectl)
+  ROLLOUT_TIMEOUT    how long to wait for each rollout (default: 600s)
+  REQUEST_TIMEOUT    timeout of single API requests (default: 15s)
+
+Required Secrets in the target namespace (see deploy/README.md):
+  supabase-secrets (key database-url), ai-secrets, embq-shutdown-token (key token)
+
+Exit codes:
+  0 deployed (or dry run passed)   5 required Secret missing
+  1 unexpected error               6 rendering or validation failed
+  2 bad usage                      7 kubectl apply failed
+  3 kubectl not found              8 rollout failed or timed out
+  4 cluster not reachable          9 workers not healthy after the rollout
+EOF
+}
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+  local code=$1
+  shift
+  printf 'error: %s\n' "$*" >&2
+  exit "$code"
+}
+
+cleanup() {
+  if [[ -n "$workdir" && -d "$workdir" ]]; then
+    rm -rf -- "$workdir"
+  fi
+}
+trap cleanup EXIT
+
+need_value() {
+  if [[ $# -lt 2 || -z "$2" || "$2" == --* ]]; then
+    usage >&2
+    die "$EXIT_USAGE" "$1 needs a value"
+  fi
+}
+
+parse_args() {
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --environment)
+        need_value "$@"
+        environment=$2
+        shift 2
+        ;;
+      --environment=*)
+        environment=${1#*=}
+        shift
+        ;;
+      --namespace)
+        need_value "$@"
+        namespace=$2
+        shift 2
+        ;;
+      --namespace=*)
+        namespace=${1#*=}
+        shift
+        ;;
+      --image)
+        need_value "$@"
+        image=$2
+        shift 2
+        ;;
+      --image=*)
+        image=${1#*=}
+        shift
+        ;;
+      --controller-image)
+        need_value "$@"
+        controller_image=$2
+        shift 2
+        ;;
+      --controller-image=*)
+        controller_image=${1#*=}
+        shift
+        ;;
+      --dry-run)
+        dry_run=true
+        shift
+        ;;
+      --force)
+        force=true
+        shift
+        ;;
+      --skip-validation)
+        skip_validation=true
+        shift
+        ;;
+      -h | --help)
+        usage
+        exit 0
+        ;;
+      *)
+        usage >&2
+        die "$EXIT_USAGE" "unknown option: $1"
+        ;;
+    esac
+  done
+
+  case "$environment" in
+    production) : "${namespace:=paperless-maverick}" ;;
+    staging) : "${namespace:=paperless-maverick-staging}" ;;
+    *) die "$EXIT_USAGE" "--environment must be staging or production, not '$environment'" ;;
+  esac
+  if [[ ! "$namespace" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
+    die "$EXIT_USAGE" "--namespace '$namespace' is not a valid namespace name"
+  fi
+  local ref
+  for ref in "$image" "$controller_image"; do
+    if [[ -n "$ref" && ! "$ref" =~ ^[A-Za-z0-9][A-Za-z0-9._/:@-]*$ ]]; then
+      die "$EXIT_USAGE" "'$ref' is not an image reference or tag"
+    fi
+  done
+}
+
+kube() {
+  "$KUBECTL" --request-timeout="$REQUEST_TIMEOUT" "$@"
+}
+
+check_prerequisites() {
+  if ! command -v "$KUBECTL" >/dev/null 2>&1; then
+    die "$EXIT_PREREQ" "kubectl not found (looked for '$KUBECTL'); install it or set KUBECTL"
+  fi
+  log "checking the cluster"
+  if kube get --raw /readyz >/dev/null 2>&1; then
+    cluster_available=true
+  elif [[ "$dry_run" == true ]]; then
+    warn "cluster not reachable: rendering and validating offline only"
+  else
+    die "$EXIT_CLUSTER" "cluster not reachable with the current kubeconfig context ($("$KUBECTL" config current-context 2>/dev/null || echo none))"
+  fi
+}
+
+check_secrets() {
+  [[ "$cluster_available" == true ]] || return 0
+  log "checking required Secrets in namespace $namespace"
+  local missing=() entry name key value
+  for entry in "${REQUIRED_SECRETS[@]}"; do
+    name=${entry%%:*}
+    key=${entry#*:}
+    if ! kube get secret "$name" -n "$namespace" -o name >/dev/null 2>&1; then
+      missing+=("secret $name")
+      continue
+    fi
+    if [[ -n "$key" ]]; then
+      value=$(kube get secret "$name" -n "$namespace" -o "jsonpath={.data.$key}" 2>/dev/null || true)
+      if [[ -z "$value" ]]; then
+        missing+=("key $key in secret $name")
+      fi
+    fi
+  done
+  if ! kube get configmap feature-flags-config -n "$namespace" -o name >/dev/null 2>&1; then
+    warn "ConfigMap feature-flags-config not found in $namespace: the workers use their default flags"
+  fi
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    local list
+    list=$(printf '%s, ' "${missing[@]}")
+    list=${list%, }
+    if [[ "$force" == true ]]; then
+      warn "missing in $namespace: $list (continuing because of --force)"
+    else
+      die "$EXIT_SECRETS" "missing in $namespace: $list. Create them as shown in deploy/README.md (\"Secrets\"), or pass --force"
+    fi
+  fi
+}
+
+# Splits an image reference into "name tag digest" (empty parts as "-").
+split_image() {
+  local ref=$1 name="-" tag="-" digest="-"
+  if [[ "$ref" == *@* ]]; then
+    name=${ref%%@*}
+    digest=${ref#*@}
+  elif [[ "${ref##*/}" == *:* ]]; then
+    name=${ref%:*}
+    tag=${ref##*:}
+  else
+    name=$ref
+  fi
+  echo "$name $tag $digest"
+}
+
+# The image of the first container of Deployment $1 in the rendered manifests.
+deployment_image() {
+  awk -v want="$1" '
+    /^---/ { kind = ""; name = ""; meta = 0; next }
+    /^kind: / { kind = $2; next }
+    /^metadata:/ { meta = 1; next }
+    /^[^ ]/ { meta = 0 }
+    meta && /^  name: / && name == "" { name = $2; next }
+    kind == "Deployment" && name == want && /^ +image: / { print $2; exit }
+  ' "$workdir/rendered.yaml"
+}
+
+# Prints one kustomize `images` entry replacing image name $1 with the
+# reference or bare tag $2.
+image_entry() {
+  local current=$1 wanted=$2 name tag digest
+  if [[ "$wanted" == */* || "$wanted" == *@* || "$wanted" == *:* ]]; then
+    read -r name tag digest <<<"$(split_image "$wanted")"
+  else
+    name="-" tag=$wanted digest="-"
+  fi
+  printf '  - name: %s\n' "$current"
+  [[ "$name" != "-" ]] && printf '    newName: %s\n' "$name"
+  [[ "$tag" != "-" ]] && printf '    newTag: "%s"\n' "$tag"
+  [[ "$digest" != "-" ]] && printf '    digest: %s\n' "$digest"
+  return 0
+}
+
+write_kustomization() {
+  local rel
+  # kustomize accepts only relative paths to other kustomizations.
+  rel=$(realpath --relative-to="$workdir" "$1")
+  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n'
+  printf 'resources:\n  - %s\n' "$rel"
+  printf 'namespace: %s\n' "$namespace"
+  if [[ -n "$2" ]]; then
+    printf 'images:\n%s' "$2"
+  fi
+}
+
+kustomize_build() {
+  if ! "$KUBECTL" kustomize "$workdir" >"$workdir/rendered.yaml" 2>"$workdir/render.err"; then
+    cat "$workdir/render.err" >&2
+    die "$EXIT_VALIDATION" "kustomize could not render $1"
+  fi
+}
+
+# The controller image that goes with worker image $1: same registry path and
+# tag, embq-controller instead of embq. Empty when that cannot be derived.
+derived_controller_image() {
+  local current=$1 wanted=$2 name tag digest
+  if [[ "$wanted" != */* && "$wanted" != *@* && "$wanted" != *:* ]]; then
+    echo "$wanted"
+    return 0
+  fi
+  read -r name tag digest <<<"$(split_image "$wanted")"
+  if [[ "$digest" != "-" || "${name##*/}" != "embq" ]]; then
+    return 0
+  fi
+  local controller=${name%embq}embq-controller
+  [[ "$tag" != "-" ]] && controller="$controller:$tag"
+  [[ -n "$current" ]] && echo "$controller"
+  return 0
+}
+
+render() {
+  local overlay="$OVERLAYS_DIR/$environment"
+  [[ -f "$overlay/kustomization.yaml" ]] || die "$EXIT_VALIDATION" "overlay not found: $overlay"
+  workdir=$(mktemp -d "${TMPDIR:-/tmp}/deploy-workers.XXXXXX")
+
+  log "rendering overlay $environment for namespace $namespace"
+  write_kustomization "$overlay" "" >"$workdir/kustomization.yaml"
+  kustomize_build "$overlay"
+  if [[ -z "$(deployment_image embedding-queue-workers)" ]]; then
+    die "$EXIT_VALIDATION" "rendered manifests contain no embedding-queue-workers Deployment"
+  fi
+
+  # Image overrides apply to the names the overlay rendered, so render twice.
+  if [[ -n "$image" || -n "$controller_image" ]]; then
+    local entries="" worker_now controller_now wanted
+    worker_now=$(deployment_image embedding-queue-workers)
+    controller_now=$(deployment_image worker-restart-controller)
+    if [[ -n "$image" ]]; then
+      entries+=$(image_entry "$(split_image "$worker_now" | cut -d' ' -f1)" "$image")$'\n'
+    fi
+    wanted=$controller_image
+    if [[ -z "$wanted" && -n "$image" && -n "$controller_now" ]]; then
+      wanted=$(derived_controller_image "$controller_now" "$image")
+      [[ -n "$wanted" ]] || warn "cannot derive the controller image from $image; pass --controller-image"
+    fi
+    if [[ -n "$wanted" && -n "$controller_now" ]]; then
+      entries+=$(image_entry "$(split_image "$controller_now" | cut -d' ' -f1)" "$wanted")$'\n'
+    fi
+    write_kustomization "$overlay" "$entries" >"$workdir/kustomization.yaml"
+    kustomize_build "$overlay"
+  fi
+
+  local images
+  images=$(grep -E '^ +image: ' "$workdir/rendered.yaml" | sed -E 's/^ +image: //' | sort -u)
+  log "images: $(echo "$images" | tr '\n' ' ')"
+  if grep -qF "$IMAGE_PLACEHOLDER" <<<"$images"; then
+    if [[ "$dry_run" == true || "$force" == true ]]; then
+      warn "an image still points at the placeholder registry; pass --image REGISTRY/embq:TAG"
+    else
+      die "$EXIT_VALIDATION" "an image still points at the placeholder registry ${IMAGE_PLACEHOLDER%/}; pass --image REGISTRY/embq:TAG (or --force)"
+    fi
+  fi
+}
+
+validate() {
+  if [[ "$skip_validation" == true && "$dry_run" == false ]]; then
+    warn "skipping validation (--skip-validation)"
+    return 0
+  fi
+  if [[ "$cluster_available" == true ]]; then
+    log "validating against the API server (kubectl apply --dry-run=server)"
+    if ! kube apply --dry-run=server --validate=strict -f "$workdir/rendered.yaml" >"$workdir/validate.out" 2>&1; then
+      cat "$workdir/validate.out" >&2
+      die "$EXIT_VALIDATION" "the API server rejected the manifests"
+    fi
+  else
+    log "no cluster: rendering succeeded; schemas are checked by scripts/validate-deploy.sh"
+  fi
+}
+
+# Deployment names in the rendered manifests (kustomize prints one document per
+# object with top-level keys in a fixed order).
+rendered_deployments() {
+  awk '
+    /^---/ { if (kind == "Deployment" && name != "") print name; kind = ""; name = ""; meta = 0; next }
+    /^kind: / { kind = $2; next }
+    /^metadata:/ { meta = 1; next }
+    /^[^ ]/ { meta = 0 }
+    meta && /^  name: / && name == "" { name = $2 }
+    END { if (kind == "Deployment" && name != "") print name }
+  ' "$workdir/rendered.yaml"
+}
+
+apply_manifests() {
+  log "applying to namespace $namespace"
+  if ! kube apply -f "$workdir/rendered.yaml"; then
+    die "$EXIT_APPLY" "kubectl apply failed; the cluster may be partly updated, rerun after fixing the error above"
+  fi
+}
+
+wait_for_rollouts() {
+  local deployment
+  while read -r deployment; do
+    [[ -n "$deployment" ]] || continue
+    log "waiting for deployment/$deployment (timeout $ROLLOUT_TIMEOUT)"
+    if ! "$KUBECTL" rollout status "deployment/$deployment" -n "$namespace" --timeout="$ROLLOUT_TIMEOUT"; then
+      warn "recent events in $namespace:"
+      kube get events -n "$namespace" --sort-by=.lastTimestamp 2>/dev/null | tail -n 20 >&2 || true
+      die "$EXIT_ROLLOUT" "deployment/$deployment did not roll out; inspect with: kubectl describe deployment/$deployment -n $namespace; roll back with: kubectl rollout undo deployment/$deployment -n $namespace"
+    fi
+  done < <(rendered_deployments)
+}
+
+# A worker is Ready only once its startup probe (/startup) passed and its
+# readiness probe (/ready: database, schema, provider, memory) answers 200,
+# so the pods' Ready condition is the workers' own health verdict.
+check_health() {
+  log "checking worker health"
+  local pods line pod ready deleting total=0 unready=()
+  pods=$(kube get pods -n "$namespace" -l "$WORKER_SELECTOR" \
+    -o 'jsonpath={range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{" "}{.metadata.deletionTimestamp}{"\n"}{end}') ||
+    die "$EXIT_HEALTH" "could not list worker pods in $namespace"
+  while read -r line; do
+    [[ -n "$line" ]] || continue
+    read -r pod ready deleting <<<"$line"
+    [[ -z "${deleting:-}" ]] || continue
+    total=$((total + 1))
+    [[ "$ready" == "True" ]] || unready+=("$pod")
+  done <<<"$pods"
+  if [[ $total -eq 0 ]]; then
+    die "$EXIT_HEALTH" "no worker pods found in $namespace (selector $WORKER_SELECTOR)"
+  fi
+  if [[ ${#unready[@]} -gt 0 ]]; then
+    die "$EXIT_HEALTH" "${#unready[@]} of $total workers not ready: ${unready[*]}; see kubectl describe pod -n $namespace ${unready[0]}"
+  fi
+  kube get hpa embedding-queue-workers-hpa -n "$namespace" >&2 2>/dev/null || true
+  log "$total workers ready in $namespace"
+}
+
+main() {
+  parse_args "$@"
+  check_prerequisites
+  check_secrets
+  render
+  validate
+  if [[ "$dry_run" == true ]]; then
+    cat "$workdir/rendered.yaml"
+    log "dry run complete: nothing was changed"
+    return 0
+  fi
+  apply_manifests
+  wait_for_rollouts
+  check_health
+  log "deployed $environment to $namespace"
+}
+
+main "$@"
