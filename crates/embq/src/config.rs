@@ -588,8 +588,8 @@ impl RawConfig {
         }
         let max_attempts = p.field("MAX_ATTEMPTS", &self.max_attempts, defaults.max_attempts, positive_u32);
         let memory_limit_mb = p.field("MEMORY_LIMIT_MB", &self.memory_limit_mb, 1024u64, |v| match v.parse::<u64>() {
-            Ok(n) if n >= 16 => Ok(n),
-            _ => Err("must be a whole number of MiB, at least 16".into()),
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err("must be a whole number of MiB, at least 1".into()),
         });
         let cpu_limit_cores = p.field("CPU_LIMIT_CORES", &self.cpu_limit_cores, None, |v| match v.parse::<f64>() {
             Ok(c) if c.is_finite() && c > 0.0 && c <= 1024.0 => Ok(Some(c)),

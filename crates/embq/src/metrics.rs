@@ -9,7 +9,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// `type` label of `worker_memory_usage_bytes`.
@@ -17,6 +16,17 @@ use prometheus_client::registry::Registry;
 pub struct MemoryLabel {
     /// rss | heapUsed | heapTotal
     pub r#type: &'static str,
+}
+
+/// Labels of `embq_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    /// embq version.
+    pub version: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model name.
+    pub model: String,
 }
 
 /// `kind` label of error counters.
@@ -126,9 +136,7 @@ impl Metrics {
             leases_lost: Counter::default(),
             lease_reclaims: Counter::default(),
             processing_seconds: Histogram::new(duration_buckets()),
-            batch_size_jobs: Histogram::new(
-                [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0],
-            ),
+            batch_size_jobs: Histogram::new([1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0]),
             queue_depth: Gauge::default(),
             queue_scheduled: Gauge::default(),
             queue_running: Gauge::default(),
@@ -147,15 +155,16 @@ impl Metrics {
             overlong_inputs: Family::default(),
             registry: Registry::default(),
         };
-        r.register(
-            "embq_build",
-            "Build and provider of this worker",
-            Info::new(vec![
-                ("version", version.to_string()),
-                ("provider", provider.to_string()),
-                ("model", model.to_string()),
-            ]),
-        );
+        // A gauge fixed at 1, not an OpenMetrics `info`: the Prometheus text format has no info type.
+        let build: Family<BuildLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: version.to_string(),
+                provider: provider.to_string(),
+                model: model.to_string(),
+            })
+            .set(1);
+        r.register("embq_build_info", "Build and provider of this worker (always 1)", build);
         r.register("worker_uptime_seconds", "Seconds since the worker started", m.uptime_seconds.clone());
         r.register(
             "worker_memory_usage_bytes",
@@ -248,35 +257,51 @@ impl Metrics {
         self.errors.get_or_create(&KindLabel { kind }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4).
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(8192);
+        let mut open = String::with_capacity(8192);
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        let _ = encode(&mut open, &self.registry);
+        openmetrics_to_prometheus_text(&open)
     }
 
     /// Every metric family name as it appears in the exposition (`embq metrics names`).
     pub fn names(&self) -> Vec<String> {
-        let text = self.encode();
-        let mut names: Vec<String> = text
+        let mut names: Vec<String> = self
+            .encode()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| {
-                let mut parts = l.split_whitespace();
-                let name = parts.next()?;
-                let kind = parts.next()?;
-                Some(match kind {
-                    "counter" => format!("{name}_total"),
-                    "info" => format!("{name}_info"),
-                    _ => name.to_string(),
-                })
-            })
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect();
         names.sort();
         names.dedup();
         names
     }
+}
+
+/// Rewrites prometheus-client's OpenMetrics output as the classic Prometheus text format:
+/// OpenMetrics names a counter family without `_total` and ends with `# EOF`; the text
+/// format (what `promtool check metrics` and every scraper accept) names it with the suffix.
+fn openmetrics_to_prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> =
+        open.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(open.len() + 64 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -300,9 +325,12 @@ mod tests {
             "embedding_queue_processing_rate",
             "embedding_worker_errors_total{kind=\"database\"} 1",
             "embq_build_info{version=\"0.1.0\",provider=\"hash\",model=\"hash-v1\"} 1",
+            "# TYPE embedding_jobs_processed_total counter",
+            "# HELP embedding_jobs_processed_total Jobs completed",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        assert!(!text.contains("# EOF"));
     }
 
     #[test]
@@ -310,6 +338,7 @@ mod tests {
         let names = Metrics::new("v", "hash", "m").names();
         assert!(names.contains(&"embedding_jobs_processed_total".to_string()));
         assert!(names.contains(&"embq_build_info".to_string()));
+        assert!(names.contains(&"worker_memory_usage_bytes".to_string()));
         assert!(names.contains(&"embedding_processing_duration_seconds".to_string()));
         assert!(!names.iter().any(|n| n.ends_with("_total_total")));
     }

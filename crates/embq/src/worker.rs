@@ -206,7 +206,12 @@ impl Worker {
 
         let stop_maintenance = CancellationToken::new();
         let wake = Arc::new(Notify::new());
-        let maintenance = tokio::spawn(maintain(ctx.clone(), stop_maintenance.clone()));
+        // Read memory once before the first claim, so a worker born over its limit claims nothing.
+        let mut guard = memory::Guard::new(ctx.cfg.memory_limit_bytes);
+        if let Some(rss) = memory::rss_bytes() {
+            ctx.health.set_memory_over(guard.update(rss));
+        }
+        let maintenance = tokio::spawn(maintain(ctx.clone(), stop_maintenance.clone(), guard));
         let listener = tokio::spawn(listen(ctx.clone(), wake.clone(), stop_maintenance.clone()));
 
         let tracker = TaskTracker::new();
@@ -490,7 +495,7 @@ fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
 }
 
 /// Heartbeats, lease rescue, queue gauges and the memory guard, until stopped.
-async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken) {
+async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Guard) {
     let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat_interval);
     let mut rescue = tokio::time::interval(ctx.cfg.rescue_interval());
     let mut stats = tokio::time::interval(Duration::from_secs(10));
@@ -498,7 +503,6 @@ async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken) {
     for i in [&mut heartbeat, &mut rescue, &mut stats, &mut second] {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
-    let mut guard = memory::Guard::new(ctx.cfg.memory_limit_bytes);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -1,6 +1,5 @@
 //! The `embq` command line: bad input gets a clear error and a non-zero exit, and nothing is half-done.
 
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

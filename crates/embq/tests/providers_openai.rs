@@ -79,7 +79,11 @@ async fn every_error_class_is_triaged() {
     let p = provider(&mock, &[("PROVIDER_TIMEOUT", "300ms")]);
     let secs = |s: u64| Some(Duration::from_secs(s));
     let cases: Vec<(Reply, &str, Option<Option<Duration>>)> = vec![
-        (openai_error(429, "requests", "Rate limit reached", vec![("retry-after", "3".into())]), "rate_limited", Some(secs(3))),
+        (
+            openai_error(429, "requests", "Rate limit reached", vec![("retry-after", "3".into())]),
+            "rate_limited",
+            Some(secs(3)),
+        ),
         (
             openai_error(429, "tokens", "Rate limit reached", vec![("retry-after-ms", "1500".into())]),
             "rate_limited",
@@ -104,11 +108,20 @@ async fn every_error_class_is_triaged() {
         (openai_error(429, "insufficient_quota", "You exceeded your current quota", vec![]), "quota_exhausted", None),
         (openai_error(401, "invalid_api_key", "Incorrect API key provided: sk-test-key", vec![]), "unauthorized", None),
         (
-            openai_error(400, "max_tokens_per_request", "Requested 400000 tokens, max 300000 tokens per request", vec![]),
+            openai_error(
+                400,
+                "max_tokens_per_request",
+                "Requested 400000 tokens, max 300000 tokens per request",
+                vec![],
+            ),
             "too_large",
             None,
         ),
-        (openai_error(400, "invalid_request_error", "This model's maximum context length is 8192 tokens", vec![]), "too_large", None),
+        (
+            openai_error(400, "invalid_request_error", "This model's maximum context length is 8192 tokens", vec![]),
+            "too_large",
+            None,
+        ),
         (openai_error(404, "model_not_found", "The model does not exist", vec![]), "invalid_request", None),
         (Reply::Status(500, vec![], "internal".into()), "transient", None),
         (Reply::Status(503, vec![], "".into()), "transient", None),
@@ -129,7 +142,12 @@ async fn every_error_class_is_triaged() {
         assert!(!err.to_string().contains("sk-test-key"), "secret leaked: {err}");
     }
     // A single input the model finds too long is that input's fault, not the batch's.
-    mock.script([openai_error(400, "invalid_request_error", "This model's maximum context length is 8192 tokens", vec![])]);
+    mock.script([openai_error(
+        400,
+        "invalid_request_error",
+        "This model's maximum context length is 8192 tokens",
+        vec![],
+    )]);
     assert!(matches!(p.embed(&["one"]).await, Err(ProviderError::InvalidInput { index: 0, .. })));
     // A slow answer within the timeout is fine.
     mock.script([Reply::Slow(Duration::from_millis(50))]);
@@ -224,7 +242,8 @@ async fn one_bad_input_dead_letters_only_its_own_job() {
     });
     let dir = tempfile::tempdir().unwrap();
     let cfg = support::openai_config(&dir, &mock.url, &[("BATCH_SIZE", "6")]);
-    let q = support::queue_with(&cfg, &support::jobs(6, |i| if i == 4 { "poison".into() } else { format!("ok {i}") })).await;
+    let q = support::queue_with(&cfg, &support::jobs(6, |i| if i == 4 { "poison".into() } else { format!("ok {i}") }))
+        .await;
     let summary = support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(20)).await;
     assert_eq!((summary.processed, summary.dead), (5, 1));
     let dead = q.dead_jobs(10).await.unwrap();
@@ -279,11 +298,8 @@ async fn overlong_inputs_are_truncated_or_rejected() {
     assert_eq!(support::metric(&metrics, "embedding_overlong_inputs_total{kind=\"truncated\"}"), 1.0);
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = support::openai_config(
-        &dir,
-        &mock.url,
-        &[("OPENAI_MAX_TOKENS_PER_INPUT", "10"), ("OVERLONG_INPUT", "reject")],
-    );
+    let cfg =
+        support::openai_config(&dir, &mock.url, &[("OPENAI_MAX_TOKENS_PER_INPUT", "10"), ("OVERLONG_INPUT", "reject")]);
     let q = support::queue_with(&cfg, &support::jobs(2, |i| if i == 0 { long.clone() } else { "short".into() })).await;
     let summary = support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(20)).await;
     assert_eq!((summary.processed, summary.dead), (1, 1));

@@ -174,11 +174,10 @@ async fn retry_waits_for_its_scheduled_time(s: Store) {
     s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
     let l = lease("w");
     let j = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
-    let r = s
-        .q
-        .finish(&l, MODEL, &[(j[0].id, Outcome::Retry { after: Duration::from_secs(4), error: "HTTP 503".into() })])
-        .await
-        .unwrap();
+    let r =
+        s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Retry { after: Duration::from_secs(4), error: "HTTP 503".into() })])
+            .await
+            .unwrap();
     assert_eq!(r.retried, 1);
     let st = s.q.stats().await.unwrap();
     assert_eq!((st.ready, st.scheduled), (0, 1));
@@ -196,12 +195,14 @@ async fn dead_letter_keeps_the_error_and_can_be_retried_or_purged(s: Store) {
     s.q.enqueue(&[job("1", "t", 0), job("2", "u", 0)], &no_progress).await.unwrap();
     let l = lease("w");
     let j = s.q.claim(2, &l, LEASE, MODEL).await.unwrap();
-    let r = s
-        .q
-        .finish(
+    let r =
+        s.q.finish(
             &l,
             MODEL,
-            &[(j[0].id, Outcome::Dead("failed after 5 attempts: HTTP 500".into())), (j[1].id, Outcome::Dead("bad".into()))],
+            &[
+                (j[0].id, Outcome::Dead("failed after 5 attempts: HTTP 500".into())),
+                (j[1].id, Outcome::Dead("bad".into())),
+            ],
         )
         .await
         .unwrap();
@@ -275,11 +276,10 @@ async fn requeue_behind_a_newer_pending_job_is_superseded(s: Store) {
     let l = lease("w");
     let j = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
     s.q.enqueue(&[job("1", "v2", 0)], &no_progress).await.unwrap();
-    let r = s
-        .q
-        .finish(&l, MODEL, &[(j[0].id, Outcome::Retry { after: Duration::ZERO, error: "503".into() })])
-        .await
-        .unwrap();
+    let r =
+        s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Retry { after: Duration::ZERO, error: "503".into() })])
+            .await
+            .unwrap();
     assert_eq!((r.retried, r.superseded), (0, 1));
     let st = s.q.stats().await.unwrap();
     assert_eq!((st.ready, st.superseded), (1, 1));

@@ -24,7 +24,12 @@ fn embq(url: &str, envs: &[(&str, &str)]) -> Command {
 
 fn run_ok(c: &mut Command) -> String {
     let out = c.output().expect("run embq");
-    assert!(out.status.success(), "embq failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "embq failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -84,7 +89,8 @@ async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n:
     let (done, dead, embeddings, pending) = counts(direct).await;
     assert_eq!((done, dead, embeddings, pending), (n as i64, 0, n as i64, 0));
     let mut c = PgConnection::connect(direct).await.unwrap();
-    let rerun: i64 = sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE attempts <> 1").fetch_one(&mut c).await.unwrap();
+    let rerun: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE attempts <> 1").fetch_one(&mut c).await.unwrap();
     assert_eq!(rerun, 0, "no job was processed twice");
     let rate = n as f64 / took.as_secs_f64();
     eprintln!("{pool_mode}: 3 workers drained {n} jobs in {took:?} = {rate:.0} jobs/s");
@@ -120,8 +126,10 @@ async fn sigkill_mid_batch_loses_nothing_and_does_nothing_twice() {
         async move {
             let (done, _, _, _) = counts(&url).await;
             let mut c = PgConnection::connect(&url).await.unwrap();
-            let running: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE state = 'running'").fetch_one(&mut c).await.unwrap();
+            let running: i64 = sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE state = 'running'")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
             done > 0 && running > 0
         }
     })
@@ -135,7 +143,8 @@ async fn sigkill_mid_batch_loses_nothing_and_does_nothing_twice() {
     assert!(rescuer.status.success(), "{}", String::from_utf8_lossy(&rescuer.stderr));
     let (done, dead, embeddings, pending) = counts(&url).await;
     assert_eq!((done, dead, embeddings, pending), (n as i64, 0, n as i64, 0));
-    let twice: i64 = sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE attempts > 1").fetch_one(&mut c).await.unwrap();
+    let twice: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE attempts > 1").fetch_one(&mut c).await.unwrap();
     assert_eq!(twice, orphaned, "only the jobs the victim held were run again");
 }
 
@@ -152,8 +161,10 @@ async fn sigterm_drains_in_flight_batches_and_exits_zero() {
         let url = url.clone();
         async move {
             let mut c = PgConnection::connect(&url).await.unwrap();
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE state = 'running'").fetch_one(&mut c).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM embq.jobs WHERE state = 'running'")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
             n == 20
         }
     })
@@ -207,7 +218,11 @@ async fn notify_wakes_an_idle_worker_long_before_the_poll_interval() {
         async move {
             let mut c = PgConnection::connect(&url).await.unwrap();
             if id % 25 == 1 {
-                sqlx::query("SELECT embq.enqueue('doc', $1, 'hello there')").bind(id.to_string()).execute(&mut c).await.unwrap();
+                sqlx::query("SELECT embq.enqueue('doc', $1, 'hello there')")
+                    .bind(id.to_string())
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
             }
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM embq.embeddings").fetch_one(&mut c).await.unwrap();
             n > 0

@@ -93,3 +93,91 @@ pub fn jobs(n: usize, prefix: &str) -> Vec<embq::queue::NewJob> {
         })
         .collect()
 }
+
+/// A free loopback port (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A private PostgreSQL cluster this test may stop and start; removed on drop.
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    /// Port it listens on (127.0.0.1).
+    pub port: u16,
+}
+
+fn as_postgres(program: &std::path::Path) -> std::process::Command {
+    // initdb and postgres refuse to run as root: use the postgres account there.
+    let is_root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    if is_root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+impl PrivatePg {
+    /// initdb + start on a free port.
+    pub fn start() -> Self {
+        let bin = std::path::PathBuf::from(
+            std::env::var("EMBQ_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+        );
+        let dir = tempfile::Builder::new().prefix("embq-private-pg").tempdir().expect("tempdir");
+        // The postgres account must be able to write here.
+        let _ = std::process::Command::new("chmod").arg("777").arg(dir.path()).status();
+        let data = dir.path().join("data");
+        let out = as_postgres(&bin.join("initdb"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n",
+            dir.path().display()
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+            .expect("write postgresql.conf");
+        let pg = Self { dir, bin, port };
+        pg.pg_ctl("start");
+        pg
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("postgres.log");
+        let mut c = as_postgres(&self.bin.join("pg_ctl"));
+        c.arg("-D").arg(&data).arg("-l").arg(&log).args(["-w", "-t", "60", "-m", "fast", action]);
+        let out = c.output().expect("run pg_ctl");
+        assert!(out.status.success(), "pg_ctl {action} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected).
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        self.pg_ctl("start");
+    }
+
+    /// URL of the `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
+    }
+}

@@ -247,7 +247,8 @@ async fn handle(s: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, bod
         Reply::NonFinite => {
             let mut v = vec![0.5f32; s.dims];
             v[0] = f32::NAN;
-            let data: Vec<Value> = inputs.iter().enumerate().map(|(i, _)| json!({"index": i, "embedding": b64(&v)})).collect();
+            let data: Vec<Value> =
+                inputs.iter().enumerate().map(|(i, _)| json!({"index": i, "embedding": b64(&v)})).collect();
             (200, extra, json!({"data": data, "usage": {"prompt_tokens": tokens}}).to_string())
         }
         Reply::Raw(b) => (200, extra, b),

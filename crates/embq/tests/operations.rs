@@ -1,0 +1,273 @@
+//! The operations surface of a running worker: a real Prometheus scraping it, readiness
+//! through a PostgreSQL outage, the memory guard, disabled processing, and secrets
+//! kept out of every output.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_embq");
+
+struct Worker {
+    child: Child,
+    health: u16,
+    metrics: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    fn start(url: &str, envs: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let (health, metrics) = (common::free_port(), common::free_port());
+        let child = Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", url)
+            .env("HEALTH_PORT", health.to_string())
+            .env("METRICS_PORT", metrics.to_string())
+            .env("QUEUE_POLL_INTERVAL", "100")
+            .env("HEARTBEAT_INTERVAL", "500")
+            .envs(envs.iter().copied())
+            .arg("worker")
+            .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).expect("log file")))
+            .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
+            .spawn()
+            .expect("spawn worker");
+        Self { child, health, metrics, log, _dir: dir }
+    }
+
+    async fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}{path}")).await.ok()?;
+        let code = r.status().as_u16();
+        Some((code, r.text().await.ok()?))
+    }
+
+    async fn status(&self, path: &str) -> Option<u16> {
+        self.get(self.health, path).await.map(|r| r.0)
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    async fn wait_status(&self, path: &str, want: u16, timeout: Duration) {
+        common::wait_until(timeout, &format!("{path} answers {want}"), || async {
+            self.status(path).await == Some(want)
+        })
+        .await;
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+            + &std::fs::read_to_string(self._dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    fn terminate(mut self) -> String {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "worker exit {status:?}\n{}", self.output());
+        self.output()
+    }
+}
+
+fn cli(url: &str, args: &[&str], stdin: &str) -> String {
+    let mut c = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn embq");
+    c.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("stdin");
+    let out = c.wait_with_output().expect("wait");
+    assert!(out.status.success(), "embq {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn jsonl(n: usize, prefix: &str) -> String {
+    (0..n).map(|i| format!(r#"{{"source_type":"doc","source_id":"{prefix}{i}","text":"words {i}"}}"#) + "\n").collect()
+}
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("q.db").display())
+}
+
+async fn ready_jobs(url: &str) -> u64 {
+    let url = url.to_string();
+    let out = tokio::task::spawn_blocking(move || cli(&url, &["queue", "stats", "--json"], "")).await.unwrap();
+    let v: Value = serde_json::from_str(&out).expect("stats JSON");
+    v["ready"].as_u64().unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_jobs_a_worker_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(137, "p"));
+    let w = Worker::start(&url, &[]);
+    common::wait_until(Duration::from_secs(30), "all jobs processed", || async { ready_jobs(&url).await == 0 }).await;
+
+    // promtool lints a real scrape.
+    let (code, scrape) = w.get(w.metrics, "/metrics").await.expect("scrape");
+    assert_eq!(code, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    promtool.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let problems = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && problems.trim().is_empty(), "promtool check metrics: {problems}");
+
+    // A real Prometheus server scrapes it and answers PromQL.
+    let prom_dir = tempfile::tempdir().unwrap();
+    let prom_port = common::free_port();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: embq\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        w.metrics
+    );
+    std::fs::write(prom_dir.path().join("prometheus.yml"), config).unwrap();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", prom_dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", prom_dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package) is installed");
+    let query = format!("http://127.0.0.1:{prom_port}/api/v1/query?query=embedding_jobs_processed_total");
+    common::wait_until(Duration::from_secs(60), "Prometheus reports 137 processed jobs", || {
+        let q = query.clone();
+        async move {
+            let Ok(r) = reqwest::get(&q).await else { return false };
+            let Ok(v) = r.json::<Value>().await else { return false };
+            v["data"]["result"][0]["value"][1].as_str() == Some("137")
+        }
+    })
+    .await;
+    let _ = prom.kill();
+    let _ = prom.wait();
+    w.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_a_postgres_outage_while_liveness_stays_up() {
+    let pg = common::PrivatePg::start();
+    let url = pg.url();
+    cli(&url, &["migrate"], "");
+    let mut w = Worker::start(&url, &[]);
+    w.wait_status("/ready", 200, Duration::from_secs(30)).await;
+
+    pg.stop();
+    w.wait_status("/ready", 503, Duration::from_secs(30)).await;
+    let (_, body) = w.get(w.health, "/ready").await.unwrap();
+    assert!(body.contains("database unavailable"), "{body}");
+    assert_eq!(w.status("/health").await, Some(200), "liveness ignores the database");
+    assert!(w.alive(), "the worker rides out the outage");
+
+    pg.restart();
+    w.wait_status("/ready", 200, Duration::from_secs(30)).await;
+    assert!(w.alive());
+    // And it works again without a restart.
+    cli(&url, &["enqueue"], &jsonl(25, "after"));
+    common::wait_until(Duration::from_secs(30), "jobs processed after the outage", || async {
+        ready_jobs(&url).await == 0
+    })
+    .await;
+    w.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_guard_stops_claiming_and_reports_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(10, "m"));
+    // Any process needs more than 90 % of 1 MiB.
+    let w = Worker::start(&url, &[("MEMORY_LIMIT_MB", "1")]);
+    common::wait_until(Duration::from_secs(30), "/ready reports memory pressure", || async {
+        match w.get(w.health, "/ready").await {
+            Some((503, body)) => body.contains("memory above 90%"),
+            _ => false,
+        }
+    })
+    .await;
+    assert_eq!(w.status("/health").await, Some(200));
+    // The loop keeps ticking (uptime grows) but nothing is claimed.
+    common::wait_until(Duration::from_secs(30), "a few loop ticks", || async {
+        let Some((_, body)) = w.get(w.health, "/health").await else { return false };
+        serde_json::from_str::<Value>(&body).ok().and_then(|v| v["uptime_seconds"].as_f64()).unwrap_or(0.0) > 1.5
+    })
+    .await;
+    assert_eq!(ready_jobs(&url).await, 10);
+    w.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_processing_is_healthy_ready_and_claims_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(10, "d"));
+    let w = Worker::start(&url, &[("ENABLE_QUEUE_PROCESSING", "false")]);
+    w.wait_status("/ready", 200, Duration::from_secs(30)).await;
+    common::wait_until(Duration::from_secs(30), "a few loop ticks", || async {
+        let Some((_, body)) = w.get(w.health, "/health").await else { return false };
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        v["queue_processing"] == "disabled" && v["uptime_seconds"].as_f64().unwrap_or(0.0) > 1.5
+    })
+    .await;
+    assert_eq!(ready_jobs(&url).await, 10, "nothing was claimed");
+    w.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_errors_or_metrics() {
+    let admin = common::pg_admin_url();
+    let db = common::fresh_pg_db().await;
+    // Trust authentication ignores the password, so a known fake one can travel everywhere.
+    let mut u = url::Url::parse(&db).unwrap();
+    u.set_password(Some("pw-SECRET-db-9431")).unwrap();
+    let url = u.to_string();
+    let _ = admin;
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(50, "s"));
+    let w = Worker::start(
+        &url,
+        &[
+            ("OPENAI_API_KEY", "sk-SECRET-openai-1234"),
+            ("GEMINI_API_KEY", "SECRET-gemini-5678"),
+            ("SHUTDOWN_TOKEN", "SECRET-shutdown-token"),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    common::wait_until(Duration::from_secs(30), "jobs processed", || async { ready_jobs(&url).await == 0 }).await;
+    let (_, metrics) = w.get(w.metrics, "/metrics").await.unwrap();
+    let (_, health) = w.get(w.health, "/health").await.unwrap();
+    let config = cli(&url, &["config", "check", "--json"], "");
+    let out = w.terminate();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("LOG_FORMAT=json line is not JSON ({e}): {line}"));
+    }
+    assert!(out.contains("worker started"), "{out}");
+    for (what, text) in [("logs", &out), ("metrics", &metrics), ("health", &health), ("config check", &config)] {
+        for secret in ["pw-SECRET-db-9431", "sk-SECRET-openai-1234", "SECRET-gemini-5678", "SECRET-shutdown-token"] {
+            assert!(!text.contains(secret), "{secret} leaked into {what}");
+        }
+    }
+}
