@@ -17,7 +17,18 @@ struct Worker {
     health: u16,
     metrics: u16,
     log: std::path::PathBuf,
+    stopped: bool,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Worker {
+    /// A failed assertion must not leave the worker running.
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Worker {
@@ -39,7 +50,7 @@ impl Worker {
             .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
             .spawn()
             .expect("spawn worker");
-        Self { child, health, metrics, log, _dir: dir }
+        Self { child, health, metrics, log, stopped: false, _dir: dir }
     }
 
     async fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
@@ -71,6 +82,7 @@ impl Worker {
     fn terminate(mut self) -> String {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let status = self.child.wait().expect("wait");
+        self.stopped = true;
         assert!(status.success(), "worker exit {status:?}\n{}", self.output());
         self.output()
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
@@ -64,7 +64,7 @@ async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n:
     let out = run_ok(embq(worker_url, &[("DATABASE_POOL_MODE", pool_mode)]).arg("enqueue").arg(file.path()));
     assert!(out.contains(&format!("queued {n} jobs")), "{out}");
     let started = Instant::now();
-    let workers: Vec<Child> = (0..3)
+    let workers: Vec<common::Reaper> = (0..3)
         .map(|_| {
             embq(
                 worker_url,
@@ -76,14 +76,15 @@ async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n:
                 ],
             )
             .args(["worker", "--drain"])
-            .stderr(Stdio::piped())
+            .stderr(Stdio::inherit())
             .spawn()
+            .map(common::Reaper)
             .expect("spawn worker")
         })
         .collect();
-    for w in workers {
-        let out = w.wait_with_output().expect("worker exits");
-        assert!(out.status.success(), "worker failed: {}", String::from_utf8_lossy(&out.stderr));
+    for mut w in workers {
+        let status = w.wait().expect("worker exits");
+        assert!(status.success(), "worker failed with {status:?} (its log is above)");
     }
     let took = started.elapsed();
     let (done, dead, embeddings, pending) = counts(direct).await;
@@ -119,7 +120,7 @@ async fn sigkill_mid_batch_loses_nothing_and_does_nothing_twice() {
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(n).path()));
     // A slow provider makes sure the victim is mid-batch when it dies.
     let settings = [("BATCH_SIZE", "20"), ("MAX_CONCURRENT_JOBS", "3"), ("HEARTBEAT_INTERVAL", "400")];
-    let mut victim = embq(&url, &settings).args(["worker", "--hash-delay-ms", "300"]).spawn().expect("spawn");
+    let mut victim = common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "300"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
     common::wait_until(Duration::from_secs(30), "the victim finishes a batch and holds others", || {
         let url = url.clone();
@@ -155,7 +156,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_zero() {
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(300).path()));
     // Each batch takes 2 s but the drain allows only 500 ms: in-flight jobs must be released unspent.
     let settings = [("BATCH_SIZE", "10"), ("MAX_CONCURRENT_JOBS", "2"), ("DRAIN_TIMEOUT", "500")];
-    let mut w = embq(&url, &settings).args(["worker", "--hash-delay-ms", "2000"]).spawn().expect("spawn");
+    let mut w = common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "2000"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
     common::wait_until(Duration::from_secs(20), "batches in flight", || {
         let url = url.clone();
@@ -196,7 +197,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_zero() {
 async fn notify_wakes_an_idle_worker_long_before_the_poll_interval() {
     let url = common::fresh_pg_db().await;
     run_ok(embq(&url, &[]).arg("migrate"));
-    let mut w = embq(&url, &[("QUEUE_POLL_INTERVAL", "60000")]).arg("worker").spawn().expect("spawn");
+    let mut w = common::Reaper(embq(&url, &[("QUEUE_POLL_INTERVAL", "60000")]).arg("worker").spawn().expect("spawn"));
     // Wait until the worker registered (so it listens), then enqueue through SQL.
     common::wait_until(Duration::from_secs(20), "worker registered", || {
         let url = url.clone();
@@ -208,7 +209,7 @@ async fn notify_wakes_an_idle_worker_long_before_the_poll_interval() {
     })
     .await;
     // The listener connects right after registration; give it a moment by enqueueing twice if needed.
-    let mut c = PgConnection::connect(&url).await.unwrap();
+    let c = PgConnection::connect(&url).await.unwrap();
     let started = Instant::now();
     let mut i = 0;
     common::wait_until(Duration::from_secs(20), "job embedded via NOTIFY", || {

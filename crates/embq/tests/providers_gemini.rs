@@ -1,0 +1,123 @@
+//! The gemini provider against a local mock: request shape, key header, caps, RetryInfo
+//! delays and the per-day quota.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use embq::provider::{build, Provider, ProviderError};
+use serde_json::json;
+use support::mock_provider::{MockProvider, Reply};
+
+fn gemini(mock: &MockProvider, extra: &[(&str, &str)]) -> Arc<dyn Provider> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("q.db").display());
+    let mut pairs = vec![
+        ("DATABASE_URL", db.as_str()),
+        ("EMBEDDING_PROVIDER", "gemini"),
+        ("GEMINI_API_KEY", "g-test-key"),
+        ("GEMINI_BASE_URL", mock.url.as_str()),
+        ("EMBEDDING_DIMENSIONS", "8"),
+        ("PROVIDER_TIMEOUT", "300ms"),
+    ];
+    pairs.extend_from_slice(extra);
+    build(&support::config(&pairs), Duration::ZERO).unwrap()
+}
+
+fn resource_exhausted(quota_id: &str, delay: &str) -> Reply {
+    let body = json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+        "message": "Quota exceeded for metric: generativelanguage.googleapis.com/embed_content_requests",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+             "violations": [{"quotaMetric": "generativelanguage.googleapis.com/embed_content_requests",
+                             "quotaId": quota_id}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}});
+    Reply::Status(429, vec![], body.to_string())
+}
+
+#[tokio::test]
+async fn batch_embed_request_carries_key_header_task_type_and_dimensions() {
+    let mock = MockProvider::start(8).await;
+    let p = gemini(&mock, &[("GEMINI_TASK_TYPE", "semantic_similarity")]);
+    assert_eq!(p.caps().max_inputs, 100);
+    assert_eq!(p.caps().max_tokens_per_input, 2048);
+    let out = p.embed(&["coffee receipt", "airline ticket"]).await.unwrap();
+    assert_eq!(out.vectors.len(), 2);
+    let norm: f32 = out.vectors[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    let seen = &mock.seen()[0];
+    assert_eq!(seen.path, "/v1beta/models/gemini-embedding-001:batchEmbedContents");
+    assert_eq!(seen.headers["x-goog-api-key"], "g-test-key");
+    assert!(!seen.path.contains("key="), "the key stays out of the URL");
+    let r = &seen.body["requests"][1];
+    assert_eq!(r["model"], "models/gemini-embedding-001");
+    assert_eq!(r["content"]["parts"][0]["text"], "airline ticket");
+    assert_eq!(r["taskType"], "SEMANTIC_SIMILARITY");
+    assert_eq!(r["outputDimensionality"], 8);
+}
+
+#[tokio::test]
+async fn errors_are_triaged_with_google_retry_info() {
+    let mock = MockProvider::start(8).await;
+    let p = gemini(&mock, &[]);
+    let cases: Vec<(Reply, ProviderError)> = vec![
+        (
+            resource_exhausted("EmbedContentRequestsPerMinutePerProjectPerModel", "13s"),
+            ProviderError::RateLimited { retry_after: Some(Duration::from_secs(13)) },
+        ),
+        (
+            resource_exhausted("EmbedContentRequestsPerDayPerProjectPerModel-FreeTier", "3600s"),
+            ProviderError::QuotaExhausted(String::new()),
+        ),
+    ];
+    for (reply, want) in cases {
+        mock.script([reply]);
+        let got = p.embed(&["x"]).await.unwrap_err();
+        assert_eq!(got.kind(), want.kind(), "{got}");
+        if matches!(want, ProviderError::RateLimited { .. }) {
+            assert_eq!(got, want);
+        }
+    }
+    let kinds: Vec<(Reply, &str)> = vec![
+        (Reply::Status(400, vec![], json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "Invalid value at 'requests[0].task_type'"}}).to_string()), "invalid_request"),
+        (Reply::Status(403, vec![], json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+            "message": "API key not valid"}}).to_string()), "unauthorized"),
+        (Reply::Status(503, vec![], json!({"error": {"code": 503, "status": "UNAVAILABLE",
+            "message": "The model is overloaded"}}).to_string()), "transient"),
+        (Reply::WrongCount, "invalid_response"),
+        (Reply::WrongDimension, "invalid_response"),
+        (Reply::Raw("[]".into()), "invalid_response"),
+        (Reply::Hang, "transient"),
+    ];
+    for (reply, want) in kinds {
+        let label = format!("{reply:?}");
+        mock.script([reply]);
+        let got = p.embed(&["x", "y"]).await.unwrap_err();
+        assert_eq!(got.kind(), want, "{label}: {got}");
+        assert!(!got.to_string().contains("g-test-key"));
+    }
+}
+
+#[tokio::test]
+async fn a_worker_never_sends_more_than_100_texts_per_call() {
+    let mock = MockProvider::start(8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("q.db").display());
+    let cfg = support::config(&[
+        ("DATABASE_URL", &db),
+        ("EMBEDDING_PROVIDER", "gemini"),
+        ("GEMINI_API_KEY", "g-test-key"),
+        ("GEMINI_BASE_URL", &mock.url),
+        ("EMBEDDING_DIMENSIONS", "8"),
+        ("BATCH_SIZE", "500"),
+        ("MAX_REQUESTS_PER_MINUTE", "60000"),
+        ("MAX_TOKENS_PER_MINUTE", "10000000"),
+        ("QUEUE_POLL_INTERVAL", "50"),
+    ]);
+    let q = support::queue_with(&cfg, &support::jobs(250, |i| format!("text {i}"))).await;
+    let summary = support::drain(support::harness(&cfg, q, None), Duration::from_secs(30)).await;
+    assert_eq!(summary.processed, 250);
+    assert!(mock.seen().iter().all(|s| s.inputs.len() <= 100), "a call carried more than 100 texts");
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Queue throughput benchmark: N `embq worker --drain` processes over a backlog of hash-provider
+# jobs on a throwaway PostgreSQL (and SQLite with one worker). Prints the median of RUNS runs.
+#
+#   scripts/bench-drain.sh                     # 20,000 jobs, 384 dims, workers 1 and 3, 3 runs
+#   JOBS=20000 DIMS=1536 WORKERS="1 2 4" RUNS=3 BATCH_SIZE=500 scripts/bench-drain.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/pg.sh
+source scripts/lib/pg.sh
+
+JOBS=${JOBS:-20000}
+DIMS=${DIMS:-384}
+WORKERS=${WORKERS:-"1 3"}
+RUNS=${RUNS:-3}
+BATCH_SIZE=${BATCH_SIZE:-100}
+CONCURRENCY=${CONCURRENCY:-4}
+PROFILE=${PROFILE:-release}
+
+cargo build -q --profile "$PROFILE" -p embq
+bin=target/$PROFILE/embq
+[ "$PROFILE" = dev ] && bin=target/debug/embq
+
+if [ -z "${EMBQ_TEST_DATABASE_URL:-}" ]; then
+  pg_start
+  trap pg_stop EXIT
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"; pg_stop' EXIT
+python3 -c "
+import json
+for i in range($JOBS):
+    print(json.dumps({'source_type': 'doc', 'source_id': str(i), 'text': f'receipt {i}: coffee beans, oat milk, total {i % 97}.50 paid by card'}))
+" >"$work/jobs.jsonl"
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+export EMBEDDING_DIMENSIONS=$DIMS BATCH_SIZE MAX_CONCURRENT_JOBS=$CONCURRENCY HEALTH_PORT=0 METRICS_PORT=0 RUST_LOG=warn
+
+run_pg() { # workers
+  local n=$1 db url t0 t1 e0
+  db="bench_$(date +%s%N)"
+  psql -q "$EMBQ_TEST_DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+  url="${EMBQ_TEST_DATABASE_URL%/*}/$db"
+  DATABASE_URL=$url "$bin" migrate >/dev/null
+  e0=$(now)
+  DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
+  t0=$(now)
+  for _ in $(seq "$n"); do DATABASE_URL=$url "$bin" worker --drain & done
+  wait
+  t1=$(now)
+  local done_
+  done_=$(psql -tA "$url" -c "SELECT count(*) FROM embq.embeddings")
+  [ "$done_" = "$JOBS" ] || { echo "expected $JOBS embeddings, found $done_" >&2; exit 1; }
+  awk -v n="$JOBS" -v a="$e0" -v b="$t0" -v c="$t1" 'BEGIN { print n / (c - b), n / (b - a) }'
+}
+
+run_sqlite() {
+  local url t0 t1
+  rm -f "$work"/q.db*
+  url="sqlite://$work/q.db"
+  DATABASE_URL=$url "$bin" migrate >/dev/null
+  DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
+  t0=$(now)
+  DATABASE_URL=$url "$bin" worker --drain
+  t1=$(now)
+  awk -v n="$JOBS" -v b="$t0" -v c="$t1" 'BEGIN { print n / (c - b) }'
+}
+
+echo "jobs=$JOBS dims=$DIMS batch=$BATCH_SIZE concurrency=$CONCURRENCY profile=$PROFILE runs=$RUNS ($(nproc) cores, $(date -u +%F))"
+for w in $WORKERS; do
+  : >"$work/drain" && : >"$work/enq"
+  for _ in $(seq "$RUNS"); do
+    read -r drain enq < <(run_pg "$w")
+    echo "$drain" >>"$work/drain"
+    echo "$enq" >>"$work/enq"
+  done
+  printf 'postgres  workers=%s  drain median %.0f jobs/s  (runs: %s)  enqueue median %.0f jobs/s\n' \
+    "$w" "$(median <"$work/drain")" "$(xargs printf '%.0f ' <"$work/drain")" "$(median <"$work/enq")"
+done
+: >"$work/sq"
+for _ in $(seq "$RUNS"); do run_sqlite >>"$work/sq"; done
+printf 'sqlite    workers=1  drain median %.0f jobs/s  (runs: %s)\n' "$(median <"$work/sq")" "$(xargs printf '%.0f ' <"$work/sq")"
