@@ -25,7 +25,6 @@ use crate::metrics::{Metrics, ProviderLabel, RequestLabel};
 use crate::outcome;
 use crate::provider::{Provider, ProviderError};
 use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome, Queue, QueueError, WorkerInfo};
-use crate::vector;
 
 mod requests;
 
@@ -363,7 +362,8 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
             continue;
         }
         if drain_when_idle && got == 0 && ctx.health.inflight() == 0 {
-            match ctx.queue.is_idle().await {
+            // Retries due within one poll interval still count as work: the drain waits for them.
+            match ctx.queue.is_idle(ctx.cfg.poll_interval).await {
                 Ok(true) => {
                     info!("queue drained; exiting");
                     return;

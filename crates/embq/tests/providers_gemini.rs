@@ -80,12 +80,36 @@ async fn errors_are_triaged_with_google_retry_info() {
         }
     }
     let kinds: Vec<(Reply, &str)> = vec![
-        (Reply::Status(400, vec![], json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
-            "message": "Invalid value at 'requests[0].task_type'"}}).to_string()), "invalid_request"),
-        (Reply::Status(403, vec![], json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
-            "message": "API key not valid"}}).to_string()), "unauthorized"),
-        (Reply::Status(503, vec![], json!({"error": {"code": 503, "status": "UNAVAILABLE",
-            "message": "The model is overloaded"}}).to_string()), "transient"),
+        (
+            Reply::Status(
+                400,
+                vec![],
+                json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "Invalid value at 'requests[0].task_type'"}})
+                .to_string(),
+            ),
+            "invalid_request",
+        ),
+        (
+            Reply::Status(
+                403,
+                vec![],
+                json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+            "message": "API key not valid"}})
+                .to_string(),
+            ),
+            "unauthorized",
+        ),
+        (
+            Reply::Status(
+                503,
+                vec![],
+                json!({"error": {"code": 503, "status": "UNAVAILABLE",
+            "message": "The model is overloaded"}})
+                .to_string(),
+            ),
+            "transient",
+        ),
         (Reply::WrongCount, "invalid_response"),
         (Reply::WrongDimension, "invalid_response"),
         (Reply::Raw("[]".into()), "invalid_response"),

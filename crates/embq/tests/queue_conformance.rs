@@ -181,6 +181,8 @@ async fn retry_waits_for_its_scheduled_time(s: Store) {
     assert_eq!(r.retried, 1);
     let st = s.q.stats().await.unwrap();
     assert_eq!((st.ready, st.scheduled), (0, 1));
+    assert!(s.q.is_idle(Duration::ZERO).await.unwrap(), "a scheduled retry is not ready work");
+    assert!(!s.q.is_idle(Duration::from_secs(10)).await.unwrap(), "but it is within a horizon");
     assert!(s.q.claim(1, &l, LEASE, MODEL).await.unwrap().is_empty());
     s.clock.advance(Duration::from_secs(3));
     assert!(s.q.claim(1, &l, LEASE, MODEL).await.unwrap().is_empty(), "not before its time");
@@ -188,7 +190,6 @@ async fn retry_waits_for_its_scheduled_time(s: Store) {
     let again = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
-    assert!(s.q.is_idle().await.is_ok());
 }
 
 async fn dead_letter_keeps_the_error_and_can_be_retried_or_purged(s: Store) {
@@ -305,7 +306,7 @@ async fn unchanged_text_needs_no_provider_call(s: Store) {
 }
 
 async fn stats_and_idle_reflect_the_queue(s: Store) {
-    assert!(s.q.is_idle().await.unwrap());
+    assert!(s.q.is_idle(Duration::ZERO).await.unwrap());
     s.q.enqueue(&[job("1", "a", 2), job("2", "b", 0), job("3", "c", 0)], &no_progress).await.unwrap();
     s.clock.advance(Duration::from_secs(7));
     let st = s.q.stats().await.unwrap();
@@ -313,13 +314,13 @@ async fn stats_and_idle_reflect_the_queue(s: Store) {
     assert_eq!(st.ready_by_priority, vec![(2, 1), (0, 2)]);
     let age = st.oldest_ready_age_seconds.unwrap();
     assert!((age - 7.0).abs() < 0.5, "{age}");
-    assert!(!s.q.is_idle().await.unwrap());
+    assert!(!s.q.is_idle(Duration::ZERO).await.unwrap());
     let l = lease("w");
     let j = s.q.claim(3, &l, LEASE, MODEL).await.unwrap();
-    assert!(!s.q.is_idle().await.unwrap(), "running jobs are not idle");
+    assert!(!s.q.is_idle(Duration::ZERO).await.unwrap(), "running jobs are not idle");
     let outcomes: Vec<_> = j.iter().map(|j| (j.id, Outcome::Done(vec3(0.1)))).collect();
     s.q.finish(&l, MODEL, &outcomes).await.unwrap();
-    assert!(s.q.is_idle().await.unwrap());
+    assert!(s.q.is_idle(Duration::ZERO).await.unwrap());
     assert_eq!(s.q.stats().await.unwrap().done, 3);
 }
 
@@ -399,4 +400,41 @@ async fn sql_enqueue_function_applies_the_same_rules() {
     q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
     sqlx::query("SELECT embq.enqueue('receipt', '42', 'second')").execute(&mut c).await.unwrap();
     assert!(q.claim(5, &l, LEASE, MODEL).await.unwrap()[0].unchanged);
+}
+
+#[tokio::test]
+async fn documented_trigger_enqueues_inserted_and_changed_text() {
+    use sqlx::Connection;
+    let url = common::fresh_pg_db().await;
+    let q = common::store(&url, Clock::System).await;
+    q.migrate().await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    // The trigger from the README, verbatim in substance.
+    sqlx::raw_sql(
+        "CREATE TABLE public.receipts (id bigint PRIMARY KEY, full_text text, note text);
+         CREATE OR REPLACE FUNCTION public.receipts_embed() RETURNS trigger
+         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+         BEGIN
+           IF NEW.full_text IS NOT NULL AND btrim(NEW.full_text) <> ''
+              AND (TG_OP = 'INSERT' OR NEW.full_text IS DISTINCT FROM OLD.full_text) THEN
+             PERFORM embq.enqueue('receipt', NEW.id::text, NEW.full_text, 'full_text');
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER receipts_embed AFTER INSERT OR UPDATE OF full_text ON public.receipts
+           FOR EACH ROW EXECUTE FUNCTION public.receipts_embed();
+         INSERT INTO public.receipts VALUES (1, 'coffee 4.50', NULL), (2, NULL, NULL);
+         UPDATE public.receipts SET note = 'unrelated' WHERE id = 1;
+         UPDATE public.receipts SET full_text = 'coffee 5.00' WHERE id = 1;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let l = lease("w");
+    let j = q.claim(10, &l, LEASE, MODEL).await.unwrap();
+    assert_eq!(j.len(), 1, "one pending job for receipt 1, none for the empty row");
+    assert_eq!(
+        (j[0].source_id.as_str(), j[0].content_type.as_str(), j[0].text.as_str()),
+        ("1", "full_text", "coffee 5.00")
+    );
 }

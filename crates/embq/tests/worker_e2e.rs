@@ -120,7 +120,8 @@ async fn sigkill_mid_batch_loses_nothing_and_does_nothing_twice() {
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(n).path()));
     // A slow provider makes sure the victim is mid-batch when it dies.
     let settings = [("BATCH_SIZE", "20"), ("MAX_CONCURRENT_JOBS", "3"), ("HEARTBEAT_INTERVAL", "400")];
-    let mut victim = common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "300"]).spawn().expect("spawn"));
+    let mut victim =
+        common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "300"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
     common::wait_until(Duration::from_secs(30), "the victim finishes a batch and holds others", || {
         let url = url.clone();
@@ -156,7 +157,8 @@ async fn sigterm_drains_in_flight_batches_and_exits_zero() {
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(300).path()));
     // Each batch takes 2 s but the drain allows only 500 ms: in-flight jobs must be released unspent.
     let settings = [("BATCH_SIZE", "10"), ("MAX_CONCURRENT_JOBS", "2"), ("DRAIN_TIMEOUT", "500")];
-    let mut w = common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "2000"]).spawn().expect("spawn"));
+    let mut w =
+        common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "2000"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
     common::wait_until(Duration::from_secs(20), "batches in flight", || {
         let url = url.clone();

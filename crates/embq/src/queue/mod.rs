@@ -373,8 +373,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError>;
     /// Counts jobs by state.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
-    /// True when no job is ready now and none is running anywhere.
-    async fn is_idle(&self) -> Result<bool, QueueError>;
+    /// True when no job is ready now or due within `within`, and none is running anywhere.
+    async fn is_idle(&self, within: Duration) -> Result<bool, QueueError>;
     /// Lists dead-lettered jobs, newest first.
     async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError>;
     /// Makes dead jobs ready again with a fresh attempt budget.

@@ -540,15 +540,17 @@ impl Queue for PgQueue {
         Ok(fold_stats(rows_out))
     }
 
-    async fn is_idle(&self) -> Result<bool, QueueError> {
+    async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
         let mut tx = self.begin().await?;
         let idle: bool = sqlx::query_scalar(
             "SELECT NOT EXISTS (SELECT 1 FROM embq.jobs
-                                WHERE state = 'ready' AND run_at <= COALESCE($1::timestamptz, now()))
+                                WHERE state = 'ready'
+                                  AND run_at <= COALESCE($1::timestamptz, now()) + make_interval(secs => $2))
                 AND NOT EXISTS (SELECT 1 FROM embq.jobs WHERE state = 'running')",
         )
         .persistent(self.persistent)
         .bind(self.now())
+        .bind(within.as_secs_f64())
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;

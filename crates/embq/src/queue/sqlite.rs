@@ -443,12 +443,12 @@ impl Queue for SqliteQueue {
         Ok(fold_stats(out))
     }
 
-    async fn is_idle(&self) -> Result<bool, QueueError> {
+    async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
         let idle: bool = sqlx::query_scalar(
             "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'ready' AND run_at <= ?1)
                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'running')",
         )
-        .bind(self.now_ms())
+        .bind(self.now_ms().saturating_add(ms(within)))
         .fetch_one(&self.pool)
         .await?;
         Ok(idle)

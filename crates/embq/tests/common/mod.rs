@@ -51,6 +51,9 @@ pub fn config(url: &str, overrides: &[(&str, &str)]) -> Config {
             "QUEUE_POLL_INTERVAL" => raw.queue_poll_interval = v,
             "MAX_ATTEMPTS" => raw.max_attempts = v,
             "DB_MAX_CONNECTIONS" => raw.db_max_connections = v,
+            "RETRY_BASE_DELAY" => raw.retry_base_delay = v,
+            "RETRY_MAX_DELAY" => raw.retry_max_delay = v,
+            "DRAIN_TIMEOUT" => raw.drain_timeout = v,
             other => panic!("tests::common::config does not know {other}"),
         }
     }

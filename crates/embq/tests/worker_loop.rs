@@ -1,0 +1,181 @@
+//! The worker loop in-process, with providers that fail on purpose: retries, dead letters,
+//! throttling and bad inputs end up exactly where they should.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use embq::config::ProviderKind;
+use embq::health::Health;
+use embq::metrics::Metrics;
+use embq::provider::{Embedded, Provider, ProviderError};
+use embq::queue::{no_progress, Clock, Queue};
+use embq::worker::Worker;
+
+/// Answers each call with the next scripted result; vectors are constant.
+struct Scripted {
+    calls: AtomicUsize,
+    script: Box<dyn Fn(usize, &[&str]) -> Result<(), ProviderError> + Send + Sync>,
+}
+
+#[async_trait]
+impl Provider for Scripted {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Hash
+    }
+    fn model(&self) -> &str {
+        "scripted"
+    }
+    fn dimensions(&self) -> usize {
+        3
+    }
+    fn max_inputs(&self) -> usize {
+        100
+    }
+    async fn embed(&self, texts: &[&str]) -> Result<Embedded, ProviderError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        (self.script)(n, texts)?;
+        Ok(Embedded { vectors: texts.iter().map(|_| vec![0.6, 0.8, 0.0]).collect(), tokens: None })
+    }
+}
+
+async fn setup(jobs: usize) -> (Arc<dyn Queue>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("q.db").display());
+    let q = common::store(&url, Clock::System).await;
+    q.migrate().await.unwrap();
+    q.enqueue(&common::jobs(jobs, "j"), &no_progress).await.unwrap();
+    (q, url, dir)
+}
+
+async fn drain(url: &str, q: Arc<dyn Queue>, p: Arc<Scripted>, extra: &[(&str, &str)]) -> embq::worker::RunSummary {
+    let mut settings = vec![
+        ("RETRY_BASE_DELAY", "1ms"),
+        ("RETRY_MAX_DELAY", "5ms"),
+        ("MAX_ATTEMPTS", "3"),
+        ("QUEUE_POLL_INTERVAL", "10"),
+        ("BATCH_SIZE", "4"),
+    ];
+    settings.extend_from_slice(extra);
+    let cfg = common::config(url, &settings);
+    let health = Arc::new(Health::new("t".into(), true, Duration::from_secs(30)));
+    let metrics = Arc::new(Metrics::new("t", "hash", "scripted"));
+    let w = Worker::new(cfg, q, p, health, metrics).drain_when_idle(true);
+    tokio::time::timeout(Duration::from_secs(60), w.run()).await.expect("drains in time").expect("runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_always_fails_is_dead_lettered_after_max_attempts_with_its_error() {
+    let (q, url, _d) = setup(1).await;
+    let p = Arc::new(Scripted {
+        calls: AtomicUsize::new(0),
+        script: Box::new(|_, _| Err(ProviderError::Transient("HTTP 502 from upstream".into()))),
+    });
+    let s = drain(&url, q.clone(), p.clone(), &[]).await;
+    assert_eq!((s.processed, s.failed, s.dead), (0, 3, 1));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 3, "one call per attempt, no more");
+    let dead = q.dead_jobs(5).await.unwrap();
+    assert_eq!(dead[0].attempts, 3);
+    let err = dead[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("failed after 3 attempts") && err.contains("HTTP 502 from upstream"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_recover_on_a_later_attempt() {
+    let (q, url, _d) = setup(8).await;
+    let p = Arc::new(Scripted {
+        calls: AtomicUsize::new(0),
+        script: Box::new(|n, _| if n < 2 { Err(ProviderError::Transient("timeout".into())) } else { Ok(()) }),
+    });
+    let s = drain(&url, q.clone(), p, &[("MAX_CONCURRENT_JOBS", "1")]).await;
+    assert_eq!((s.processed, s.dead), (8, 0));
+    let st = q.stats().await.unwrap();
+    assert_eq!((st.done, st.dead), (8, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_input_dead_letters_only_that_job() {
+    let (q, url, _d) = setup(4).await;
+    let p = Arc::new(Scripted {
+        calls: AtomicUsize::new(0),
+        script: Box::new(|_, texts| match texts.iter().position(|t| t.contains("number 2")) {
+            Some(index) => Err(ProviderError::InvalidInput { index, message: "input too long".into() }),
+            None => Ok(()),
+        }),
+    });
+    let s = drain(&url, q.clone(), p, &[]).await;
+    assert_eq!((s.processed, s.dead), (3, 1));
+    let dead = q.dead_jobs(5).await.unwrap();
+    assert_eq!(dead[0].source_id, "j2");
+    assert!(dead[0].last_error.as_deref().unwrap_or("").contains("input too long"));
+    // Its batch-mates were released unspent and then embedded on their first counted attempt.
+    let stored = q.embeddings("scripted", 10).await.unwrap();
+    assert_eq!(stored.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_spends_no_attempt() {
+    let (q, url, _d) = setup(2).await;
+    let p = Arc::new(Scripted {
+        calls: AtomicUsize::new(0),
+        script: Box::new(|n, _| {
+            if n < 5 {
+                Err(ProviderError::RateLimited { retry_after: Some(Duration::from_millis(5)) })
+            } else {
+                Ok(())
+            }
+        }),
+    });
+    // Five 429s with MAX_ATTEMPTS=3 would dead-letter if throttling spent attempts.
+    let s = drain(&url, q.clone(), p, &[("BATCH_SIZE", "2")]).await;
+    assert_eq!((s.processed, s.dead, s.failed), (2, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_dimensions_are_never_stored() {
+    struct Bad;
+    #[async_trait]
+    impl Provider for Bad {
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::Hash
+        }
+        fn model(&self) -> &str {
+            "bad"
+        }
+        fn dimensions(&self) -> usize {
+            3
+        }
+        fn max_inputs(&self) -> usize {
+            10
+        }
+        async fn embed(&self, texts: &[&str]) -> Result<Embedded, ProviderError> {
+            Ok(Embedded { vectors: texts.iter().map(|_| vec![1.0, f32::NAN]).collect(), tokens: None })
+        }
+    }
+    let (q, url, _d) = setup(2).await;
+    let cfg = common::config(
+        &url,
+        &[
+            ("RETRY_BASE_DELAY", "1ms"),
+            ("RETRY_MAX_DELAY", "2ms"),
+            ("MAX_ATTEMPTS", "2"),
+            ("QUEUE_POLL_INTERVAL", "10"),
+        ],
+    );
+    let w = Worker::new(
+        cfg,
+        q.clone(),
+        Arc::new(Bad),
+        Arc::new(Health::new("t".into(), true, Duration::from_secs(30))),
+        Arc::new(Metrics::new("t", "hash", "bad")),
+    )
+    .drain_when_idle(true);
+    let s = tokio::time::timeout(Duration::from_secs(60), w.run()).await.unwrap().unwrap();
+    assert_eq!((s.processed, s.dead), (0, 2));
+    assert!(q.embeddings("bad", 10).await.unwrap().is_empty());
+    let dead = q.dead_jobs(5).await.unwrap();
+    assert!(dead[0].last_error.as_deref().unwrap_or("").contains("invalid response"), "{dead:?}");
+}
