@@ -483,13 +483,22 @@ fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
     if r.lost > 0 {
         warn!(lost = r.lost, "results discarded: the lease on these jobs had been lost");
     }
-    debug!(
+    let outcome = if r.retried + r.dead + r.lost > 0 {
+        "failed"
+    } else if r.released > 0 {
+        "released"
+    } else {
+        "ok"
+    };
+    // One line per batch, inside the batch span (provider, model, jobs, tokens).
+    info!(
+        outcome,
+        latency_ms = took.as_millis() as u64,
         stored = r.stored,
         unchanged = r.unchanged,
         retried = r.retried,
         dead = r.dead,
         released = r.released,
-        took_ms = took.as_millis() as u64,
         "batch finished"
     );
 }

@@ -4,6 +4,8 @@
 mod demo;
 mod dlq;
 mod enqueue;
+pub use enqueue::{parse_jsonl, Parsed};
+pub mod model;
 mod queue;
 mod search;
 mod worker;
@@ -53,6 +55,9 @@ pub enum Command {
     Demo(demo::Args),
     /// Find the stored embeddings nearest to a query text.
     Search(search::Args),
+    /// Fetch or check the local embedding model.
+    #[command(subcommand)]
+    Model(model::Cmd),
 }
 
 /// `embq config …`
@@ -195,6 +200,7 @@ async fn run(command: Command, cfg: Config) -> Result<(), CliError> {
         Command::Config(ConfigCmd::Vars) | Command::Metrics(MetricsCmd::Names) => Ok(()),
         Command::Demo(args) => demo::run(cfg, args).await,
         Command::Search(args) => search::run(cfg, args).await,
+        Command::Model(cmd) => model::run(cfg, cmd).await,
     }
 }
 
