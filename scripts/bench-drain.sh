@@ -37,22 +37,36 @@ now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 export EMBEDDING_DIMENSIONS=$DIMS BATCH_SIZE MAX_CONCURRENT_JOBS=$CONCURRENCY HEALTH_PORT=0 METRICS_PORT=0 RUST_LOG=warn
 
-run_pg() { # workers
-  local n=$1 db url t0 t1 e0
+drain() { # url workers -> "jobs/s peak_rss_kib cpu_us_per_job"
+  local url=$1 n=$2 t0 t1 i
+  t0=$(now)
+  for i in $(seq "$n"); do
+    DATABASE_URL=$url /usr/bin/time -f '%M %U %S' -o "$work/time.$i" "$bin" worker --drain &
+  done
+  wait
+  t1=$(now)
+  cat "$work"/time.* | awk -v n="$JOBS" -v b="$t0" -v c="$t1" \
+    '{ if ($1 > rss) rss = $1; cpu += $2 + $3 } END { printf "%f %d %f\n", n / (c - b), rss, cpu * 1e6 / n }'
+  rm -f "$work"/time.*
+}
+
+run_pg() { # workers -> "drain rss cpu enqueue dedupe"
+  local n=$1 db url e0 e1 d out
   db="bench_$(date +%s%N)"
   psql -q "$EMBQ_TEST_DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
   url="${EMBQ_TEST_DATABASE_URL%/*}/$db"
   DATABASE_URL=$url "$bin" migrate >/dev/null
   e0=$(now)
   DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
-  t0=$(now)
-  for _ in $(seq "$n"); do DATABASE_URL=$url "$bin" worker --drain & done
-  wait
-  t1=$(now)
+  e1=$(now)
+  out=$(drain "$url" "$n")
   local done_
   done_=$(psql -tA "$url" -c "SELECT count(*) FROM embq.embeddings")
   [ "$done_" = "$JOBS" ] || { echo "expected $JOBS embeddings, found $done_" >&2; exit 1; }
-  awk -v n="$JOBS" -v a="$e0" -v b="$t0" -v c="$t1" 'BEGIN { print n / (c - b), n / (b - a) }'
+  # The same texts again: every job completes as unchanged, with no provider call and no vector write.
+  DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
+  d=$(drain "$url" "$n" | cut -d' ' -f1)
+  echo "$out $(awk -v n="$JOBS" -v a="$e0" -v b="$e1" 'BEGIN { print n / (b - a) }') $d"
 }
 
 run_sqlite() {
@@ -69,14 +83,12 @@ run_sqlite() {
 
 echo "jobs=$JOBS dims=$DIMS batch=$BATCH_SIZE concurrency=$CONCURRENCY profile=$PROFILE runs=$RUNS ($(nproc) cores, $(date -u +%F))"
 for w in $WORKERS; do
-  : >"$work/drain" && : >"$work/enq"
-  for _ in $(seq "$RUNS"); do
-    read -r drain enq < <(run_pg "$w")
-    echo "$drain" >>"$work/drain"
-    echo "$enq" >>"$work/enq"
-  done
-  printf 'postgres  workers=%s  drain median %.0f jobs/s  (runs: %s)  enqueue median %.0f jobs/s\n' \
-    "$w" "$(median <"$work/drain")" "$(xargs printf '%.0f ' <"$work/drain")" "$(median <"$work/enq")"
+  : >"$work/r"
+  for _ in $(seq "$RUNS"); do run_pg "$w" >>"$work/r"; done
+  col() { awk -v k="$1" '{ print $k }' "$work/r"; }
+  printf 'postgres workers=%s: drain median %.0f jobs/s (runs: %s) | dedupe re-run %.0f jobs/s | enqueue %.0f jobs/s | peak RSS %d KiB | worker CPU %.1f us/job\n' \
+    "$w" "$(col 1 | median)" "$(col 1 | xargs printf '%.0f ')" "$(col 5 | median)" "$(col 4 | median)" \
+    "$(col 2 | median)" "$(col 3 | median)"
 done
 : >"$work/sq"
 for _ in $(seq "$RUNS"); do run_sqlite >>"$work/sq"; done
