@@ -17,7 +17,8 @@ BATCH_SIZE=${BATCH_SIZE:-100}
 CONCURRENCY=${CONCURRENCY:-4}
 PROFILE=${PROFILE:-release}
 
-cargo build -q --profile "$PROFILE" -p embq
+# shellcheck disable=SC2086 # FEATURES holds cargo flags, e.g. "--no-default-features"
+cargo build -q --profile "$PROFILE" -p embq ${FEATURES:-}
 bin=target/$PROFILE/embq
 [ "$PROFILE" = dev ] && bin=target/debug/embq
 

@@ -877,6 +877,46 @@ mod tests {
         assert_eq!(c.pool_mode, PoolMode::Session);
     }
 
+    // --- issue 3 ---
+    #[test]
+    fn provider_settings_have_defaults_and_name_their_variable() {
+        let c = RawConfig::default().validate().unwrap();
+        assert_eq!(c.provider_timeout, Duration::from_secs(60));
+        assert_eq!(c.overlong_input, crate::tokens::OverlongInput::Truncate);
+        assert_eq!(c.rate_limit_scope, RateLimitScope::Worker, "SQLite budgets per worker");
+        assert_eq!(c.request_caps.max_inputs, 2048);
+        assert_eq!(c.gemini_task_type, "RETRIEVAL_DOCUMENT");
+        let pg = RawConfig { database_url: Some("postgres://u@127.0.0.1/db".into()), ..Default::default() };
+        assert_eq!(pg.validate().unwrap().rate_limit_scope, RateLimitScope::Fleet, "PostgreSQL shares the budget");
+        let tei = RawConfig {
+            embedding_provider: Some("openai-compatible".into()),
+            openai_base_url: Some("http://127.0.0.1:8081".into()),
+            ..Default::default()
+        };
+        let caps = tei.validate().unwrap().request_caps;
+        assert_eq!((caps.max_inputs, caps.max_tokens_per_request, caps.max_tokens_per_input), (32, 16_384, 512));
+
+        let bad = RawConfig {
+            overlong_input: Some("drop".into()),
+            rate_limit_scope: Some("fleet".into()),
+            gemini_task_type: Some("GUESSING".into()),
+            openai_max_inputs_per_request: Some("0".into()),
+            provider_timeout: Some("0".into()),
+            ..Default::default()
+        };
+        let text = bad.validate().unwrap_err().to_string();
+        for var in [
+            "OVERLONG_INPUT: must be truncate or reject",
+            "RATE_LIMIT_SCOPE: fleet needs a PostgreSQL",
+            "GEMINI_TASK_TYPE: must be one of",
+            "OPENAI_MAX_INPUTS_PER_REQUEST",
+            "PROVIDER_TIMEOUT",
+        ] {
+            assert!(text.contains(var), "{var} missing in {text}");
+        }
+    }
+    // --- end issue 3 ---
+
     #[test]
     fn lease_is_one_and_a_half_heartbeats() {
         let c = RawConfig::default().validate().unwrap();

@@ -127,7 +127,8 @@ impl BudgetState {
             return Err(self.paused_until - now);
         }
         let wait = self.requests.wait_for(1.0).max(self.tokens.wait_for(tokens));
-        if wait > 0.0 {
+        // A nanosecond is rounding, not a wait (and `now + 1e-16` may not advance `now`).
+        if wait > 1e-9 {
             return Err(wait);
         }
         self.requests.level -= 1.0;
@@ -235,16 +236,39 @@ impl Budget for LocalBudget {
 }
 
 /// A budget shared by every worker on one PostgreSQL database (schema v2, `embq.rate_budgets`).
+///
+/// If the database lacks schema v2 (the functions are missing), it says so once and budgets
+/// in process instead of blocking the worker.
 pub struct PgBudget {
     pool: PgPool,
     key: String,
     rates: Rates,
+    fallback: LocalBudget,
+    schema_missing: std::sync::atomic::AtomicBool,
 }
 
 impl PgBudget {
     /// A budget in `pool` under `key` (see [`budget_key`]).
     pub fn new(pool: PgPool, key: String, rates: Rates) -> Self {
-        Self { pool, key, rates }
+        Self { pool, key, rates, fallback: LocalBudget::new(rates), schema_missing: Default::default() }
+    }
+
+    fn degraded(&self) -> bool {
+        self.schema_missing.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Maps a database error; a missing function or table switches to the in-process budget.
+    fn fail(&self, e: sqlx::Error) -> LimiterError {
+        let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+        // 42883 undefined_function, 42P01 undefined_table, 3F000 invalid_schema_name.
+        if matches!(code.as_deref(), Some("42883" | "42P01" | "3F000"))
+            && !self.schema_missing.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(
+                "the fleet rate budget needs schema version 2 (run `embq migrate`); budgeting per worker until then"
+            );
+        }
+        LimiterError::Unavailable(e.to_string())
     }
 
     /// A small pool of its own (two connections, opened on first use) on `url`.
@@ -262,7 +286,23 @@ impl PgBudget {
         &self.key
     }
 
-    async fn adjust(&self, delta: f64, pause: Option<f64>, req: Option<f64>, tok: Option<f64>) -> Result<(), LimiterError> {
+    async fn adjust(
+        &self,
+        delta: f64,
+        pause: Option<f64>,
+        req: Option<f64>,
+        tok: Option<f64>,
+    ) -> Result<(), LimiterError> {
+        if self.degraded() {
+            self.fallback.with(|s, now| {
+                s.correct(now, delta);
+                if let Some(p) = pause {
+                    s.pause(now, p);
+                }
+                s.clamp(now, req, tok);
+            });
+            return Ok(());
+        }
         let r = self.rates;
         // Unnamed statements only: this also runs through transaction-mode poolers.
         sqlx::query("SELECT embq.rate_budget_adjust($1, $2, $3, $4, $5, $6, $7, $8, $9)")
@@ -278,7 +318,7 @@ impl PgBudget {
             .bind(r.token_burst)
             .execute(&self.pool)
             .await
-            .map_err(|e| LimiterError::Unavailable(e.to_string()))?;
+            .map_err(|e| self.fail(e))?;
         Ok(())
     }
 }
@@ -286,6 +326,9 @@ impl PgBudget {
 #[async_trait]
 impl Budget for PgBudget {
     async fn try_take(&self, tokens: u64) -> Result<Grant, LimiterError> {
+        if self.degraded() {
+            return self.fallback.try_take(tokens).await;
+        }
         let r = self.rates;
         let wait: f64 = sqlx::query_scalar("SELECT embq.rate_budget_take($1, $2, $3, $4, $5, $6)")
             .persistent(false)
@@ -297,7 +340,7 @@ impl Budget for PgBudget {
             .bind(r.token_burst)
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| LimiterError::Unavailable(e.to_string()))?;
+            .map_err(|e| self.fail(e))?;
         Ok(if wait <= 0.0 { Grant::Granted } else { Grant::Wait(Duration::from_secs_f64(wait.min(3600.0))) })
     }
     async fn correct(&self, delta: i64) -> Result<(), LimiterError> {

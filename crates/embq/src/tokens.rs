@@ -66,7 +66,8 @@ impl TokenCounter {
     /// The tiktoken encoding of an OpenAI model; unknown names (fine-tunes, future models)
     /// get cl100k_base, the encoding of every current embedding model.
     pub fn for_openai_model(model: &str) -> Self {
-        let tokenizer = tiktoken_rs::tokenizer::get_tokenizer(model).unwrap_or(tiktoken_rs::tokenizer::Tokenizer::Cl100kBase);
+        let tokenizer =
+            tiktoken_rs::tokenizer::get_tokenizer(model).unwrap_or(tiktoken_rs::tokenizer::Tokenizer::Cl100kBase);
         match tiktoken_rs::bpe_for_tokenizer(tokenizer) {
             Ok(bpe) => Self::Bpe(bpe),
             Err(_) => Self::Estimate,

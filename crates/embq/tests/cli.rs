@@ -136,17 +136,19 @@ fn config_check_redacts_secrets_and_vars_lists_every_variable() {
 #[test]
 fn demo_runs_twice_and_the_second_run_costs_no_provider_call() {
     let s = Sandbox::new();
-    let first = s.run(&[], &["demo"], "");
+    // The hash provider keeps this test deterministic; the local model has its own tests.
+    let hash = [("EMBEDDING_PROVIDER", "hash")];
+    let first = s.run(&hash, &["demo"], "");
     assert!(first.status.success(), "{}", text(&first.stderr));
     let out = text(&first.stdout);
     assert!(out.contains("queued 300 jobs"), "{out}");
     assert!(out.contains("done: 300 jobs"), "{out}");
     assert!(out.contains("dead-lettered: 0"), "{out}");
-    let second = s.run(&[], &["demo"], "");
+    let second = s.run(&hash, &["demo"], "");
     assert!(second.status.success(), "{}", text(&second.stderr));
     let out = text(&second.stdout);
     assert!(out.contains("unchanged (already embedded, no provider call): 300"), "{out}");
-    let search = s.run(&[], &["search", "cappuccino flat white", "-k", "3"], "");
+    let search = s.run(&hash, &["search", "cappuccino flat white", "-k", "3"], "");
     assert!(search.status.success(), "{}", text(&search.stderr));
     assert_eq!(text(&search.stdout).lines().count(), 3);
 }

@@ -14,7 +14,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use embq::provider::local::{LocalProvider, MAX_TOKENS};
-use embq::provider::Provider;
 use embq::tokens::CountTokens;
 use embq::vector::cosine;
 use serde::Deserialize;

@@ -30,7 +30,7 @@ async fn openai_request_carries_model_inputs_auth_base64_and_dimensions() {
     let out = p.embed(&["coffee receipt", "airline ticket"]).await.unwrap();
     let hash = embq::provider::HashProvider::new("mock", 8);
     assert_eq!(out.vectors, vec![hash.vector("coffee receipt"), hash.vector("airline ticket")]);
-    assert_eq!(out.tokens, Some(4));
+    assert_eq!(out.tokens, Some(5)); // cl100k: "coffee receipt" 2, "airline ticket" 3
     let seen = mock.seen();
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
@@ -323,4 +323,26 @@ async fn requests_respect_the_token_cap_per_request() {
     for s in mock.seen() {
         assert!(s.tokens <= 12 && !s.inputs.is_empty(), "{} tokens in {:?}", s.tokens, s.inputs);
     }
+}
+
+#[tokio::test]
+async fn batch_optimization_grows_batches_toward_the_cap_while_there_is_a_backlog() {
+    let mock = MockProvider::start(8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::openai_config(
+        &dir,
+        &mock.url,
+        &[
+            ("BATCH_SIZE", "2"),
+            ("MAX_CONCURRENT_JOBS", "1"),
+            ("OPENAI_MAX_INPUTS_PER_REQUEST", "16"),
+            ("ENABLE_BATCH_OPTIMIZATION", "true"),
+        ],
+    );
+    let q = support::queue_with(&cfg, &support::jobs(100, |i| format!("text {i}"))).await;
+    let summary = support::drain(support::harness(&cfg, q, None), Duration::from_secs(20)).await;
+    assert_eq!(summary.processed, 100);
+    let sizes: Vec<usize> = mock.seen().iter().map(|s| s.inputs.len()).collect();
+    assert_eq!(sizes.iter().max(), Some(&16), "batches grew to the cap: {sizes:?}");
+    assert!(sizes.iter().all(|n| *n <= 16), "{sizes:?}");
 }

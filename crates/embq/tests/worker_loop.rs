@@ -15,10 +15,13 @@ use embq::provider::{Embedded, Provider, ProviderError};
 use embq::queue::{no_progress, Clock, Queue};
 use embq::worker::Worker;
 
+/// Decides, from the call number and the texts, whether a call fails.
+type Script = Box<dyn Fn(usize, &[&str]) -> Result<(), ProviderError> + Send + Sync>;
+
 /// Answers each call with the next scripted result; vectors are constant.
 struct Scripted {
     calls: AtomicUsize,
-    script: Box<dyn Fn(usize, &[&str]) -> Result<(), ProviderError> + Send + Sync>,
+    script: Script,
 }
 
 #[async_trait]

@@ -25,7 +25,7 @@ pub struct Args {
 }
 
 /// Runs the demo.
-pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
+pub async fn run(mut cfg: Config, args: Args, provider_chosen: bool) -> Result<(), CliError> {
     let input = match &args.jobs {
         Some(p) => std::fs::read(p).map_err(|e| CliError::Input(format!("cannot read {}: {e}", p.display())))?,
         None => SAMPLE.to_vec(),

@@ -165,7 +165,9 @@ pub fn main(cli: Cli) -> ExitCode {
         }
     };
     init_tracing(cfg.log_format);
-    let result = runtime(&cfg).and_then(|rt| rt.block_on(run(cli.command, cfg)));
+    // The demo prefers the local model unless the user picked a provider.
+    let provider_chosen = cli.config.embedding_provider.is_some();
+    let result = runtime(&cfg).and_then(|rt| rt.block_on(run(cli.command, cfg, provider_chosen)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -175,7 +177,7 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn run(command: Command, cfg: Config) -> Result<(), CliError> {
+async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(), CliError> {
     match command {
         Command::Worker(args) => worker::run(cfg, args).await,
         Command::Migrate => {
@@ -198,7 +200,7 @@ async fn run(command: Command, cfg: Config) -> Result<(), CliError> {
             Ok(())
         }
         Command::Config(ConfigCmd::Vars) | Command::Metrics(MetricsCmd::Names) => Ok(()),
-        Command::Demo(args) => demo::run(cfg, args).await,
+        Command::Demo(args) => demo::run(cfg, args, provider_chosen).await,
         Command::Search(args) => search::run(cfg, args).await,
         Command::Model(cmd) => model::run(cfg, cmd).await,
     }

@@ -8,6 +8,7 @@ mod hash;
 pub mod gemini;
 #[cfg(feature = "local-model")]
 pub mod local;
+pub mod local_files;
 pub mod openai;
 pub mod remote;
 
@@ -115,7 +116,11 @@ pub trait Provider: Send + Sync + 'static {
     // --- issue 3 ---
     /// Per-request caps; by default only the input count is limited.
     fn caps(&self) -> RequestCaps {
-        RequestCaps { max_inputs: self.max_inputs(), max_tokens_per_request: usize::MAX, max_tokens_per_input: usize::MAX }
+        RequestCaps {
+            max_inputs: self.max_inputs(),
+            max_tokens_per_request: usize::MAX,
+            max_tokens_per_input: usize::MAX,
+        }
     }
     /// How this provider's model counts tokens.
     fn token_counter(&self) -> TokenCounter {
@@ -171,7 +176,9 @@ pub fn build(cfg: &Config, hash_delay: Duration) -> Result<Arc<dyn Provider>, Bu
             Ok(Arc::new(gemini::GeminiProvider::new(settings).map_err(setup)?))
         }
         #[cfg(feature = "local-model")]
-        ProviderKind::Local => Ok(Arc::new(local::LocalProvider::load(&cfg.model_cache_dir, cfg.dimensions).map_err(setup)?)),
+        ProviderKind::Local => {
+            Ok(Arc::new(local::LocalProvider::load(&cfg.model_cache_dir, cfg.dimensions).map_err(setup)?))
+        }
         #[cfg(not(feature = "local-model"))]
         ProviderKind::Local => Err(BuildError::Unavailable("local")),
         // --- end issue 3 ---

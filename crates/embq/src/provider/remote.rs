@@ -209,7 +209,8 @@ pub fn triage(status: u16, body: &str, signals: &RateSignals, inputs: usize, sec
     let b = parse_error_body(body);
     let has = |code: &str| b.codes.iter().any(|c| c == code);
     let lower = b.message.to_ascii_lowercase();
-    let mut message = if b.message.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {}", b.message) };
+    let mut message =
+        if b.message.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {}", b.message) };
     if let Some(s) = secret.filter(|s| s.len() >= 4) {
         message = message.replace(s, "[redacted]");
     }
@@ -338,19 +339,59 @@ mod tests {
         let cases: Vec<(u16, String, &RateSignals, usize, &str)> = vec![
             (429, rate_limit.clone(), &retry, 2, "rate_limited"),
             (429, rate_limit.clone(), &none, 2, "rate_limited"),
-            (429, openai("insufficient_quota", "insufficient_quota", "You exceeded your current quota"), &none, 2, "quota_exhausted"),
+            (
+                429,
+                openai("insufficient_quota", "insufficient_quota", "You exceeded your current quota"),
+                &none,
+                2,
+                "quota_exhausted",
+            ),
             (429, gemini_429("EmbedContentRequestsPerMinutePerProjectPerModel"), &none, 2, "rate_limited"),
             (429, gemini_429("EmbedContentRequestsPerDayPerProjectPerModel-FreeTier"), &none, 2, "quota_exhausted"),
             (429, tei("Model is overloaded", "overloaded"), &none, 2, "rate_limited"),
             (401, openai("invalid_request_error", "invalid_api_key", "Incorrect API key"), &none, 2, "unauthorized"),
             (403, "{}".into(), &none, 1, "unauthorized"),
-            (400, openai("max_tokens_per_request", "max_tokens_per_request", "Requested 400000 tokens, max 300000 tokens per request"), &none, 9, "too_large"),
+            (
+                400,
+                openai(
+                    "max_tokens_per_request",
+                    "max_tokens_per_request",
+                    "Requested 400000 tokens, max 300000 tokens per request",
+                ),
+                &none,
+                9,
+                "too_large",
+            ),
             (413, tei("batch size 64 > maximum allowed batch size 32", "validation"), &none, 64, "too_large"),
-            (400, openai("invalid_request_error", "", "This model's maximum context length is 8192 tokens"), &none, 4, "too_large"),
-            (400, openai("invalid_request_error", "", "This model's maximum context length is 8192 tokens"), &none, 1, "invalid_input"),
-            (422, tei("Input validation error: `inputs` must have less than 512 tokens", "validation"), &none, 1, "invalid_input"),
+            (
+                400,
+                openai("invalid_request_error", "", "This model's maximum context length is 8192 tokens"),
+                &none,
+                4,
+                "too_large",
+            ),
+            (
+                400,
+                openai("invalid_request_error", "", "This model's maximum context length is 8192 tokens"),
+                &none,
+                1,
+                "invalid_input",
+            ),
+            (
+                422,
+                tei("Input validation error: `inputs` must have less than 512 tokens", "validation"),
+                &none,
+                1,
+                "invalid_input",
+            ),
             (400, openai("invalid_request_error", "", "'$.input' is invalid"), &none, 3, "invalid_request"),
-            (404, openai("invalid_request_error", "model_not_found", "The model does not exist"), &none, 3, "invalid_request"),
+            (
+                404,
+                openai("invalid_request_error", "model_not_found", "The model does not exist"),
+                &none,
+                3,
+                "invalid_request",
+            ),
             (500, "<html>oops</html>".into(), &none, 3, "transient"),
             (502, "".into(), &none, 3, "transient"),
             (503, tei("overloaded", "overloaded"), &none, 3, "transient"),
@@ -378,7 +419,8 @@ mod tests {
 
     #[test]
     fn triage_scrubs_an_echoed_secret_and_clips_bodies() {
-        let body = r#"{"error":{"message":"Incorrect API key provided: sk-live-123456","type":"invalid_request_error"}}"#;
+        let body =
+            r#"{"error":{"message":"Incorrect API key provided: sk-live-123456","type":"invalid_request_error"}}"#;
         let e = triage(401, body, &RateSignals::default(), 1, Some("sk-live-123456"));
         assert!(!e.to_string().contains("sk-live-123456") && e.to_string().contains("[redacted]"), "{e}");
         let e = triage(500, &"x".repeat(5000), &RateSignals::default(), 1, None);

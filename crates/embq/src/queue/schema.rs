@@ -3,13 +3,19 @@
 use super::QueueError;
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// PostgreSQL migrations, in order; index + 1 is the version.
-pub(super) const POSTGRES: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+pub(super) const POSTGRES: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_rate_budgets.sql"),
+];
 
 /// SQLite migrations, in order; index + 1 is the version.
-pub(super) const SQLITE: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+pub(super) const SQLITE: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_rate_budgets.sql"),
+];
 
 /// Compares the stored version with ours and says what to do when they differ.
 pub(super) fn check_version(found: Option<i32>) -> Result<(), QueueError> {

@@ -117,6 +117,9 @@ impl Buckets {
     }
 }
 
+/// Picks a reply from a request's inputs.
+type Rule = Box<dyn Fn(&[String]) -> Reply + Send + Sync>;
+
 /// The mock's shared state.
 pub struct State {
     dims: usize,
@@ -124,7 +127,7 @@ pub struct State {
     seen: Mutex<Vec<Seen>>,
     buckets: Mutex<Option<Buckets>>,
     /// Called for each request to pick a reply when the script is empty (inputs -> reply).
-    rule: Mutex<Option<Box<dyn Fn(&[String]) -> Reply + Send + Sync>>>,
+    rule: Mutex<Option<Rule>>,
 }
 
 /// A running mock.
