@@ -45,7 +45,8 @@ LOG_FORMAT RUST_LOG EMBEDDING_PROVIDER EMBEDDING_MODEL EMBEDDING_DIMENSIONS
 OPENAI_BASE_URL GEMINI_TASK_TYPE OPENAI_MAX_INPUTS_PER_REQUEST OVERLONG_INPUT
 RATE_LIMIT_SCOPE PROVIDER_TIMEOUT MODEL_CACHE_DIR DATABASE_POOL_MODE
 DB_MAX_CONNECTIONS WORKER_ID DATABASE_URL DATABASE_LISTEN_URL OPENAI_API_KEY
-GEMINI_API_KEY SHUTDOWN_TOKEN
+GEMINI_API_KEY SHUTDOWN_TOKEN OPENAI_MAX_TOKENS_PER_REQUEST OPENAI_MAX_TOKENS_PER_INPUT
+GEMINI_BASE_URL
 """.split()
 ASSUMED_METRICS = """
 worker_uptime_seconds worker_memory_usage_bytes embedding_jobs_processed_total
@@ -65,6 +66,7 @@ embedding_provider_request_duration_seconds
 # Variables the worker reads that the manifests may leave unset on purpose.
 OPTIONAL_VARS = {
     "OPENAI_BASE_URL": "only for openai-compatible servers; unset means the public API",
+    "GEMINI_BASE_URL": "unset means Google's public endpoint",
     "DB_MAX_CONNECTIONS": "the worker sizes its pool from MAX_CONCURRENT_JOBS when unset",
 }
 

@@ -34,6 +34,11 @@ pub async fn run(mut cfg: Config, args: Args, provider_chosen: bool) -> Result<(
     if let Some(first) = parsed.errors.first() {
         return Err(CliError::Input(format!("the sample set is invalid: {first}")));
     }
+    if !provider_chosen {
+        let cfg2 = &mut cfg;
+        let note = tokio::task::block_in_place(|| super::model::prefer_local_for_demo(cfg2));
+        println!("{note}");
+    }
     println!(
         "embq demo: store {}, provider {} (model {}, {} dimensions)",
         cfg.database_url,
