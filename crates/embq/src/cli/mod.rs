@@ -201,7 +201,15 @@ async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(),
         }
         Command::Config(ConfigCmd::Vars) | Command::Metrics(MetricsCmd::Names) => Ok(()),
         Command::Demo(args) => demo::run(cfg, args, provider_chosen).await,
-        Command::Search(args) => search::run(cfg, args).await,
+        Command::Search(args) => {
+            // Search must embed the query with the demo's model, so it makes the same choice.
+            let mut cfg = cfg;
+            if !provider_chosen {
+                let note = tokio::task::block_in_place(|| model::prefer_local_for_demo(&mut cfg));
+                tracing::info!("{note}");
+            }
+            search::run(cfg, args).await
+        }
         Command::Model(cmd) => model::run(cfg, cmd).await,
     }
 }
