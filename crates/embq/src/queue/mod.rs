@@ -52,8 +52,22 @@ impl QueueError {
 impl From<sqlx::Error> for QueueError {
     fn from(e: sqlx::Error) -> Self {
         // sqlx errors never include connection passwords; keep only the message.
-        QueueError::Unavailable(e.to_string())
+        let msg = e.to_string();
+        match pooler_hint(&msg) {
+            Some(hint) => QueueError::Unavailable(format!("{msg} ({hint})")),
+            None => QueueError::Unavailable(msg),
+        }
     }
+}
+
+/// Cached statements that vanish or collide mean a transaction-mode pooler sits in front of a
+/// worker configured for a direct connection: say how to fix it.
+fn pooler_hint(msg: &str) -> Option<&'static str> {
+    let statement_clash = msg.contains("prepared statement \"sqlx_s_")
+        && (msg.contains("already exists") || msg.contains("does not exist"));
+    statement_clash.then_some(
+        "DATABASE_URL looks like a transaction-mode pooler (PgBouncer, Supavisor): set DATABASE_POOL_MODE=transaction",
+    )
 }
 
 /// A job to enqueue.
@@ -506,6 +520,14 @@ mod tests {
         let e =
             serde_json::from_str::<NewJob>(r#"{"source_type":"r","source_id":"1","text":"x","colour":1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn statement_clashes_point_at_the_pool_mode() {
+        let hint = pooler_hint("error returned from database: prepared statement \"sqlx_s_2\" already exists");
+        assert!(hint.is_some_and(|h| h.contains("DATABASE_POOL_MODE=transaction")));
+        assert!(pooler_hint("prepared statement \"sqlx_s_9\" does not exist").is_some());
+        assert!(pooler_hint("connection refused").is_none());
     }
 
     #[test]
