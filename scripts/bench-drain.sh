@@ -4,6 +4,10 @@
 #
 #   scripts/bench-drain.sh                     # 20,000 jobs, 384 dims, workers 1 and 3, 3 runs
 #   JOBS=20000 DIMS=1536 WORKERS="1 2 4" RUNS=3 BATCH_SIZE=500 scripts/bench-drain.sh
+#
+# Each PostgreSQL run also measures the ceiling right before: the same claim-and-finish SQL
+# (scripts/bench/claim-finish.sql) driven by pgbench with CEILING_CLIENTS connections and no
+# worker, best of those client counts; the ratio embq / ceiling is printed per worker count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/pg.sh
@@ -15,6 +19,7 @@ WORKERS=${WORKERS:-"1 3"}
 RUNS=${RUNS:-3}
 BATCH_SIZE=${BATCH_SIZE:-100}
 CONCURRENCY=${CONCURRENCY:-4}
+CEILING_CLIENTS=${CEILING_CLIENTS:-"2 4 8"}
 PROFILE=${PROFILE:-release}
 
 # shellcheck disable=SC2086 # FEATURES holds cargo flags, e.g. "--no-default-features"
@@ -51,23 +56,56 @@ drain() { # url workers -> "jobs/s peak_rss_kib cpu_us_per_job"
   rm -f "$work"/time.*
 }
 
-run_pg() { # workers -> "drain rss cpu enqueue dedupe"
-  local n=$1 db url e0 e1 d out
+fresh_db() { # -> url of a new, migrated database
+  local db
   db="bench_$(date +%s%N)"
   psql -q "$EMBQ_TEST_DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
-  url="${EMBQ_TEST_DATABASE_URL%/*}/$db"
+  echo "${EMBQ_TEST_DATABASE_URL%/*}/$db"
+}
+drop_db() { psql -q "$EMBQ_TEST_DATABASE_URL" -c "DROP DATABASE ${1##*/}" >/dev/null; }
+
+run_ceiling() { # -> best jobs/s of pgbench over CEILING_CLIENTS
+  local best=0 c url t0 t1 rate per
+  for c in $CEILING_CLIENTS; do
+    url=$(fresh_db)
+    DATABASE_URL=$url "$bin" migrate >/dev/null
+    DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
+    psql -q "$url" -c "CREATE TABLE bench_vectors (ord bigint PRIMARY KEY, v real[] NOT NULL)" \
+      -c "ALTER TABLE bench_vectors ALTER v SET STORAGE PLAIN" \
+      -c "INSERT INTO bench_vectors SELECT o.o, (SELECT array_agg(random()::real) FROM generate_series(1, $DIMS) g WHERE o.o > 0) FROM generate_series(1, $BATCH_SIZE) AS o(o)" \
+      -c "CHECKPOINT"
+    per=$(((JOBS / BATCH_SIZE + c - 1) / c))
+    t0=$(now)
+    "$PG_BIN/pgbench" -n -M prepared -c "$c" -j "$c" -t "$per" -D batch="$BATCH_SIZE" -D dims="$DIMS" \
+      -f scripts/bench/claim-finish.sql "$url" >"$work/pgbench.log" 2>&1 || { cat "$work/pgbench.log" >&2; exit 1; }
+    t1=$(now)
+    [ "$(psql -tA "$url" -c "SELECT count(*) FROM embq.embeddings")" = "$JOBS" ] || { echo "ceiling run left jobs undone" >&2; exit 1; }
+    rate=$(awk -v n="$JOBS" -v a="$t0" -v b="$t1" 'BEGIN { print n / (b - a) }')
+    best=$(awk -v a="$best" -v b="$rate" 'BEGIN { print (b > a) ? b : a }')
+    drop_db "$url"
+  done
+  echo "$best"
+}
+
+run_pg() { # workers -> "drain rss cpu enqueue dedupe ceiling"
+  local n=$1 url e0 e1 d out ceiling
+  ceiling=$(run_ceiling)
+  url=$(fresh_db)
   DATABASE_URL=$url "$bin" migrate >/dev/null
   e0=$(now)
   DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
   e1=$(now)
+  psql -q "$url" -c "CHECKPOINT"
   out=$(drain "$url" "$n")
   local done_
   done_=$(psql -tA "$url" -c "SELECT count(*) FROM embq.embeddings")
   [ "$done_" = "$JOBS" ] || { echo "expected $JOBS embeddings, found $done_" >&2; exit 1; }
   # The same texts again: every job completes as unchanged, with no provider call and no vector write.
   DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
+  psql -q "$url" -c "CHECKPOINT"
   d=$(drain "$url" "$n" | cut -d' ' -f1)
-  echo "$out $(awk -v n="$JOBS" -v a="$e0" -v b="$e1" 'BEGIN { print n / (b - a) }') $d"
+  drop_db "$url"
+  echo "$out $(awk -v n="$JOBS" -v a="$e0" -v b="$e1" 'BEGIN { print n / (b - a) }') $d $ceiling"
 }
 
 run_sqlite() {
@@ -87,8 +125,9 @@ for w in $WORKERS; do
   : >"$work/r"
   for _ in $(seq "$RUNS"); do run_pg "$w" >>"$work/r"; done
   col() { awk -v k="$1" '{ print $k }' "$work/r"; }
-  printf 'postgres workers=%s: drain median %.0f jobs/s (runs: %s) | dedupe re-run %.0f jobs/s | enqueue %.0f jobs/s | peak RSS %d KiB | worker CPU %.1f us/job\n' \
-    "$w" "$(col 1 | median)" "$(col 1 | xargs printf '%.0f ')" "$(col 5 | median)" "$(col 4 | median)" \
+  printf 'postgres workers=%s: drain median %.0f jobs/s (runs: %s) | ceiling median %.0f jobs/s (runs: %s) | ratio %.0f %% | dedupe re-run %.0f jobs/s | enqueue %.0f jobs/s | peak RSS %d KiB | worker CPU %.1f us/job\n' \
+    "$w" "$(col 1 | median)" "$(col 1 | xargs printf '%.0f ')" "$(col 6 | median)" "$(col 6 | xargs printf '%.0f ')" \
+    "$(awk '{ print 100 * $1 / $6 }' "$work/r" | median)" "$(col 5 | median)" "$(col 4 | median)" \
     "$(col 2 | median)" "$(col 3 | median)"
 done
 : >"$work/sq"

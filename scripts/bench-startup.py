@@ -2,7 +2,8 @@
 """Start-to-ready time of `embq worker`: from spawning the process to the first 200 on /ready.
 
 Usage: scripts/bench-startup.py BINARY DATABASE_URL [RUNS]   (the database must be migrated)
-Prints each run and the median in milliseconds.
+Prints each run and the median in milliseconds. The provider is EMBEDDING_PROVIDER from the
+environment (default hash); set its key and base URL there too, e.g. for openai.
 """
 import os
 import socket
@@ -24,7 +25,7 @@ def free_port():
 def one(binary, url):
     health, metrics = free_port(), free_port()
     env = dict(os.environ, DATABASE_URL=url, HEALTH_PORT=str(health), METRICS_PORT=str(metrics),
-               EMBEDDING_PROVIDER="hash", RUST_LOG="warn")
+               EMBEDDING_PROVIDER=os.environ.get("EMBEDDING_PROVIDER", "hash"), RUST_LOG="warn")
     start = time.perf_counter()
     proc = subprocess.Popen([binary, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -1,20 +1,34 @@
-//! Provider budgets: requests and tokens per minute, refilled continuously.
+//! Provider budgets: requests and tokens per minute.
 //!
 //! Each budget is a pair of token buckets (requests, tokens) filled at `budget / 60` per
-//! second up to one second's worth, starting empty: a worker never bursts a whole minute at
-//! start, and from any start no interval of length `t` spends more than `burst + rate × t`
-//! (proptested below). A request waits until both buckets admit it; its tokens are
-//! reserved up front (counted before sending) and corrected from the response's `usage`.
-//! A request larger than a bucket waits for a full bucket and leaves it in debt.
+//! second, starting empty and holding one second's worth: a worker that knows nothing about
+//! the provider never bursts a whole minute at start, and from any start no interval of length
+//! `t` spends more than `burst + rate × t` (proptested below). A request waits until both
+//! buckets admit it; its tokens are reserved up front (counted before sending) and corrected
+//! from the response's `usage`. A request larger than a bucket waits for a full bucket and
+//! leaves it in debt.
 //!
-//! The provider's own signals win: a 429 or `Retry-After` pauses the budget for every task
-//! (and empties it), `x-ratelimit-remaining-*` caps the levels, and a remaining of zero
-//! pauses until the matching `x-ratelimit-reset-*`.
+//! On top of the buckets, a rolling ledger of what was granted: whatever the buckets allow,
+//! the requests and tokens granted in the last [`Rates::WINDOW_SECONDS`] (a minute, plus a
+//! margin for the time a request takes to reach the provider) never exceed the per-minute
+//! budgets. That is exactly what a provider enforcing a rolling one-minute window admits, and
+//! it never overspends a provider whose buckets hold a full minute either.
 //!
-//! Where the buckets live is a [`Budget`]: [`LocalBudget`] in this process
-//! (`RATE_LIMIT_SCOPE=worker`), or [`PgBudget`] in one PostgreSQL row shared by every
-//! worker using the same API key (`RATE_LIMIT_SCOPE=fleet`).
+//! The provider's own signals win, and teach: a 429 or `Retry-After` pauses the budget for
+//! every task (and empties it); `x-ratelimit-remaining-*` caps the levels, and a remaining of
+//! zero pauses until the matching `x-ratelimit-reset-*`. A response carrying both a remaining
+//! and a reset says how much the provider holds when whole (`remaining + rate × reset`): the
+//! buckets grow to that capacity (never above the per-minute budget, never shrinking), their
+//! levels by the same amount. So a provider that starts a key with a full minute available
+//! gets its full minute at once after the first response — the ledger then holds the rest
+//! of the minute back — and one with small buckets is followed closely without a 429.
+//!
+//! Where the state lives is a [`Budget`]: [`LocalBudget`] in this process
+//! (`RATE_LIMIT_SCOPE=worker`), or [`PgBudget`] in PostgreSQL — one `embq.rate_budgets` row
+//! and its `embq.rate_grants` ledger — shared by every worker using the same API key
+//! (`RATE_LIMIT_SCOPE=fleet`).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,26 +55,50 @@ pub struct Rates {
     pub requests_per_sec: f64,
     /// Tokens per second.
     pub tokens_per_sec: f64,
-    /// Most requests a full bucket holds.
+    /// Most requests a full bucket holds until the provider says it holds more.
     pub request_burst: f64,
-    /// Most tokens a full bucket holds.
+    /// Most tokens a full bucket holds until the provider says it holds more.
     pub token_burst: f64,
+    /// Most requests granted in any rolling window (the per-minute budget).
+    pub requests_per_window: f64,
+    /// Most tokens granted in any rolling window.
+    pub tokens_per_window: f64,
 }
 
 impl Rates {
-    /// Seconds of budget a full bucket holds: short enough that no window sees a burst.
+    /// Seconds of budget a full bucket holds at first: short enough that no window sees a burst.
     pub const BURST_SECONDS: f64 = 1.0;
+    /// The rolling window of the ledger: one minute, plus half a second for the spread of the
+    /// times requests take from being granted to reaching the provider.
+    pub const WINDOW_SECONDS: f64 = 60.5;
 
     /// Budgets of `rpm` requests and `tpm` tokens per minute.
     pub fn per_minute(rpm: u32, tpm: u32) -> Self {
-        let r = f64::from(rpm.max(1)) / 60.0;
-        let t = f64::from(tpm.max(1)) / 60.0;
+        let (rpm, tpm) = (f64::from(rpm.max(1)), f64::from(tpm.max(1)));
+        let (r, t) = (rpm / 60.0, tpm / 60.0);
         Self {
             requests_per_sec: r,
             tokens_per_sec: t,
             request_burst: (r * Self::BURST_SECONDS).max(1.0),
             token_burst: (t * Self::BURST_SECONDS).max(1.0),
+            requests_per_window: rpm,
+            tokens_per_window: tpm,
         }
+    }
+
+    /// What the provider holds when whole, from a remaining and the time until it is whole
+    /// again: `remaining + rate × reset`, at most the per-minute budget.
+    fn capacity(remaining: Option<u64>, reset: Option<Duration>, rate: f64, limit: f64) -> Option<f64> {
+        let (left, reset) = (remaining?, reset?);
+        Some((left as f64 + rate * reset.as_secs_f64()).min(limit))
+    }
+
+    /// The capacities a report implies, (requests, tokens).
+    fn capacities(&self, r: &Report) -> (Option<f64>, Option<f64>) {
+        (
+            Self::capacity(r.remaining_requests, r.reset_requests, self.requests_per_sec, self.requests_per_window),
+            Self::capacity(r.remaining_tokens, r.reset_tokens, self.tokens_per_sec, self.tokens_per_window),
+        )
     }
 }
 
@@ -91,26 +129,124 @@ impl Bucket {
         ((cost.min(self.cap) - self.level) / self.rate).max(0.0)
     }
 
+    /// Grows the bucket to `cap` (never shrinks it); the level grows by as much.
+    fn grow(&mut self, cap: f64) -> bool {
+        if cap > self.cap {
+            self.level += cap - self.cap;
+            self.cap = cap;
+            return true;
+        }
+        false
+    }
+
     /// The current level (after `refill`).
     pub fn level(&self) -> f64 {
         self.level
     }
+
+    /// What a full bucket holds.
+    pub fn cap(&self) -> f64 {
+        self.cap
+    }
 }
 
-/// Both buckets and the provider's pause: the whole state of one budget.
+/// What was granted in the last window: (time, requests, tokens), oldest first, and the sums.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Ledger {
+    grants: VecDeque<(f64, f64, f64)>,
+    requests: f64,
+    tokens: f64,
+}
+
+impl Ledger {
+    /// Forgets what left the window by `now`. Sums of whole numbers stay exact in f64.
+    fn prune(&mut self, now: f64) {
+        while let Some(&(at, r, t)) = self.grants.front() {
+            if at + Rates::WINDOW_SECONDS > now {
+                break;
+            }
+            self.grants.pop_front();
+            self.requests -= r;
+            self.tokens -= t;
+        }
+        if self.grants.is_empty() {
+            (self.requests, self.tokens) = (0.0, 0.0);
+        }
+    }
+
+    fn push(&mut self, at: f64, requests: f64, tokens: f64) {
+        self.grants.push_back((at, requests, tokens));
+        self.requests += requests;
+        self.tokens += tokens;
+    }
+
+    /// Seconds from `now` until `over` of one kind (0 = requests, 1 = tokens) has left the window.
+    fn wait_until_freed(&self, now: f64, over: f64, kind: usize) -> f64 {
+        if over <= 0.0 {
+            return 0.0;
+        }
+        let mut freed = 0.0;
+        for &(at, r, t) in &self.grants {
+            freed += if kind == 0 { r } else { t };
+            if freed >= over {
+                return (at + Rates::WINDOW_SECONDS - now).max(0.0);
+            }
+        }
+        Rates::WINDOW_SECONDS
+    }
+}
+
+/// What one response said about the provider's budgets.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Report {
+    /// `x-ratelimit-remaining-requests`.
+    pub remaining_requests: Option<u64>,
+    /// `x-ratelimit-reset-requests`: until the request budget is whole again.
+    pub reset_requests: Option<Duration>,
+    /// `x-ratelimit-remaining-tokens`.
+    pub remaining_tokens: Option<u64>,
+    /// `x-ratelimit-reset-tokens`.
+    pub reset_tokens: Option<Duration>,
+    /// Nothing may be sent for this long (`Retry-After`, or a spent budget's reset).
+    pub pause: Option<Duration>,
+}
+
+impl Report {
+    /// The report of one response's signals.
+    pub fn from_signals(s: &RateSignals) -> Self {
+        let exhausted = [(s.remaining_requests, s.reset_requests), (s.remaining_tokens, s.reset_tokens)]
+            .into_iter()
+            .filter_map(|(left, reset)| if left == Some(0) { reset } else { None })
+            .max();
+        let pause = s.retry_after.into_iter().chain(exhausted).max().filter(|d| !d.is_zero());
+        Self {
+            remaining_requests: s.remaining_requests,
+            reset_requests: s.reset_requests,
+            remaining_tokens: s.remaining_tokens,
+            reset_tokens: s.reset_tokens,
+            pause,
+        }
+    }
+}
+
+/// Both buckets, the ledger and the provider's pause: the whole state of one budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetState {
+    rates: Rates,
     requests: Bucket,
     tokens: Bucket,
+    ledger: Ledger,
     paused_until: f64,
 }
 
 impl BudgetState {
-    /// Empty buckets at `now`.
+    /// Empty buckets of one second's worth and an empty ledger at `now`.
     pub fn new(rates: Rates, now: f64) -> Self {
         Self {
+            rates,
             requests: Bucket::empty(rates.requests_per_sec, rates.request_burst, now),
             tokens: Bucket::empty(rates.tokens_per_sec, rates.token_burst, now),
+            ledger: Ledger::default(),
             paused_until: f64::NEG_INFINITY,
         }
     }
@@ -118,28 +254,44 @@ impl BudgetState {
     fn refill(&mut self, now: f64) {
         self.requests.refill(now);
         self.tokens.refill(now);
+        self.ledger.prune(now);
     }
 
-    /// Takes one request and `tokens` if both buckets admit them now; else the seconds to wait.
+    /// Takes one request and `tokens` if the buckets and the window admit them now; else the
+    /// seconds to wait.
     pub fn try_take(&mut self, now: f64, tokens: f64) -> Result<(), f64> {
         self.refill(now);
         if now < self.paused_until {
             return Err(self.paused_until - now);
         }
-        let wait = self.requests.wait_for(1.0).max(self.tokens.wait_for(tokens));
+        let r = &self.rates;
+        let over_requests = self.ledger.requests + 1.0 - r.requests_per_window;
+        let over_tokens = self.ledger.tokens + tokens.min(r.tokens_per_window) - r.tokens_per_window;
+        let wait = self
+            .requests
+            .wait_for(1.0)
+            .max(self.tokens.wait_for(tokens))
+            .max(self.ledger.wait_until_freed(now, over_requests, 0))
+            .max(self.ledger.wait_until_freed(now, over_tokens, 1));
         // A nanosecond is rounding, not a wait (and `now + 1e-16` may not advance `now`).
         if wait > 1e-9 {
             return Err(wait);
         }
         self.requests.level -= 1.0;
         self.tokens.level -= tokens;
+        self.ledger.push(now, 1.0, tokens);
         Ok(())
     }
 
-    /// Gives back (`delta > 0`) or takes more (`delta < 0`) tokens once usage is known.
+    /// Gives back (`delta > 0`) or takes more (`delta < 0`) tokens once usage is known. Tokens
+    /// billed beyond the reservation count in the window from now; tokens given back stay in
+    /// it until their request leaves it.
     pub fn correct(&mut self, now: f64, delta: f64) {
         self.refill(now);
         self.tokens.level = (self.tokens.level + delta).min(self.tokens.cap);
+        if delta < 0.0 {
+            self.ledger.push(now, 0.0, -delta);
+        }
     }
 
     /// The provider said stop: nothing is granted for `secs`, and the buckets restart empty.
@@ -150,21 +302,59 @@ impl BudgetState {
         self.tokens.level = self.tokens.level.min(0.0);
     }
 
-    /// Caps the levels at what the provider says is left.
+    /// Caps the levels at what the provider says is left — unless the window already allows
+    /// no more than that: then the provider's budget is short because of what this budget
+    /// granted in the last minute, which comes back as those grants leave the window (a
+    /// provider with a rolling window), not at the buckets' refill rate.
     pub fn clamp(&mut self, now: f64, remaining_requests: Option<f64>, remaining_tokens: Option<f64>) {
         self.refill(now);
-        if let Some(r) = remaining_requests {
-            self.requests.level = self.requests.level.min(r);
+        let r = &self.rates;
+        let (window_requests, window_tokens) =
+            (r.requests_per_window - self.ledger.requests, r.tokens_per_window - self.ledger.tokens);
+        if let Some(left) = remaining_requests.filter(|&left| window_requests > left) {
+            self.requests.level = self.requests.level.min(left);
         }
-        if let Some(t) = remaining_tokens {
-            self.tokens.level = self.tokens.level.min(t);
+        if let Some(left) = remaining_tokens.filter(|&left| window_tokens > left) {
+            self.tokens.level = self.tokens.level.min(left);
         }
     }
 
-    /// Requests and tokens available now.
+    /// The provider holds this much when whole: grows the buckets (and their levels) to it.
+    /// True if either grew.
+    pub fn learn(&mut self, now: f64, request_capacity: Option<f64>, token_capacity: Option<f64>) -> bool {
+        self.refill(now);
+        let r = request_capacity.is_some_and(|c| self.requests.grow(c.min(self.rates.requests_per_window)));
+        let t = token_capacity.is_some_and(|c| self.tokens.grow(c.min(self.rates.tokens_per_window)));
+        r || t
+    }
+
+    /// Applies one response's report: learns the capacities, caps the levels at what is left,
+    /// pauses. True if the budget grew.
+    pub fn report(&mut self, now: f64, r: &Report) -> bool {
+        let (req_cap, tok_cap) = self.rates.capacities(r);
+        let grew = self.learn(now, req_cap, tok_cap);
+        self.clamp(now, r.remaining_requests.map(|v| v as f64), r.remaining_tokens.map(|v| v as f64));
+        if let Some(p) = r.pause {
+            self.pause(now, p.as_secs_f64());
+        }
+        grew
+    }
+
+    /// Requests and tokens available now in the buckets.
     pub fn levels(&mut self, now: f64) -> (f64, f64) {
         self.refill(now);
         (self.requests.level, self.tokens.level)
+    }
+
+    /// Requests and tokens granted in the current window.
+    pub fn in_window(&mut self, now: f64) -> (f64, f64) {
+        self.refill(now);
+        (self.ledger.requests, self.ledger.tokens)
+    }
+
+    /// What full buckets hold now (one second's worth until the provider said more).
+    pub fn caps(&self) -> (f64, f64) {
+        (self.requests.cap, self.tokens.cap)
     }
 }
 
@@ -177,7 +367,7 @@ pub enum Grant {
     Wait(Duration),
 }
 
-/// Where a budget's buckets live.
+/// Where a budget's state lives.
 #[async_trait]
 pub trait Budget: Send + Sync + 'static {
     /// Takes one request and `tokens`, or says how long to wait.
@@ -188,6 +378,17 @@ pub trait Budget: Send + Sync + 'static {
     async fn pause(&self, d: Duration) -> Result<(), LimiterError>;
     /// Caps the levels at the provider's remaining budgets.
     async fn clamp(&self, remaining_requests: Option<u64>, remaining_tokens: Option<u64>) -> Result<(), LimiterError>;
+    /// Applies one response's report (learn, clamp, pause); true if the budget grew.
+    /// By default it only clamps and pauses.
+    async fn report(&self, r: &Report) -> Result<bool, LimiterError> {
+        if r.remaining_requests.is_some() || r.remaining_tokens.is_some() {
+            self.clamp(r.remaining_requests, r.remaining_tokens).await?;
+        }
+        if let Some(p) = r.pause {
+            self.pause(p).await?;
+        }
+        Ok(false)
+    }
 }
 
 /// A budget held in this process.
@@ -233,11 +434,15 @@ impl Budget for LocalBudget {
         self.with(|s, now| s.clamp(now, req.map(|r| r as f64), tok.map(|t| t as f64)));
         Ok(())
     }
+    async fn report(&self, r: &Report) -> Result<bool, LimiterError> {
+        Ok(self.with(|s, now| s.report(now, r)))
+    }
 }
 
-/// A budget shared by every worker on one PostgreSQL database (schema v2, `embq.rate_budgets`).
+/// A budget shared by every worker on one PostgreSQL database (schema v3: an
+/// `embq.rate_budgets` row and its `embq.rate_grants` ledger).
 ///
-/// If the database lacks schema v2 (the functions are missing), it says so once and budgets
+/// If the database lacks schema v3 (the functions are missing), it says so once and budgets
 /// in process instead of blocking the worker.
 pub struct PgBudget {
     pool: PgPool,
@@ -260,12 +465,12 @@ impl PgBudget {
     /// Maps a database error; a missing function or table switches to the in-process budget.
     fn fail(&self, e: sqlx::Error) -> LimiterError {
         let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
-        // 42883 undefined_function, 42P01 undefined_table, 3F000 invalid_schema_name.
-        if matches!(code.as_deref(), Some("42883" | "42P01" | "3F000"))
+        // 42883 undefined_function, 42P01 undefined_table, 42703 undefined_column, 3F000 invalid_schema_name.
+        if matches!(code.as_deref(), Some("42883" | "42P01" | "42703" | "3F000"))
             && !self.schema_missing.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             tracing::error!(
-                "the fleet rate budget needs schema version 2 (run `embq migrate`); budgeting per worker until then"
+                "the fleet rate budget needs schema version 3 (run `embq migrate`); budgeting per worker until then"
             );
         }
         LimiterError::Unavailable(e.to_string())
@@ -286,40 +491,40 @@ impl PgBudget {
         &self.key
     }
 
-    async fn adjust(
-        &self,
-        delta: f64,
-        pause: Option<f64>,
-        req: Option<f64>,
-        tok: Option<f64>,
-    ) -> Result<(), LimiterError> {
+    /// One call of `embq.rate_budget_adjust`: a token correction, a report (capacities,
+    /// remaining budgets, pause), as [`BudgetState::correct`] and [`BudgetState::report`] do.
+    /// True if a learned capacity grew the budget.
+    async fn adjust(&self, delta: f64, r: &Report) -> Result<bool, LimiterError> {
         if self.degraded() {
-            self.fallback.with(|s, now| {
+            return Ok(self.fallback.with(|s, now| {
                 s.correct(now, delta);
-                if let Some(p) = pause {
-                    s.pause(now, p);
-                }
-                s.clamp(now, req, tok);
-            });
-            return Ok(());
+                s.report(now, r)
+            }));
         }
-        let r = self.rates;
+        let rates = self.rates;
+        let (req_capacity, tok_capacity) = rates.capacities(r);
         // Unnamed statements only: this also runs through transaction-mode poolers.
-        sqlx::query("SELECT embq.rate_budget_adjust($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .persistent(false)
-            .bind(&self.key)
-            .bind(delta)
-            .bind(pause)
-            .bind(req)
-            .bind(tok)
-            .bind(r.requests_per_sec)
-            .bind(r.request_burst)
-            .bind(r.tokens_per_sec)
-            .bind(r.token_burst)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        sqlx::query_scalar(
+            "SELECT embq.rate_budget_adjust($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .persistent(false)
+        .bind(&self.key)
+        .bind(delta)
+        .bind(r.pause.map(|p| p.as_secs_f64()))
+        .bind(r.remaining_requests.map(|v| v as f64))
+        .bind(r.remaining_tokens.map(|v| v as f64))
+        .bind(req_capacity)
+        .bind(tok_capacity)
+        .bind(rates.requests_per_sec)
+        .bind(rates.request_burst)
+        .bind(rates.tokens_per_sec)
+        .bind(rates.token_burst)
+        .bind(rates.requests_per_window)
+        .bind(rates.tokens_per_window)
+        .bind(Rates::WINDOW_SECONDS)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.fail(e))
     }
 }
 
@@ -330,7 +535,7 @@ impl Budget for PgBudget {
             return self.fallback.try_take(tokens).await;
         }
         let r = self.rates;
-        let wait: f64 = sqlx::query_scalar("SELECT embq.rate_budget_take($1, $2, $3, $4, $5, $6)")
+        let wait: f64 = sqlx::query_scalar("SELECT embq.rate_budget_take($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .persistent(false)
             .bind(&self.key)
             .bind(tokens as f64)
@@ -338,19 +543,26 @@ impl Budget for PgBudget {
             .bind(r.request_burst)
             .bind(r.tokens_per_sec)
             .bind(r.token_burst)
+            .bind(r.requests_per_window)
+            .bind(r.tokens_per_window)
+            .bind(Rates::WINDOW_SECONDS)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.fail(e))?;
         Ok(if wait <= 0.0 { Grant::Granted } else { Grant::Wait(Duration::from_secs_f64(wait.min(3600.0))) })
     }
     async fn correct(&self, delta: i64) -> Result<(), LimiterError> {
-        self.adjust(delta as f64, None, None, None).await
+        self.adjust(delta as f64, &Report::default()).await.map(drop)
     }
     async fn pause(&self, d: Duration) -> Result<(), LimiterError> {
-        self.adjust(0.0, Some(d.as_secs_f64()), None, None).await
+        self.adjust(0.0, &Report { pause: Some(d), ..Report::default() }).await.map(drop)
     }
     async fn clamp(&self, req: Option<u64>, tok: Option<u64>) -> Result<(), LimiterError> {
-        self.adjust(0.0, None, req.map(|r| r as f64), tok.map(|t| t as f64)).await
+        let r = Report { remaining_requests: req, remaining_tokens: tok, ..Report::default() };
+        self.adjust(0.0, &r).await.map(drop)
+    }
+    async fn report(&self, r: &Report) -> Result<bool, LimiterError> {
+        self.adjust(0.0, r).await
     }
 }
 
@@ -378,12 +590,14 @@ pub struct Limiter {
     /// Callers in this process take turns in arrival order (tokio's mutex is fair), so a
     /// large request is not starved by small ones and only one caller polls a shared store.
     turn: tokio::sync::Mutex<()>,
+    /// Wakes the caller waiting for its turn when a report grew the budget.
+    grew: tokio::sync::Notify,
 }
 
 impl Limiter {
     /// A limiter over any budget store.
     pub fn new(budget: Arc<dyn Budget>) -> Self {
-        Self { budget, turn: tokio::sync::Mutex::new(()) }
+        Self { budget, turn: tokio::sync::Mutex::new(()), grew: tokio::sync::Notify::new() }
     }
 
     /// An in-process budget of `rpm` requests and `tpm` tokens per minute.
@@ -411,7 +625,13 @@ impl Limiter {
         loop {
             match self.budget.try_take(tokens).await {
                 Ok(Grant::Granted) => return started.elapsed(),
-                Ok(Grant::Wait(d)) => tokio::time::sleep(d.max(Duration::from_millis(1))).await,
+                Ok(Grant::Wait(d)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d.max(Duration::from_millis(1))) => {}
+                        // The provider said it holds more than we knew: ask again now.
+                        _ = self.grew.notified() => {}
+                    }
+                }
                 Err(e) => {
                     warn!(error = %e, "rate budget unavailable; waiting");
                     tokio::time::sleep(store_down).await;
@@ -441,23 +661,10 @@ impl Limiter {
 
     /// Applies the signals of one response.
     pub async fn apply(&self, s: &RateSignals) {
-        let exhausted = [(s.remaining_requests, s.reset_requests), (s.remaining_tokens, s.reset_tokens)]
-            .into_iter()
-            .filter_map(|(left, reset)| if left == Some(0) { reset } else { None })
-            .max();
-        let pause = s.retry_after.into_iter().chain(exhausted).max();
-        let result = async {
-            if s.remaining_requests.is_some() || s.remaining_tokens.is_some() {
-                self.budget.clamp(s.remaining_requests, s.remaining_tokens).await?;
-            }
-            if let Some(d) = pause.filter(|d| !d.is_zero()) {
-                self.budget.pause(d).await?;
-            }
-            Ok::<(), LimiterError>(())
-        }
-        .await;
-        if let Err(e) = result {
-            debug!(error = %e, "provider rate signals not applied");
+        match self.budget.report(&Report::from_signals(s)).await {
+            Ok(true) => self.grew.notify_waiters(),
+            Ok(false) => {}
+            Err(e) => debug!(error = %e, "provider rate signals not applied"),
         }
     }
 }
@@ -621,6 +828,151 @@ mod tests {
         assert!(a.starts_with("openai:text-embedding-3-small:") && !a.contains("secret"), "{a}");
     }
 
+    /// The headers of a response from a provider that held `cap` when whole and has `left`.
+    fn report(left: u64, reset_secs: f64) -> Report {
+        Report {
+            remaining_requests: None,
+            reset_requests: None,
+            remaining_tokens: Some(left),
+            reset_tokens: Some(Duration::from_secs_f64(reset_secs)),
+            pause: None,
+        }
+    }
+
+    #[test]
+    fn a_report_of_a_whole_minute_frees_the_minute_and_the_window_holds_the_rest_back() {
+        // 600 RPM, 60,000 TPM; the provider (a rolling window) said after the first request:
+        // 599 requests and 59,500 tokens left, budget comes back in 60 s.
+        let mut s = BudgetState::new(rates(), 0.0);
+        assert_eq!(s.try_take(0.5, 500.0), Ok(()));
+        let whole = Report {
+            remaining_requests: Some(599),
+            reset_requests: Some(Duration::from_secs(60)),
+            ..report(59_500, 60.0)
+        };
+        assert!(s.report(0.5, &whole));
+        assert_eq!(s.caps(), (600.0, 60_000.0));
+        // The buckets grew by what they learnt, on top of what they held (4 requests, 0 tokens).
+        assert_eq!(s.levels(0.5), (594.0, 59_000.0));
+        let (mut now, mut sent) = (0.5, 500.0);
+        loop {
+            match s.try_take(now, 500.0) {
+                Ok(()) => sent += 500.0,
+                Err(w) if w < 5.0 => now += w,
+                Err(_) => break,
+            }
+        }
+        assert_eq!(sent, 60_000.0, "the first minute's worth");
+        assert!(now < 1.1, "at once: {now}");
+        // The window is full: the bucket refills, but nothing more until the first grant
+        // leaves the window, 60.5 s after it was made.
+        let wait = s.try_take(now + 30.0, 500.0).unwrap_err();
+        assert!((now + 30.0 + wait - 61.0).abs() < 1e-6, "{wait}");
+        assert!(s.try_take(60.9, 500.0).is_err());
+        assert_eq!(s.try_take(61.0, 500.0), Ok(()));
+    }
+
+    #[test]
+    fn a_remaining_that_the_window_explains_leaves_the_buckets_alone() {
+        let mut s = BudgetState::new(rates(), 0.0);
+        s.report(
+            0.0,
+            &Report {
+                remaining_requests: Some(600),
+                reset_requests: Some(Duration::from_secs(60)),
+                ..report(60_000, 60.0)
+            },
+        );
+        // A whole minute granted between 0.5 and 1.1 s.
+        for k in 0..118 {
+            assert_eq!(s.try_take(0.5 + f64::from(k) * 0.005, 500.0), Ok(()));
+        }
+        // At 61.0 s a rolling-window provider has dropped what arrived by 1.0 s and says
+        // 30,000 tokens are left; our window (60.5 s) allows only 1,500 more yet: nothing to
+        // learn, and the full bucket stays full for when the window frees.
+        s.clamp(61.0, None, Some(30_000.0));
+        assert_eq!(s.levels(61.0).1, 60_000.0);
+        // A provider with less left than even our window allows caps the bucket.
+        s.clamp(61.0, None, Some(1_000.0));
+        assert_eq!(s.levels(61.0).1, 1_000.0);
+    }
+
+    #[test]
+    fn learnt_capacities_never_exceed_the_budget_nor_shrink() {
+        let mut s = BudgetState::new(rates(), 0.0);
+        // A provider with more than the configured budget: capped at a minute's worth.
+        assert!(s.report(1.0, &report(1_000_000, 60.0)));
+        assert_eq!(s.caps().1, 60_000.0);
+        // A later report implying less does not shrink it (levels are capped by remaining instead).
+        assert!(!s.report(2.0, &report(100, 0.1)));
+        assert_eq!(s.caps().1, 60_000.0);
+        assert_eq!(s.levels(2.0).1, 100.0);
+        // Without a reset nothing is learnt.
+        let mut s = BudgetState::new(rates(), 0.0);
+        assert!(!s.report(1.0, &Report { remaining_tokens: Some(50_000), ..Report::default() }));
+        assert_eq!(s.caps(), (10.0, 1_000.0));
+    }
+
+    #[test]
+    fn a_small_provider_bucket_is_followed_without_overspending_it() {
+        // The provider's bucket holds 2 s (2,000 tokens) and started full; ours starts empty.
+        let mut s = BudgetState::new(rates(), 0.0);
+        assert_eq!(s.try_take(0.5, 500.0), Ok(()));
+        // It said: 1,500 left (2,000 - 500: it had refilled to full), whole again in 0.5 s.
+        assert!(s.report(0.5, &report(1_500, 0.5)));
+        assert_eq!(s.caps().1, 2_000.0);
+        // Grown by 1,000 only (what our empty bucket had not known), never above what is left.
+        assert_eq!(s.levels(0.5).1, 1_000.0);
+        let mut provider = 1_500.0f64;
+        let mut at = 0.5;
+        let mut now = 0.5;
+        for _ in 0..200 {
+            match s.try_take(now, 500.0) {
+                Ok(()) => {
+                    provider = (provider + 1_000.0 * (now - at)).min(2_000.0) - 500.0;
+                    at = now;
+                    assert!(provider >= -1e-6, "overspent the provider's bucket at {now}: {provider}");
+                }
+                Err(w) => now += w,
+            }
+        }
+    }
+
+    #[test]
+    fn the_window_counts_tokens_billed_beyond_the_reservation() {
+        let mut s = BudgetState::new(Rates::per_minute(600, 1_000), 0.0);
+        s.report(1.0, &report(1_000, 60.0));
+        assert_eq!(s.try_take(1.0, 400.0), Ok(()));
+        s.correct(1.0, -300.0); // billed 700
+        assert_eq!(s.in_window(1.0), (1.0, 700.0));
+        assert_eq!(s.try_take(1.0, 300.0), Ok(()));
+        assert!(s.try_take(1.0, 1.0).is_err());
+        // Tokens given back stay in the window until their request leaves it.
+        s.correct(1.0, 300.0);
+        assert_eq!(s.in_window(1.0), (2.0, 1_000.0));
+        assert_eq!(s.in_window(1.0 + Rates::WINDOW_SECONDS), (0.0, 0.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_that_grows_the_budget_wakes_the_waiting_caller() {
+        let limiter = Arc::new(Limiter::local(60, 6_000));
+        // 60 RPM: the first request waits a second for an empty bucket to fill...
+        let l = limiter.clone();
+        let waiter = tokio::spawn(async move { l.acquire(10).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...unless the provider says it has a whole minute left.
+        let signals = RateSignals {
+            remaining_requests: Some(60),
+            reset_requests: Some(Duration::ZERO),
+            remaining_tokens: Some(6_000),
+            reset_tokens: Some(Duration::ZERO),
+            ..RateSignals::default()
+        };
+        limiter.apply(&signals).await;
+        let waited = waiter.await.unwrap();
+        assert!(waited < Duration::from_millis(150), "{waited:?}");
+    }
+
     proptest! {
         /// No window spends more than one burst plus its length's worth of refill, and from
         /// the start (empty buckets) no more than its length's worth at all.
@@ -662,6 +1014,53 @@ mod tests {
                         prop_assert!(tok <= rates.tokens_per_sec * g.0 + eps, "{} tokens by {}", tok, g.0);
                     }
                 }
+            }
+        }
+
+        /// Whatever the provider reports (here: a whole minute as soon as it is asked), no
+        /// rolling window of [`Rates::WINDOW_SECONDS`] is granted more than the per-minute budgets.
+        #[test]
+        fn no_rolling_window_exceeds_the_per_minute_budget(
+            rpm in 60u32..1200,
+            tpm in 1000u32..100_000,
+            reqs in proptest::collection::vec((0.0f64..3.0, 1u32..3000, 0.5f64..=1.0), 1..300),
+        ) {
+            let rates = Rates::per_minute(rpm, tpm);
+            let mut s = BudgetState::new(rates, 0.0);
+            let whole = Report {
+                remaining_requests: Some(u64::from(rpm)),
+                reset_requests: Some(Duration::from_secs(60)),
+                remaining_tokens: Some(u64::from(tpm)),
+                reset_tokens: Some(Duration::from_secs(60)),
+                pause: None,
+            };
+            s.report(0.0, &whole);
+            let mut now = 0.0f64;
+            let mut requests: Vec<f64> = Vec::new(); // grant times
+            let mut spent: Vec<(f64, f64)> = Vec::new(); // (time, tokens billed)
+            for (gap, tokens, used_share) in reqs {
+                now += gap;
+                let tokens = f64::from(tokens).min(rates.tokens_per_window);
+                loop {
+                    match s.try_take(now, tokens) {
+                        Ok(()) => break,
+                        Err(w) => now += w,
+                    }
+                }
+                requests.push(now);
+                // Billed less than reserved: the reservation still counts in the window.
+                let used = (tokens * used_share).floor();
+                s.correct(now, tokens - used);
+                spent.push((now, tokens));
+                s.report(now, &whole);
+            }
+            // A grant exactly one window earlier has left it (up to rounding of the times).
+            let start = |end: f64| end - Rates::WINDOW_SECONDS + 1e-9;
+            for (i, &(end, _)) in spent.iter().enumerate() {
+                let tok: f64 = spent[..=i].iter().filter(|h| h.0 > start(end)).map(|h| h.1).sum();
+                prop_assert!(tok <= rates.tokens_per_window + 1e-6, "{} tokens in the window ending {}", tok, end);
+                let req = requests[..=i].iter().filter(|&&t| t > start(end)).count();
+                prop_assert!(req as f64 <= rates.requests_per_window, "{} requests in the window ending {}", req, end);
             }
         }
     }

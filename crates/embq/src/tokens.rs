@@ -45,7 +45,7 @@ pub trait CountTokens: Send + Sync {
 #[derive(Clone)]
 pub enum TokenCounter {
     /// OpenAI's byte-pair encoding (tiktoken tables compiled into the binary).
-    Bpe(&'static CoreBPE),
+    Bpe(BpeTable),
     /// The model's own tokenizer.
     Model(Arc<dyn CountTokens>),
     /// No tokenizer: see [`estimate`].
@@ -62,22 +62,32 @@ impl fmt::Debug for TokenCounter {
     }
 }
 
+/// A tiktoken table, parsed once per process on first use.
+#[derive(Clone, Copy)]
+pub struct BpeTable(tiktoken_rs::tokenizer::Tokenizer);
+
+impl BpeTable {
+    /// The parsed table (blocks while another thread is still parsing it).
+    fn get(self) -> Option<&'static CoreBPE> {
+        tiktoken_rs::bpe_for_tokenizer(self.0).ok()
+    }
+}
+
 impl TokenCounter {
     /// The tiktoken encoding of an OpenAI model; unknown names (fine-tunes, future models)
     /// get cl100k_base, the encoding of every current embedding model.
     pub fn for_openai_model(model: &str) -> Self {
         let tokenizer =
             tiktoken_rs::tokenizer::get_tokenizer(model).unwrap_or(tiktoken_rs::tokenizer::Tokenizer::Cl100kBase);
-        match tiktoken_rs::bpe_for_tokenizer(tokenizer) {
-            Ok(bpe) => Self::Bpe(bpe),
-            Err(_) => Self::Estimate,
-        }
+        // Parsing the 100k-token table takes ~80 ms: do it beside start-up, not before ready.
+        std::thread::spawn(move || BpeTable(tokenizer).get());
+        Self::Bpe(BpeTable(tokenizer))
     }
 
     /// Tokens in `text`.
     pub fn count(&self, text: &str) -> usize {
         match self {
-            Self::Bpe(bpe) => bpe.count_ordinary(text),
+            Self::Bpe(t) => t.get().map_or_else(|| estimate(text), |bpe| bpe.count_ordinary(text)),
             Self::Model(m) => m.count(text),
             Self::Estimate => estimate(text),
         }
@@ -86,7 +96,10 @@ impl TokenCounter {
     /// The longest prefix of `text` that has at most `max` tokens.
     pub fn truncate(&self, text: &str, max: usize) -> String {
         match self {
-            Self::Bpe(bpe) => {
+            Self::Bpe(t) => {
+                let Some(bpe) = t.get() else {
+                    return truncate_estimate(text, max);
+                };
                 let ids = bpe.encode_ordinary(text);
                 if ids.len() <= max {
                     return text.to_string();
@@ -104,21 +117,24 @@ impl TokenCounter {
                 }
             }
             Self::Model(m) => m.truncate(text, max),
-            Self::Estimate => {
-                if estimate(text) <= max {
-                    return text.to_string();
-                }
-                let mut cost = 0.0f64;
-                for (i, c) in text.char_indices() {
-                    cost += char_cost(c);
-                    if cost.ceil() as usize > max {
-                        return text[..i].to_string();
-                    }
-                }
-                text.to_string()
-            }
+            Self::Estimate => truncate_estimate(text, max),
         }
     }
+}
+
+/// The longest prefix of `text` whose [`estimate`] is at most `max`.
+fn truncate_estimate(text: &str, max: usize) -> String {
+    if estimate(text) <= max {
+        return text.to_string();
+    }
+    let mut cost = 0.0f64;
+    for (i, c) in text.char_indices() {
+        cost += char_cost(c);
+        if cost.ceil() as usize > max {
+            return text[..i].to_string();
+        }
+    }
+    text.to_string()
 }
 
 fn char_cost(c: char) -> f64 {

@@ -26,19 +26,40 @@ pub fn validate(vectors: &[Vec<f32>], expected: usize, dims: usize) -> Result<()
         if v.len() != dims {
             return Err(format!("vector {i} has {} dimensions, expected {dims}", v.len()));
         }
-        if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+        // Branch-free first pass (it vectorises); look for the position only on failure.
+        if !v.iter().fold(true, |ok, x| ok & x.is_finite()) {
+            let j = v.iter().position(|x| !x.is_finite()).unwrap_or_default();
             return Err(format!("vector {i} has a non-finite value at position {j}"));
         }
     }
     Ok(())
 }
 
-/// Scales a vector to unit length (left as is when it is all zeros).
+/// Scales a vector to unit length (left as is when it is all zeros or not finite).
 pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
+    // Eight running sums instead of one, so the loop vectorises.
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in chunks.by_ref() {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l += x * x;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+    let squares = lanes.iter().sum::<f32>() + tail;
+    if squares.is_normal() {
+        let norm = squares.sqrt();
         for x in v {
             *x /= norm;
+        }
+        return;
+    }
+    // The squares overflowed or underflowed f32 (values beyond ~1e19 or below ~1e-19):
+    // normalise in f64, which holds the square of any f32.
+    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    if norm.is_finite() && norm > 0.0 {
+        for x in v {
+            *x = (f64::from(*x) / norm) as f32;
         }
     }
 }

@@ -285,6 +285,9 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
 }
 
+/// How often an idle draining worker asks whether the rest of the fleet has finished.
+const DRAIN_RECHECK: Duration = Duration::from_millis(50);
+
 /// Fetches work while there are free slots; returns when told to stop or, in drain mode, when idle.
 async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_when_idle: bool) {
     let soft = ctx.health.shutdown.clone();
@@ -329,6 +332,12 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
             }
         };
         let got = jobs.len();
+        // Unchanged jobs were completed by the claim itself: count them, embed the rest.
+        let (unchanged, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.unchanged);
+        debug!(want, got, unchanged = unchanged.len(), "claimed");
+        if !unchanged.is_empty() {
+            record_unchanged(ctx, unchanged.len() as u64);
+        }
         let mut jobs = jobs.into_iter();
         loop {
             let chunk: Vec<ClaimedJob> = jobs.by_ref().take(batch).collect();
@@ -372,7 +381,12 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
                 Err(e) => warn!(error = %e, "idle check failed"),
             }
         }
-        let poll = jittered(ctx.cfg.poll_interval);
+        let mut poll = jittered(ctx.cfg.poll_interval);
+        if drain_when_idle && ctx.health.inflight() == 0 {
+            // Jobs still running elsewhere may come back as retries; a draining worker with
+            // nothing in flight re-checks soon instead of sleeping a whole poll interval.
+            poll = poll.min(DRAIN_RECHECK);
+        }
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(poll) => {}
@@ -391,12 +405,9 @@ async fn process_batch(ctx: &Ctx, lease: &Lease, jobs: Vec<ClaimedJob>) {
         info_span!("batch", provider, model = ctx.provider.model(), jobs = jobs.len(), tokens = tracing::field::Empty);
     async {
         let mut outcomes: Vec<(i64, Outcome)> = Vec::with_capacity(jobs.len());
-        let (unchanged, todo): (Vec<_>, Vec<_>) = jobs.iter().partition(|j| j.unchanged);
-        outcomes.extend(unchanged.iter().map(|j| (j.id, Outcome::Unchanged)));
-        if !todo.is_empty() {
-            // Token-aware requests under the rate limit (issue 3).
-            embed_jobs(ctx, provider, &todo, &mut outcomes).await;
-        }
+        let todo: Vec<&ClaimedJob> = jobs.iter().collect();
+        // Token-aware requests under the rate limit (issue 3).
+        embed_jobs(ctx, provider, &todo, &mut outcomes).await;
         let report = finish_with_retry(ctx, lease, outcomes).await;
         record(ctx, &report, jobs.len(), started.elapsed());
     }
@@ -460,6 +471,15 @@ async fn finish_with_retry(ctx: &Ctx, lease: &Lease, outcomes: Vec<(i64, Outcome
             }
         }
     }
+}
+
+/// Counts jobs the claim found unchanged (and completed) as processed.
+fn record_unchanged(ctx: &Ctx, n: u64) {
+    ctx.metrics.jobs_processed.inc_by(n);
+    ctx.metrics.jobs_unchanged.inc_by(n);
+    ctx.counters.processed.fetch_add(n, Ordering::Relaxed);
+    ctx.counters.unchanged.fetch_add(n, Ordering::Relaxed);
+    ctx.rate.record(n);
 }
 
 fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {

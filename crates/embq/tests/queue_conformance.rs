@@ -298,8 +298,14 @@ async fn unchanged_text_needs_no_provider_call(s: Store) {
     let j = s.q.claim(5, &l, LEASE, MODEL).await.unwrap();
     let flags: Vec<_> = j.iter().map(|j| (j.source_id.as_str(), j.unchanged)).collect();
     assert_eq!(flags, [("1", true), ("2", false)]);
-    let r = s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Unchanged), (j[1].id, Outcome::Done(vec3(2.0)))]).await.unwrap();
-    assert_eq!((r.unchanged, r.stored), (1, 1));
+    // The claim completed the unchanged job itself: it holds no lease and is done already.
+    let st = s.q.stats().await.unwrap();
+    assert_eq!((st.running, st.done), (1, 3), "{st:?}");
+    let r = s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Unchanged)]).await.unwrap();
+    assert_eq!((r.unchanged, r.lost), (0, 1), "there is nothing left to finish");
+    let r = s.q.finish(&l, MODEL, &[(j[1].id, Outcome::Done(vec3(2.0)))]).await.unwrap();
+    assert_eq!(r.stored, 1);
+    assert_eq!(s.q.stats().await.unwrap().done, 4);
     // Another model means another embedding.
     s.q.enqueue(&[job("1", "same", 0)], &no_progress).await.unwrap();
     assert!(!s.q.claim(5, &l, LEASE, "other-model").await.unwrap()[0].unchanged);
@@ -329,6 +335,67 @@ async fn invalid_jobs_are_refused_whole(s: Store) {
     let err = s.q.enqueue(&bad, &no_progress).await.unwrap_err();
     assert!(err.to_string().contains("job 2: text must not be empty"), "{err}");
     assert_eq!(s.q.stats().await.unwrap().ready, 0, "nothing was half-queued");
+}
+
+async fn a_batch_of_vectors_round_trips_bit_for_bit(s: Store) {
+    let jobs: Vec<NewJob> = (0..7).map(|i| job(&i.to_string(), &format!("text {i}"), 0)).collect();
+    s.q.enqueue(&jobs, &no_progress).await.unwrap();
+    let l = lease("w");
+    let claimed = s.q.claim(7, &l, LEASE, MODEL).await.unwrap();
+    // Each job gets its own values, including the awkward ones, so a mix-up of rows,
+    // offsets or byte order shows.
+    let special = [0.0, -0.0, f32::MIN_POSITIVE, -f32::MAX, 1e-45, 3.4e38, -1.5];
+    let vector = |id: i64| -> Vec<f32> {
+        (0..1536).map(|d| if d < 7 { special[(d + id as usize) % 7] } else { (id as f32) * 0.001 - d as f32 }).collect()
+    };
+    let outcomes: Vec<_> = claimed.iter().map(|j| (j.id, Outcome::Done(vector(j.id)))).collect();
+    assert_eq!(s.q.finish(&l, MODEL, &outcomes).await.unwrap().stored, 7);
+    let stored = s.q.embeddings(MODEL, 10).await.unwrap();
+    assert_eq!(stored.len(), 7);
+    for e in stored {
+        let j = claimed.iter().find(|j| j.source_id == e.source_id).unwrap();
+        let want: Vec<u32> = vector(j.id).iter().map(|x| x.to_bits()).collect();
+        let got: Vec<u32> = e.vector.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want, "job {}", j.id);
+    }
+}
+
+async fn job_data_is_never_sql(s: Store) {
+    // Every value travels as a bound parameter: hostile keys, texts and errors round-trip
+    // unchanged and the tables survive.
+    let evil = ["'); DROP TABLE embq.jobs; --", "x' OR '1'='1", "$1 ?1 :name \\ \" ;", "receipt\u{7f}';--"];
+    let jobs: Vec<NewJob> = evil
+        .iter()
+        .enumerate()
+        .map(|(i, e)| NewJob {
+            source_type: e.to_string(),
+            source_id: format!("{e}{i}"),
+            content_type: e.to_string(),
+            text: format!("text {e}"),
+            priority: 0,
+            metadata: Some(serde_json::json!({ "k": e })),
+        })
+        .collect();
+    s.q.enqueue(&jobs, &no_progress).await.unwrap();
+    let l = lease(evil[0]);
+    let claimed = s.q.claim(10, &l, LEASE, evil[1]).await.unwrap();
+    assert_eq!(claimed.len(), evil.len());
+    for j in &claimed {
+        let want = jobs.iter().find(|n| n.source_id == j.source_id).unwrap();
+        assert_eq!((&j.source_type, &j.content_type, &j.text), (&want.source_type, &want.content_type, &want.text));
+    }
+    let (first, rest) = claimed.split_first().unwrap();
+    let mut outcomes = vec![(first.id, Outcome::Dead(evil[0].to_string()))];
+    outcomes.extend(rest.iter().map(|j| (j.id, Outcome::Done(vec3(1.0)))));
+    let r = s.q.finish(&l, evil[1], &outcomes).await.unwrap();
+    assert_eq!((r.stored, r.dead), (3, 1));
+    let dead = s.q.dead_jobs(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some(evil[0]));
+    let stored = s.q.embeddings(evil[1], 10).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|e| e.model == evil[1]));
+    assert_eq!(s.q.stats().await.unwrap().done, 3);
 }
 
 async fn migrate_is_idempotent_and_checked(s: Store) {
@@ -364,6 +431,8 @@ conformance!(
     unchanged_text_needs_no_provider_call,
     stats_and_idle_reflect_the_queue,
     invalid_jobs_are_refused_whole,
+    a_batch_of_vectors_round_trips_bit_for_bit,
+    job_data_is_never_sql,
     migrate_is_idempotent_and_checked,
 );
 

@@ -78,7 +78,8 @@ struct Values {
     values: Vec<f32>,
 }
 
-fn parse_response(body: &str, inputs: usize, dims: usize) -> Result<Embedded, ProviderError> {
+/// Decodes a 2xx `batchEmbedContents` body: one L2-normalised vector per input, in order.
+pub fn parse_response(body: &str, inputs: usize, dims: usize) -> Result<Embedded, ProviderError> {
     let bad = ProviderError::InvalidResponse;
     let resp: Response = serde_json::from_str(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     let mut vectors: Vec<Vec<f32>> = resp.embeddings.into_iter().map(|e| e.values).collect();

@@ -23,7 +23,11 @@ pub struct HashProvider {
 
 /// FNV-1a, 64 bit: stable across platforms and Rust versions, unlike `DefaultHasher`.
 fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    fnv1a_extend(0xcbf2_9ce4_8422_2325u64 ^ seed, bytes)
+}
+
+/// Continues an FNV-1a hash over more bytes, so a word pair hashes without joining the words.
+fn fnv1a_extend(mut h: u64, bytes: &[u8]) -> u64 {
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
@@ -50,24 +54,24 @@ impl HashProvider {
         let mut prev: Option<&str> = None;
         let mut any = false;
         for word in lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-            self.add(&mut v, 0, word.as_bytes(), 1.0);
+            self.add(&mut v, fnv1a(0, word.as_bytes()), 1.0);
             if let Some(p) = prev {
-                let pair = format!("{p} {word}");
-                self.add(&mut v, 1, pair.as_bytes(), 0.5);
+                // The hash of "{p} {word}".
+                let pair = fnv1a_extend(fnv1a_extend(fnv1a(1, p.as_bytes()), b" "), word.as_bytes());
+                self.add(&mut v, pair, 0.5);
             }
             prev = Some(word);
             any = true;
         }
         if !any {
             // Punctuation-only text still gets a stable, non-zero vector.
-            self.add(&mut v, 2, text.as_bytes(), 1.0);
+            self.add(&mut v, fnv1a(2, text.as_bytes()), 1.0);
         }
         l2_normalize(&mut v);
         v
     }
 
-    fn add(&self, v: &mut [f32], seed: u64, feature: &[u8], weight: f32) {
-        let h = fnv1a(seed, feature);
+    fn add(&self, v: &mut [f32], h: u64, weight: f32) {
         let idx = (h % self.dims as u64) as usize;
         let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
         v[idx] += sign * weight;

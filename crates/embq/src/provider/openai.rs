@@ -125,8 +125,15 @@ struct Usage {
     total_tokens: Option<u64>,
 }
 
+/// Decodes one `encoding_format=base64` vector: base64 of little-endian f32 values.
+pub fn decode_base64_vector(s: &str) -> Result<Vec<f32>, String> {
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(s.as_bytes()).map_err(|e| format!("not valid base64: {e}"))?;
+    crate::vector::from_le_bytes(&bytes)
+}
+
 /// Decodes a 2xx body: one vector per input, put in input order by `index`.
-pub(crate) fn parse_response(body: &str, inputs: usize, dims: usize) -> Result<Embedded, ProviderError> {
+pub fn parse_response(body: &str, inputs: usize, dims: usize) -> Result<Embedded, ProviderError> {
     let bad = |m: String| ProviderError::InvalidResponse(m);
     let resp: Response = serde_json::from_str(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     if resp.data.len() != inputs {
@@ -137,12 +144,7 @@ pub(crate) fn parse_response(body: &str, inputs: usize, dims: usize) -> Result<E
         let i = item.index.unwrap_or(pos);
         let v = match item.embedding {
             Vector::Floats(v) => v,
-            Vector::Base64(s) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(s.as_bytes())
-                    .map_err(|e| bad(format!("vector {i} is not valid base64: {e}")))?;
-                crate::vector::from_le_bytes(&bytes).map_err(|e| bad(format!("vector {i}: {e}")))?
-            }
+            Vector::Base64(s) => decode_base64_vector(&s).map_err(|e| bad(format!("vector {i}: {e}")))?,
         };
         match slots.get_mut(i) {
             Some(slot @ None) => *slot = Some(v),

@@ -95,7 +95,8 @@ pub fn parse_signals(headers: &HeaderMap) -> RateSignals {
     let retry_after = get("retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|ms| ms.is_finite() && *ms >= 0.0)
-        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        // Capped like `Retry-After`: a huge value must not overflow the Duration (a panic).
+        .map(|ms| Duration::from_secs_f64((ms / 1000.0).min(86_400.0)))
         .or_else(|| get("retry-after").and_then(parse_retry_after));
     RateSignals {
         retry_after,
@@ -106,14 +107,14 @@ pub fn parse_signals(headers: &HeaderMap) -> RateSignals {
     }
 }
 
-/// `Retry-After`: delay-seconds (fractions tolerated) or an HTTP date.
+/// `Retry-After`: delay-seconds (fractions tolerated) or an HTTP date; at most a day.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
     }
     let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let delta = at.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
+    Some(delta.to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(86_400)))
 }
 
 /// Durations as OpenAI and Google write them: `6m0s`, `1s`, `120ms`, `0.5s`, `1h2m3.5s`, `13s`.
@@ -206,12 +207,16 @@ fn clip(s: &str, max: usize) -> String {
 /// input the model finds too long is split out of a larger batch first, so that only that
 /// one job is dead-lettered. `secret` is scrubbed from any message that echoes it.
 pub fn triage(status: u16, body: &str, signals: &RateSignals, inputs: usize, secret: Option<&str>) -> ProviderError {
-    let b = parse_error_body(body);
+    let secret = secret.filter(|s| s.len() >= 4);
+    // Scrub the body before it is parsed and clipped: a secret cut in two by the clip
+    // would otherwise survive in part.
+    let scrubbed = secret.filter(|s| body.contains(*s)).map(|s| body.replace(s, "[redacted]"));
+    let b = parse_error_body(scrubbed.as_deref().unwrap_or(body));
     let has = |code: &str| b.codes.iter().any(|c| c == code);
     let lower = b.message.to_ascii_lowercase();
     let mut message =
         if b.message.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {}", b.message) };
-    if let Some(s) = secret.filter(|s| s.len() >= 4) {
+    if let Some(s) = secret {
         message = message.replace(s, "[redacted]");
     }
     let daily_quota = b.quota_ids.iter().any(|q| q.contains("PerDay") || q.contains("per_day"));

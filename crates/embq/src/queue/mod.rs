@@ -174,7 +174,8 @@ pub struct ClaimedJob {
     pub attempt: u32,
     /// Priority.
     pub priority: i32,
-    /// The stored embedding already matches this text and model: no provider call needed.
+    /// The stored embedding already matches this text and model: the claim itself marked the job
+    /// done (no lease is held on it), so it needs no provider call and no `finish`.
     pub unchanged: bool,
 }
 
@@ -370,7 +371,8 @@ pub trait Queue: Send + Sync + 'static {
     /// Adds jobs atomically (all or none); a key with a pending job gets its text replaced.
     /// `progress` is called with the number of jobs written so far.
     async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError>;
-    /// Leases up to `limit` ready jobs, highest priority first, then oldest.
+    /// Leases up to `limit` ready jobs, highest priority first, then oldest; jobs whose text and
+    /// model already have their vector stored are completed on the spot (`unchanged`).
     async fn claim(
         &self,
         limit: usize,

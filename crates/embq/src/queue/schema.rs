@@ -3,18 +3,22 @@
 use super::QueueError;
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// PostgreSQL migrations, in order; index + 1 is the version.
 pub(super) const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_rate_budgets.sql"),
+    include_str!("../../migrations/postgres/0003_rate_windows.sql"),
+    include_str!("../../migrations/postgres/0004_inline_vectors.sql"),
 ];
 
 /// SQLite migrations, in order; index + 1 is the version.
 pub(super) const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_rate_budgets.sql"),
+    include_str!("../../migrations/sqlite/0003_rate_windows.sql"),
+    include_str!("../../migrations/sqlite/0004_inline_vectors.sql"),
 ];
 
 /// Compares the stored version with ours and says what to do when they differ.

@@ -250,6 +250,24 @@ impl Queue for SqliteQueue {
         .bind(model)
         .fetch_all(&mut *tx)
         .await?;
+        // Unchanged jobs are done right here, in the same write transaction (so the embeddings
+        // the claim compared against cannot change in between): no finish round trip for them.
+        if rows.iter().any(|r| r.try_get("unchanged").unwrap_or(false)) {
+            sqlx::query(
+                "UPDATE jobs SET state = 'done', finished_at = ?1, updated_at = ?1, last_error = NULL,
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                 WHERE lease_token = ?2 AND state = 'running'
+                   AND EXISTS (SELECT 1 FROM embeddings e
+                               WHERE e.source_type = jobs.source_type AND e.source_id = jobs.source_id
+                                 AND e.content_type = jobs.content_type AND e.model = ?3
+                                 AND e.text_sha256 = jobs.text_sha256)",
+            )
+            .bind(now)
+            .bind(&lease.token)
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         let mut jobs = rows
             .iter()

@@ -2,6 +2,7 @@
 //! `:batchEmbedContents`, records every request, answers from a script of canned replies,
 //! and, when given budgets, enforces requests and tokens per minute itself (a token bucket
 //! that starts full, as OpenAI's does) and answers 429 when a client overspends.
+//! [`MockProvider::enforce_window`] enforces them instead as an exact rolling one-minute window.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -37,6 +38,12 @@ pub enum Reply {
     Hang,
     /// Answer normally after a delay.
     Slow(Duration),
+    /// Close the connection without answering at all (the client sees it reset).
+    Reset,
+    /// A 200 whose body breaks off halfway: the connection closes mid-body.
+    BrokenOff,
+    /// A complete 200 whose JSON body is cut in half (framing intact, JSON invalid).
+    Truncated,
 }
 
 /// A request as the mock saw it.
@@ -117,6 +124,103 @@ impl Buckets {
     }
 }
 
+/// Requests and tokens per minute enforced as an exact rolling window: a request is admitted
+/// only if what was admitted in the last 60 s (exact arrival times), plus this request, stays
+/// within both limits. The window starts empty, so a whole minute's worth may go at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Requests per minute.
+    pub rpm: f64,
+    /// Tokens per minute.
+    pub tpm: f64,
+}
+
+/// Response headers, (name, value).
+type Headers = Vec<(&'static str, String)>;
+
+/// The admitted requests of the last minute: (arrival, tokens), oldest first.
+struct SlidingWindow {
+    w: Window,
+    admitted: VecDeque<(Instant, f64)>,
+    tokens: f64,
+}
+
+impl SlidingWindow {
+    const SPAN: Duration = Duration::from_secs(60);
+
+    fn new(w: Window) -> Self {
+        Self { w, admitted: VecDeque::new(), tokens: 0.0 }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some(&(at, t)) = self.admitted.front() {
+            if at + Self::SPAN > now {
+                break;
+            }
+            self.admitted.pop_front();
+            self.tokens -= t;
+        }
+        if self.admitted.is_empty() {
+            self.tokens = 0.0;
+        }
+    }
+
+    /// Until `over` requests (or tokens) have left the window.
+    fn until_freed(&self, now: Instant, over: f64, tokens: bool) -> Duration {
+        if over <= 0.0 {
+            return Duration::ZERO;
+        }
+        let mut freed = 0.0;
+        for &(at, t) in &self.admitted {
+            freed += if tokens { t } else { 1.0 };
+            if freed >= over {
+                return (at + Self::SPAN).saturating_duration_since(now);
+            }
+        }
+        Self::SPAN
+    }
+
+    /// Admits the request (its headers) or refuses it (the 429's headers).
+    fn take(&mut self, tokens: f64) -> Result<Headers, Headers> {
+        let now = Instant::now();
+        self.prune(now);
+        let over_req = self.admitted.len() as f64 + 1.0 - self.w.rpm;
+        let over_tok = self.tokens + tokens - self.w.tpm;
+        if over_req <= 0.0 && over_tok <= 0.0 {
+            self.admitted.push_back((now, tokens));
+            self.tokens += tokens;
+            return Ok(self.headers(now, None));
+        }
+        let (req, tok) = (self.until_freed(now, over_req, false), self.until_freed(now, over_tok, true));
+        let mut h = self.headers(now, Some((req, tok)));
+        h.push(("retry-after-ms", req.max(tok).as_millis().max(1).to_string()));
+        Err(h)
+    }
+
+    /// Remaining budgets; resets: until the oldest admitted request leaves the window (budget
+    /// comes back), or on a 429 until enough has left for the refused request.
+    fn headers(&self, now: Instant, refused: Option<(Duration, Duration)>) -> Headers {
+        let next = self.admitted.front().map(|&(at, _)| (at + Self::SPAN).saturating_duration_since(now));
+        let next = next.unwrap_or(Duration::ZERO);
+        let (req, tok) = match refused {
+            Some((r, t)) => (r.max(next), t.max(next)),
+            None => (next, next),
+        };
+        let ms = |d: Duration| format!("{}ms", (d.as_secs_f64() * 1000.0).ceil() as u64);
+        vec![
+            ("x-ratelimit-limit-requests", format!("{}", self.w.rpm as u64)),
+            ("x-ratelimit-limit-tokens", format!("{}", self.w.tpm as u64)),
+            (
+                "x-ratelimit-remaining-requests",
+                format!("{}", (self.w.rpm - self.admitted.len() as f64).max(0.0) as u64),
+            ),
+            ("x-ratelimit-remaining-tokens", format!("{}", (self.w.tpm - self.tokens).max(0.0).floor() as u64)),
+            ("x-ratelimit-reset-requests", ms(req)),
+            ("x-ratelimit-reset-tokens", ms(tok)),
+        ]
+    }
+}
+
 /// Picks a reply from a request's inputs.
 type Rule = Box<dyn Fn(&[String]) -> Reply + Send + Sync>;
 
@@ -126,6 +230,7 @@ pub struct State {
     script: Mutex<VecDeque<Reply>>,
     seen: Mutex<Vec<Seen>>,
     buckets: Mutex<Option<Buckets>>,
+    window: Mutex<Option<SlidingWindow>>,
     /// Called for each request to pick a reply when the script is empty (inputs -> reply).
     rule: Mutex<Option<Rule>>,
 }
@@ -152,6 +257,7 @@ impl MockProvider {
             script: Mutex::new(VecDeque::new()),
             seen: Mutex::new(Vec::new()),
             buckets: Mutex::new(None),
+            window: Mutex::new(None),
             rule: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind mock");
@@ -182,6 +288,12 @@ impl MockProvider {
     /// Enforces budgets from now on.
     pub fn enforce(&self, b: Budgets) {
         *self.state.buckets.lock().unwrap() = Some(Buckets::new(b));
+    }
+
+    /// Enforces budgets as an exact rolling one-minute window from now on (instead of buckets).
+    pub fn enforce_window(&self, w: Window) {
+        *self.state.buckets.lock().unwrap() = None;
+        *self.state.window.lock().unwrap() = Some(SlidingWindow::new(w));
     }
 
     /// Every request so far.
@@ -235,6 +347,18 @@ async fn handle(s: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, bod
             }
         }
     }
+    if matches!(reply, Reply::Embed) {
+        if let Some(w) = s.window.lock().unwrap().as_mut() {
+            match w.take(tokens as f64) {
+                Ok(h) => extra = h,
+                Err(h) => {
+                    let body = json!({"error": {"message": "Rate limit reached", "type": "requests",
+                        "code": "rate_limit_exceeded"}});
+                    reply = Reply::Status(429, h, body.to_string());
+                }
+            }
+        }
+    }
     let (status, headers_out, text) = match reply {
         Reply::Hang => {
             std::future::pending::<()>().await;
@@ -256,6 +380,19 @@ async fn handle(s: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, bod
         }
         Reply::Raw(b) => (200, extra, b),
         Reply::Status(code, h, b) => (code, h, b),
+        Reply::Truncated => {
+            let full = embed_body(&s, &body, &inputs, tokens, gemini, 0);
+            (200, extra, half(&full).to_string())
+        }
+        Reply::Reset => {
+            s.seen.lock().unwrap().push(Seen { path, headers, body, inputs, tokens, at: Instant::now(), status: 0 });
+            return broken(None);
+        }
+        Reply::BrokenOff => {
+            let full = embed_body(&s, &body, &inputs, tokens, gemini, 0);
+            s.seen.lock().unwrap().push(Seen { path, headers, body, inputs, tokens, at: Instant::now(), status: 200 });
+            return broken(Some(half(&full).to_string()));
+        }
     };
     s.seen.lock().unwrap().push(Seen { path, headers, body, inputs, tokens, at: Instant::now(), status });
     let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), text).into_response();
@@ -290,4 +427,35 @@ fn embed_body(s: &State, req: &Value, inputs: &[String], tokens: u64, gemini: bo
     json!({"object": "list", "data": data, "model": req["model"],
            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
     .to_string()
+}
+
+/// The first half of a body, cut on a character boundary.
+fn half(s: &str) -> &str {
+    let mut end = s.len() / 2;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A response whose connection breaks: with no prefix before anything is sent (the body
+/// fails on its first poll, before the status line is flushed), else after the prefix.
+fn broken(prefix: Option<String>) -> Response {
+    use futures::StreamExt;
+    let cut = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock: connection cut");
+    let body = match prefix {
+        None => axum::body::Body::from_stream(futures::stream::once(async move { Err::<Bytes, _>(cut()) })),
+        Some(p) => axum::body::Body::from_stream(
+            futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(p)) }).chain(
+                futures::stream::once(async move {
+                    // Let the prefix reach the client before the connection goes.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(cut())
+                }),
+            ),
+        ),
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    resp
 }

@@ -1,0 +1,52 @@
+-- The ceiling for scripts/bench-drain.sh: embq's claim and finish statements (queue/postgres.rs)
+-- driven by pgbench with no worker. One run of this script claims :batch ready jobs in one
+-- transaction, then marks them done and upserts one vector each in a second, as a worker does.
+-- The vectors come from bench_vectors (one dense random vector per position in the batch, kept
+-- inline so reading it costs a buffer hit), not from the client: the ceiling does not even pay
+-- for sending them.
+BEGIN;
+WITH picked AS (
+    SELECT id FROM embq.jobs
+    WHERE state = 'ready' AND run_at <= now()
+    ORDER BY priority DESC, id
+    LIMIT :batch
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE embq.jobs j
+    SET state = 'running', attempts = j.attempts + 1, lease_owner = 'pgbench', lease_token = 'tok',
+        lease_expires_at = now() + make_interval(secs => 30), updated_at = now()
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.text,
+        EXISTS (SELECT 1 FROM embq.embeddings e
+                WHERE e.source_type = j.source_type AND e.source_id = j.source_id
+                  AND e.content_type = j.content_type AND e.model = 'hash'
+                  AND e.text_sha256 = j.text_sha256) AS unchanged
+)
+SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids FROM claimed
+\gset
+COMMIT;
+BEGIN;
+WITH input AS (
+    SELECT * FROM unnest(:ids::bigint[]) WITH ORDINALITY AS t(id, ord)
+), done AS (
+    UPDATE embq.jobs j
+    SET state = 'done', finished_at = now(), updated_at = now(), last_error = NULL,
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM input i
+    WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = 'tok'
+    RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text_sha256, i.ord
+), stored AS (
+    INSERT INTO embq.embeddings AS e
+        (source_type, source_id, content_type, model, dimensions, embedding, text_sha256, job_id, updated_at)
+    SELECT d.source_type, d.source_id, d.content_type, 'hash', :dims,
+           v.v, d.text_sha256, d.id, now()
+    FROM done d JOIN bench_vectors v ON v.ord = d.ord
+    ON CONFLICT (source_type, source_id, content_type) DO UPDATE
+    SET model = EXCLUDED.model, dimensions = EXCLUDED.dimensions, embedding = EXCLUDED.embedding,
+        text_sha256 = EXCLUDED.text_sha256, job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at
+    WHERE e.job_id <= EXCLUDED.job_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM stored) AS stored;
+COMMIT;
