@@ -475,14 +475,11 @@ async fn finish_with_retry(ctx: &Ctx, lease: &Lease, outcomes: Vec<(i64, Outcome
 
 /// Counts jobs the claim found unchanged (and completed) as processed.
 fn record_unchanged(ctx: &Ctx, n: u64) {
-    ctx.metrics.jobs_processed.inc_by(n);
-    ctx.metrics.jobs_unchanged.inc_by(n);
-    ctx.counters.processed.fetch_add(n, Ordering::Relaxed);
-    ctx.counters.unchanged.fetch_add(n, Ordering::Relaxed);
-    ctx.rate.record(n);
+    count_outcomes(ctx, &FinishReport { unchanged: n, ..FinishReport::default() });
 }
 
-fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
+/// Adds a report's outcomes to the metrics, the run's counters and the processing rate.
+fn count_outcomes(ctx: &Ctx, r: &FinishReport) {
     let m = &ctx.metrics;
     let c = &ctx.counters;
     let completed = r.stored + r.unchanged;
@@ -493,13 +490,17 @@ fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
     m.jobs_dead.inc_by(r.dead);
     m.jobs_released.inc_by(r.released);
     m.leases_lost.inc_by(r.lost);
-    m.processing_seconds.observe(took.as_secs_f64());
-    m.batch_size_jobs.observe(batch as f64);
     c.processed.fetch_add(completed, Ordering::Relaxed);
     c.unchanged.fetch_add(r.unchanged, Ordering::Relaxed);
     c.failed.fetch_add(r.retried + r.dead, Ordering::Relaxed);
     c.dead.fetch_add(r.dead, Ordering::Relaxed);
     ctx.rate.record(completed);
+}
+
+fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
+    count_outcomes(ctx, r);
+    ctx.metrics.processing_seconds.observe(took.as_secs_f64());
+    ctx.metrics.batch_size_jobs.observe(batch as f64);
     if r.lost > 0 {
         warn!(lost = r.lost, "results discarded: the lease on these jobs had been lost");
     }
