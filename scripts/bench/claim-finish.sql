@@ -1,9 +1,13 @@
--- The ceiling for scripts/bench-drain.sh: embq's claim and finish statements (queue/postgres.rs)
--- driven by pgbench with no worker. One run of this script claims :batch ready jobs in one
--- transaction, then marks them done and upserts one vector each in a second, as a worker does.
+-- The ceiling for scripts/bench-drain.sh: embq's claim and finish statements (queue/postgres.rs,
+-- with the test clock's COALESCE($1, now()) as plain now()) driven by pgbench with no worker.
+-- One run claims :batch ready jobs in one transaction, then marks them done and upserts one
+-- vector each in a second, as a worker does.
+--
 -- The vectors come from bench_vectors (one dense random vector per position in the batch, kept
--- inline so reading it costs a buffer hit), not from the client: the ceiling does not even pay
--- for sending them.
+-- inline so reading it costs a buffer hit), not from the client: the ceiling pays nothing to
+-- receive or parse them. (pgbench can bind parameters only as text: binding the flat array as
+-- embq does, but as text, made PostgreSQL parse every float with float4in and ran at a fifth of
+-- embq's binary path, a floor rather than a ceiling.)
 BEGIN;
 WITH picked AS (
     SELECT id FROM embq.jobs
@@ -11,19 +15,29 @@ WITH picked AS (
     ORDER BY priority DESC, id
     LIMIT :batch
     FOR UPDATE SKIP LOCKED
+), checked AS (
+    SELECT p.id, EXISTS (SELECT 1 FROM embq.embeddings e
+            WHERE e.source_type = j.source_type AND e.source_id = j.source_id
+              AND e.content_type = j.content_type AND e.model = 'hash'
+              AND e.text_sha256 = j.text_sha256) AS unchanged
+    FROM picked p JOIN embq.jobs j ON j.id = p.id
 ), claimed AS (
     UPDATE embq.jobs j
-    SET state = 'running', attempts = j.attempts + 1, lease_owner = 'pgbench', lease_token = 'tok',
-        lease_expires_at = now() + make_interval(secs => 30), updated_at = now()
-    FROM picked
-    WHERE j.id = picked.id
-    RETURNING j.id, j.text,
-        EXISTS (SELECT 1 FROM embq.embeddings e
-                WHERE e.source_type = j.source_type AND e.source_id = j.source_id
-                  AND e.content_type = j.content_type AND e.model = 'hash'
-                  AND e.text_sha256 = j.text_sha256) AS unchanged
+    SET state = CASE WHEN c.unchanged THEN 'done' ELSE 'running' END,
+        attempts = j.attempts + 1,
+        lease_owner = CASE WHEN c.unchanged THEN NULL ELSE 'pgbench' END,
+        lease_token = CASE WHEN c.unchanged THEN NULL ELSE 'tok' END,
+        lease_expires_at = CASE WHEN c.unchanged THEN NULL
+            ELSE now() + make_interval(secs => 30) END,
+        finished_at = CASE WHEN c.unchanged THEN now() ELSE j.finished_at END,
+        last_error = CASE WHEN c.unchanged THEN NULL ELSE j.last_error END,
+        updated_at = now()
+    FROM checked c
+    WHERE j.id = c.id
+    RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
+        c.unchanged
 )
-SELECT coalesce(array_agg(id ORDER BY id), '{}') AS ids FROM claimed
+SELECT coalesce(array_agg(id ORDER BY id) FILTER (WHERE NOT unchanged), '{}') AS ids FROM claimed
 \gset
 COMMIT;
 BEGIN;

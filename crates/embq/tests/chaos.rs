@@ -119,6 +119,9 @@ async fn postgres_restart_mid_run_loses_nothing_and_no_worker_exits() {
         matches!(reqwest::get(&ready).await, Ok(r) if r.status().as_u16() == 503)
     })
     .await;
+    // The outage outlasts a lease (750 ms here): batches whose results could not be written
+    // must neither be abandoned to this worker's heartbeats nor written twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     for w in workers.iter_mut() {
         assert!(matches!(w.try_wait(), Ok(None)), "no worker exits during the outage");
     }

@@ -39,6 +39,68 @@ type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 /// A batch's vectors, end to end, bound as one `real[]` straight from the outcomes.
 ///
+/// Claims up to $2 ready jobs under lease ($3 owner, $4 token, $5 seconds) and completes at once
+/// those whose text already has a vector from model $6. `scripts/bench/claim-finish.sql` runs
+/// the same statement as the pgbench ceiling; a test keeps the two in step.
+const CLAIM_SQL: &str = "WITH picked AS (
+        SELECT id FROM embq.jobs
+        WHERE state = 'ready' AND run_at <= COALESCE($1::timestamptz, now())
+        ORDER BY priority DESC, id
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ), checked AS (
+        SELECT p.id, EXISTS (SELECT 1 FROM embq.embeddings e
+                WHERE e.source_type = j.source_type AND e.source_id = j.source_id
+                  AND e.content_type = j.content_type AND e.model = $6
+                  AND e.text_sha256 = j.text_sha256) AS unchanged
+        FROM picked p JOIN embq.jobs j ON j.id = p.id
+    )
+    -- Unchanged jobs are done right here: one row version and no second round trip.
+    UPDATE embq.jobs j
+    SET state = CASE WHEN c.unchanged THEN 'done' ELSE 'running' END,
+        attempts = j.attempts + 1,
+        lease_owner = CASE WHEN c.unchanged THEN NULL ELSE $3 END,
+        lease_token = CASE WHEN c.unchanged THEN NULL ELSE $4 END,
+        lease_expires_at = CASE WHEN c.unchanged THEN NULL
+            ELSE COALESCE($1::timestamptz, now()) + make_interval(secs => $5) END,
+        finished_at = CASE WHEN c.unchanged THEN COALESCE($1::timestamptz, now()) ELSE j.finished_at END,
+        last_error = CASE WHEN c.unchanged THEN NULL ELSE j.last_error END,
+        updated_at = COALESCE($1::timestamptz, now())
+    FROM checked c
+    WHERE j.id = c.id
+    RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
+        c.unchanged";
+
+/// Marks jobs $2 (under lease token $3) done and upserts their vectors: model $4, $5
+/// dimensions, all vectors in one flat real[] $6, sliced per job by its position.
+const FINISH_STORE_SQL: &str = "WITH input AS (
+        SELECT * FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, ord)
+    ), done AS (
+        UPDATE embq.jobs j
+        SET state = 'done', finished_at = COALESCE($1::timestamptz, now()),
+            updated_at = COALESCE($1::timestamptz, now()), last_error = NULL,
+            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+        FROM input i
+        WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $3
+        RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text_sha256, i.ord
+    ), stored AS (
+        INSERT INTO embq.embeddings AS e
+            (source_type, source_id, content_type, model, dimensions, embedding,
+             text_sha256, job_id, updated_at)
+        SELECT d.source_type, d.source_id, d.content_type, $4, $5,
+               ($6::real[])[(d.ord - 1) * $5 + 1 : d.ord * $5],
+               d.text_sha256, d.id, COALESCE($1::timestamptz, now())
+        FROM done d
+        ON CONFLICT (source_type, source_id, content_type) DO UPDATE
+        SET model = EXCLUDED.model, dimensions = EXCLUDED.dimensions,
+            embedding = EXCLUDED.embedding, text_sha256 = EXCLUDED.text_sha256,
+            job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at
+        -- A slower worker finishing an older job must not overwrite newer text's vector.
+        WHERE e.job_id <= EXCLUDED.job_id
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM stored) AS stored";
+
 /// sqlx encodes a `Vec<f32>` element by element through its generic array encoder, which was a
 /// quarter of a worker's CPU at 1,536 dimensions; this writes the binary array format in one
 /// pass, without first copying the vectors into one flat vector.
@@ -360,34 +422,7 @@ impl Queue for PgQueue {
         // to different server connections unless a transaction pins them together.
         let mut tx = self.begin().await?;
         let rows = self
-            .q("WITH picked AS (
-                    SELECT id FROM embq.jobs
-                    WHERE state = 'ready' AND run_at <= COALESCE($1::timestamptz, now())
-                    ORDER BY priority DESC, id
-                    LIMIT $2
-                    FOR UPDATE SKIP LOCKED
-                ), checked AS (
-                    SELECT p.id, EXISTS (SELECT 1 FROM embq.embeddings e
-                            WHERE e.source_type = j.source_type AND e.source_id = j.source_id
-                              AND e.content_type = j.content_type AND e.model = $6
-                              AND e.text_sha256 = j.text_sha256) AS unchanged
-                    FROM picked p JOIN embq.jobs j ON j.id = p.id
-                )
-                -- Unchanged jobs are done right here: one row version and no second round trip.
-                UPDATE embq.jobs j
-                SET state = CASE WHEN c.unchanged THEN 'done' ELSE 'running' END,
-                    attempts = j.attempts + 1,
-                    lease_owner = CASE WHEN c.unchanged THEN NULL ELSE $3 END,
-                    lease_token = CASE WHEN c.unchanged THEN NULL ELSE $4 END,
-                    lease_expires_at = CASE WHEN c.unchanged THEN NULL
-                        ELSE COALESCE($1::timestamptz, now()) + make_interval(secs => $5) END,
-                    finished_at = CASE WHEN c.unchanged THEN COALESCE($1::timestamptz, now()) ELSE j.finished_at END,
-                    last_error = CASE WHEN c.unchanged THEN NULL ELSE j.last_error END,
-                    updated_at = COALESCE($1::timestamptz, now())
-                FROM checked c
-                WHERE j.id = c.id
-                RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
-                    c.unchanged")
+            .q(CLAIM_SQL)
             .bind(self.now())
             .bind(limit as i64)
             .bind(lease.owner.clone())
@@ -419,33 +454,7 @@ impl Queue for PgQueue {
             let ids: Vec<i64> = g.done.iter().map(|d| d.0).collect();
             let flat = FlatF32Array { vectors: &g.done, len: ids.len() * dims };
             let row = self
-                .q("WITH input AS (
-                        SELECT * FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, ord)
-                    ), done AS (
-                        UPDATE embq.jobs j
-                        SET state = 'done', finished_at = COALESCE($1::timestamptz, now()),
-                            updated_at = COALESCE($1::timestamptz, now()), last_error = NULL,
-                            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-                        FROM input i
-                        WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $3
-                        RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text_sha256, i.ord
-                    ), stored AS (
-                        INSERT INTO embq.embeddings AS e
-                            (source_type, source_id, content_type, model, dimensions, embedding,
-                             text_sha256, job_id, updated_at)
-                        SELECT d.source_type, d.source_id, d.content_type, $4, $5,
-                               ($6::real[])[(d.ord - 1) * $5 + 1 : d.ord * $5],
-                               d.text_sha256, d.id, COALESCE($1::timestamptz, now())
-                        FROM done d
-                        ON CONFLICT (source_type, source_id, content_type) DO UPDATE
-                        SET model = EXCLUDED.model, dimensions = EXCLUDED.dimensions,
-                            embedding = EXCLUDED.embedding, text_sha256 = EXCLUDED.text_sha256,
-                            job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at
-                        -- A slower worker finishing an older job must not overwrite newer text's vector.
-                        WHERE e.job_id <= EXCLUDED.job_id
-                        RETURNING 1
-                    )
-                    SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM stored) AS stored")
+                .q(FINISH_STORE_SQL)
                 .bind(self.now())
                 .bind(ids)
                 .bind(lease.token.clone())
@@ -787,4 +796,61 @@ pub(super) fn fold_stats(rows: Vec<StatRow>) -> QueueStats {
     }
     s.ready_by_priority = by_prio.into_iter().rev().collect();
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLAIM_SQL, FINISH_STORE_SQL};
+
+    /// The pgbench ceiling of `scripts/bench-drain.sh`.
+    const CEILING: &str = include_str!("../../../../scripts/bench/claim-finish.sql");
+
+    /// Drops `--` comments and pgbench meta-commands, and collapses whitespace.
+    fn normalise(sql: &str) -> String {
+        let lines = sql.lines().filter(|l| !l.trim_start().starts_with('\\'));
+        let code: Vec<&str> = lines.map(|l| l.split("--").next().unwrap_or_default()).collect();
+        code.join(" ").split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// Rewrites a statement as the ceiling runs it: the test clock off, parameters as pgbench
+    /// variables or the constants the ceiling uses.
+    fn as_ceiling(sql: &str, params: &[(&str, &str)]) -> String {
+        let mut s = normalise(sql).replace("COALESCE($1::timestamptz, now())", "now()");
+        for (from, to) in params {
+            s = s.replace(from, to);
+        }
+        s
+    }
+
+    #[test]
+    fn the_ceiling_runs_the_claim_statement_embq_runs() {
+        let claim = as_ceiling(
+            CLAIM_SQL,
+            &[("$2", ":batch"), ("$3", "'pgbench'"), ("$4", "'tok'"), ("$5", "30"), ("$6", "'hash'")],
+        )
+        // The ceiling wraps the UPDATE in a CTE to collect the ids for its finish.
+        .replace(") UPDATE embq.jobs j SET state", "), claimed AS ( UPDATE embq.jobs j SET state");
+        assert!(normalise(CEILING).contains(&claim), "scripts/bench/claim-finish.sql drifted from CLAIM_SQL:\n{claim}");
+    }
+
+    #[test]
+    fn the_ceiling_runs_the_finish_statement_embq_runs_but_for_where_vectors_come_from() {
+        let finish = as_ceiling(
+            FINISH_STORE_SQL,
+            &[
+                ("unnest($2::bigint[])", "unnest(:ids::bigint[])"),
+                ("$3", "'tok'"),
+                ("$4", "'hash'"),
+                // The one intended difference: the ceiling reads its vectors from a table.
+                ("($6::real[])[(d.ord - 1) * $5 + 1 : d.ord * $5],", "v.v,"),
+                ("FROM done d ON CONFLICT", "FROM done d JOIN bench_vectors v ON v.ord = d.ord ON CONFLICT"),
+                ("$5", ":dims"),
+            ],
+        );
+        assert!(!finish.contains('$'), "every parameter is mapped: {finish}");
+        assert!(
+            normalise(CEILING).contains(&finish),
+            "scripts/bench/claim-finish.sql drifted from FINISH_STORE_SQL:\n{finish}"
+        );
+    }
 }
