@@ -39,6 +39,13 @@ type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 /// A batch's vectors, end to end, bound as one `real[]` straight from the outcomes.
 ///
+/// PostgreSQL JIT-compiles any plan it estimates above `jit_above_cost` (large claims, the
+/// queue-stats scan): 16 % of the server's CPU while draining an unchanged backlog went to LLVM,
+/// for statements that run in milliseconds. embq's sessions turn JIT off.
+const NO_JIT: &str = "SET jit = off";
+/// The same, for one transaction (through a transaction pooler).
+const NO_JIT_HERE: &str = "SET LOCAL jit = off";
+
 /// Claims up to $2 ready jobs under lease ($3 owner, $4 token, $5 seconds) and completes at once
 /// those whose text already has a vector from model $6. `scripts/bench/claim-finish.sql` runs
 /// the same statement as the pgbench ceiling; a test keeps the two in step.
@@ -167,7 +174,18 @@ impl PgQueue {
             .map_err(|_| QueueError::Unavailable(format!("timed out connecting to {}", url.redacted())))?
             .map_err(|e| QueueError::Unavailable(format!("cannot connect to {}: {e}", url.redacted())))?;
         let _ = conn.close().await;
+        let session = cfg.pool_mode == PoolMode::Session;
         let pool = PgPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if session {
+                        // See NO_JIT. Through a transaction pooler a session setting would leak
+                        // to other clients: there `begin_without_jit` sets it per transaction.
+                        sqlx::Executor::execute(&mut *conn, NO_JIT).await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(cfg.db_max_connections)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(10))
@@ -179,7 +197,7 @@ impl PgQueue {
             // LISTEN through a transaction pooler silently loses notifications: poll instead.
             (None, PoolMode::Transaction) => None,
         };
-        Ok(Self { pool, clock, persistent: cfg.pool_mode == PoolMode::Session, listen })
+        Ok(Self { pool, clock, persistent: session, listen })
     }
 
     fn q<'q>(&self, sql: &'q str) -> Query<'q> {
@@ -188,6 +206,17 @@ impl PgQueue {
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// A transaction for a statement whose estimate may cross `jit_above_cost` (see NO_JIT):
+    /// sessions of their own have JIT off already; behind a transaction pooler the setting is
+    /// made for this transaction only.
+    async fn begin_without_jit(&self) -> Result<Transaction<'static, Postgres>, QueueError> {
+        let mut tx = self.begin().await?;
+        if !self.persistent {
+            sqlx::query(NO_JIT_HERE).persistent(false).execute(&mut *tx).await?;
+        }
+        Ok(tx)
     }
 
     fn now(&self) -> Option<DateTime<Utc>> {
@@ -420,7 +449,7 @@ impl Queue for PgQueue {
         // An explicit transaction even for one statement: sqlx describes an unnamed statement in
         // one round trip and binds it in the next, and a transaction pooler may route those two
         // to different server connections unless a transaction pins them together.
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_without_jit().await?;
         let rows = self
             .q(CLAIM_SQL)
             .bind(self.now())
@@ -580,7 +609,7 @@ impl Queue for PgQueue {
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_without_jit().await?;
         let rows = self
             .q("SELECT state, (run_at <= COALESCE($1::timestamptz, now())) AS due, priority, count(*) AS n,
                     EXTRACT(EPOCH FROM (COALESCE($1::timestamptz, now()) - min(run_at)))::float8 AS age
