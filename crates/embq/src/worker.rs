@@ -1,7 +1,8 @@
 //! The worker: claim -> batch -> embed -> store, with heartbeats, lease rescue and drain.
 //!
-//! One claim loop fetches as many jobs as it has free batch slots, plus one batch
-//! ahead while there is a backlog (released unspent on shutdown). Each batch runs as its own task; a
+//! One claim loop fetches as many jobs as it has free batch slots (more while they come
+//! back unchanged, as those need no slot; any changed among them wait for a slot, and are
+//! released unspent on shutdown). Each batch runs as its own task; a
 //! maintenance task keeps leases alive, sweeps expired ones and refreshes gauges.
 //! Shutdown has two stages: the soft token (`Health::shutdown`) stops claiming, the
 //! hard token cancels in-flight provider calls, whose jobs are released unspent.
@@ -288,11 +289,6 @@ fn jittered(d: Duration) -> Duration {
 /// How often an idle draining worker asks whether the rest of the fleet has finished.
 const DRAIN_RECHECK: Duration = Duration::from_millis(50);
 
-/// Batches claimed ahead of a free slot while there is a backlog. Under load a claim is a commit
-/// queued behind other writers' (10-20 ms on PostgreSQL); holding one batch ahead lets a slot
-/// that frees start at once instead of waiting for that round trip.
-const PREFETCH_BATCHES: usize = 1;
-
 /// The most jobs one claim takes beyond its batches while claims come back mostly unchanged.
 /// Those jobs complete inside the claim and need no slot, so a re-enqueued backlog drains in
 /// fewer, larger round trips.
@@ -350,7 +346,6 @@ async fn claim_into(
     let soft = ctx.health.shutdown.clone();
     let base_batch = ctx.cfg.batch_size.get().min(ctx.provider.max_inputs()).max(1);
     let mut batch = base_batch;
-    let mut backlog = false;
     let mut extra = 0usize;
     let mut db_backoff = Duration::from_millis(100);
     // Liveness needs a tick even while every slot is busy or the queue is empty.
@@ -361,12 +356,9 @@ async fn claim_into(
             return;
         }
         start_held(ctx, tracker, slots, held);
-        // Free slots first; while there is a backlog, also keep batches ready for the next ones.
-        let ahead = if backlog { PREFETCH_BATCHES } else { 0 };
-        let wanted_batches = (slots.available_permits() + ahead).saturating_sub(held.len());
-        // Extra (mostly unchanged) jobs only while changed ones are not piling up in `held`.
-        let extra_now = if held.len() <= ahead { extra } else { 0 };
-        let want = wanted_batches * batch + extra_now;
+        // A batch per free slot; extra (mostly unchanged) jobs only while no changed ones wait.
+        let extra_now = if held.is_empty() { extra } else { 0 };
+        let want = slots.available_permits().saturating_sub(held.len()) * batch + extra_now;
         if !ctx.health.can_claim() || want == 0 {
             tokio::select! {
                 _ = ctx.slot_freed.notified() => {}
@@ -431,7 +423,7 @@ async fn claim_into(
             held.push_back(Held { lease: lease.clone(), jobs: chunk });
         }
         start_held(ctx, tracker, slots, held);
-        backlog = got == want;
+        let backlog = got == want;
         extra = if backlog && unchanged.len() * 2 >= got { (extra.max(batch) * 2).min(UNCHANGED_CLAIM_MAX) } else { 0 };
         // --- issue 3: ENABLE_BATCH_OPTIMIZATION grows batches toward the provider's cap while
         // claims come back full (a backlog), and returns to BATCH_SIZE when they do not.
