@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::ops::{layer_norm, softmax_last_dim};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use tokenizers::Tokenizer;
 
 use super::local_files::{self, MODEL_NAME};
@@ -74,9 +75,129 @@ impl CountTokens for LocalTokens {
     }
 }
 
+/// `x · Wᵀ + b` with `W` stored transposed (`[in, out]`, contiguous), so the matrix product
+/// reads the weights row by row.
+struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        Ok(Self { weight_t: weight.t()?.contiguous()?, bias })
+    }
+
+    fn load(vb: &VarBuilder, d_in: usize, d_out: usize) -> candle_core::Result<Self> {
+        Self::new(&vb.get((d_out, d_in), "weight")?, vb.get(d_out, "bias")?)
+    }
+
+    /// `x` is `[rows, in]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Self> {
+        Ok(Self { weight: vb.get(size, "weight")?, bias: vb.get(size, "bias")?, eps: eps as f32 })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// One BERT encoder layer. Query, key and value are one `[hidden, 3 × hidden]` product, and
+/// the query weights carry the attention scale `1/√head_dim`.
+struct Layer {
+    qkv: Linear,
+    out: Linear,
+    norm1: Norm,
+    up: Linear,
+    down: Linear,
+    norm2: Norm,
+}
+
+/// all-MiniLM-L6-v2's BERT encoder, written out over candle's fused CPU kernels (layer norm,
+/// last-dimension softmax) instead of `candle_transformers`' generic `BertModel`.
 struct Model {
-    bert: BertModel,
+    words: Tensor,
+    /// Position embeddings plus token type 0 (embq never sends a second segment).
+    positions: Tensor,
+    norm: Norm,
+    layers: Vec<Layer>,
+    heads: usize,
     device: Device,
+}
+
+impl Model {
+    fn load(vb: VarBuilder, c: &BertConfig) -> candle_core::Result<Self> {
+        if c.hidden_act != HiddenAct::Gelu || c.hidden_size % c.num_attention_heads != 0 {
+            candle_core::bail!("unsupported BERT config (hidden_act {:?})", c.hidden_act);
+        }
+        let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") { vb } else { vb.pp("bert") };
+        let (h, ff) = (c.hidden_size, c.intermediate_size);
+        let emb = vb.pp("embeddings");
+        let words = emb.get((c.vocab_size, h), "word_embeddings.weight")?;
+        let types = emb.get((c.type_vocab_size, h), "token_type_embeddings.weight")?;
+        let positions =
+            emb.get((c.max_position_embeddings, h), "position_embeddings.weight")?.broadcast_add(&types.get(0)?)?;
+        let norm = Norm::load(emb.pp("LayerNorm"), h, c.layer_norm_eps)?;
+        let scale = 1.0 / ((h / c.num_attention_heads) as f64).sqrt();
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let l = vb.pp(format!("encoder.layer.{i}"));
+            let att = l.pp("attention.self");
+            let part = |name: &str| -> candle_core::Result<(Tensor, Tensor)> {
+                Ok((att.get((h, h), &format!("{name}.weight"))?, att.get(h, &format!("{name}.bias"))?))
+            };
+            let (qw, qb) = part("query")?;
+            let (kw, kb) = part("key")?;
+            let (vw, vbias) = part("value")?;
+            let qkv =
+                Linear::new(&Tensor::cat(&[(qw * scale)?, kw, vw], 0)?, Tensor::cat(&[(qb * scale)?, kb, vbias], 0)?)?;
+            layers.push(Layer {
+                qkv,
+                out: Linear::load(&l.pp("attention.output.dense"), h, h)?,
+                norm1: Norm::load(l.pp("attention.output.LayerNorm"), h, c.layer_norm_eps)?,
+                up: Linear::load(&l.pp("intermediate.dense"), h, ff)?,
+                down: Linear::load(&l.pp("output.dense"), ff, h)?,
+                norm2: Norm::load(l.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
+            });
+        }
+        Ok(Self { words, positions, norm, layers, heads: c.num_attention_heads, device: vb.device().clone() })
+    }
+
+    /// `ids` is `[n, len]`; `mask_bias` (`[n, 1, 1, len]`, 0 or -inf-ish) is `None` when no
+    /// sequence is padded. Returns the last hidden layer as `[n, len, hidden]`.
+    fn encode(&self, ids: &Tensor, mask_bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (n, len) = ids.dims2()?;
+        let h = self.words.dim(1)?;
+        let (heads, hd) = (self.heads, h / self.heads);
+        let x = self.words.index_select(&ids.flatten_all()?, 0)?.reshape((n, len, h))?;
+        let x = x.broadcast_add(&self.positions.narrow(0, 0, len)?)?;
+        let mut x = self.norm.forward(&x)?.reshape((n * len, h))?;
+        for layer in &self.layers {
+            // [n·len, 3h] → [3, n, heads, len, hd] in one copy.
+            let qkv = layer.qkv.forward(&x)?.reshape((n, len, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            let mut scores = q.matmul(&k.t()?)?;
+            if let Some(bias) = mask_bias {
+                scores = scores.broadcast_add(bias)?;
+            }
+            let ctx = softmax_last_dim(&scores)?.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((n * len, h))?;
+            let a = layer.norm1.forward(&(layer.out.forward(&ctx)? + &x)?)?;
+            let up = layer.up.forward(&a)?.gelu_erf()?;
+            x = layer.norm2.forward(&(layer.down.forward(&up)? + &a)?)?;
+        }
+        x.reshape((n, len, h))
+    }
 }
 
 /// all-MiniLM-L6-v2 in process.
@@ -120,9 +241,9 @@ impl LocalProvider {
         let weights = read("model.safetensors")?;
         let vb =
             VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(err("model.safetensors"))?;
-        let bert = BertModel::load(vb, &config).map_err(err("model.safetensors"))?;
+        let model = Model::load(vb, &config).map_err(err("model.safetensors"))?;
         Ok(Self {
-            model: Arc::new(Mutex::new(Model { bert, device })),
+            model: Arc::new(Mutex::new(model)),
             tokens: Arc::new(LocalTokens(tokenizer)),
             dims: local_files::DIMENSIONS,
         })
@@ -145,20 +266,26 @@ impl LocalProvider {
 fn forward(model: &Model, ids: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>> {
     let n = ids.len();
     let len = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let padded = ids.iter().any(|s| s.len() != len);
     let mut flat = vec![0u32; n * len];
-    let mut mask = vec![0u32; n * len];
+    let mut mask = vec![0f32; n * len];
     for (i, seq) in ids.iter().enumerate() {
         flat[i * len..i * len + seq.len()].copy_from_slice(seq);
-        mask[i * len..i * len + seq.len()].fill(1);
+        mask[i * len..i * len + seq.len()].fill(1.0);
     }
     let input = Tensor::from_vec(flat, (n, len), &model.device)?;
     let mask = Tensor::from_vec(mask, (n, len), &model.device)?;
-    let types = input.zeros_like()?;
-    let hidden = model.bert.forward(&input, &types, Some(&mask))?;
-    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-    let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-    let counts = mask.sum(1)?.clamp(1e-9, f64::MAX)?;
-    let mean = summed.broadcast_div(&counts)?;
+    let mean = model.device.with_context(|| -> candle_core::Result<Tensor> {
+        if !padded {
+            // Every token is real: no attention mask, and the mean is a plain mean.
+            return model.encode(&input, None)?.mean(1);
+        }
+        let bias = mask.affine(f64::from(f32::MAX), -f64::from(f32::MAX))?.reshape((n, 1, 1, len))?;
+        let hidden = model.encode(&input, Some(&bias))?;
+        let weights = mask.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&weights)?.sum(1)?;
+        summed.broadcast_div(&weights.sum(1)?.clamp(1e-9, f64::MAX)?)
+    })?;
     let mut out: Vec<Vec<f32>> = mean.to_vec2()?;
     for v in &mut out {
         crate::vector::l2_normalize(v);
