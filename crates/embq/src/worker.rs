@@ -114,6 +114,9 @@ struct Ctx {
     rate: RateWindow,
     hard: CancellationToken,
     slot_freed: Notify,
+    /// When the last job this worker released unspent (throttled) becomes due again: a
+    /// draining worker is not idle before then, since those jobs were never attempted.
+    released_until: Mutex<Option<Instant>>,
     // --- issue 3 ---
     /// The provider's budget; `None` for providers that spend none (hash, local).
     limiter: Option<Arc<Limiter>>,
@@ -155,6 +158,7 @@ impl Worker {
             rate: RateWindow::default(),
             hard: CancellationToken::new(),
             slot_freed: Notify::new(),
+            released_until: Mutex::new(None),
             limiter,
             parked: Arc::default(),
         };
@@ -436,8 +440,8 @@ async fn claim_into(
             continue;
         }
         if drain_when_idle && got == 0 && ctx.health.inflight() == 0 {
-            // Retries due within one poll interval still count as work: the drain waits for them.
-            match ctx.queue.is_idle(ctx.cfg.poll_interval).await {
+            // Retries due soon and jobs released by a throttled provider still count as work.
+            match ctx.queue.is_idle(drain_horizon(ctx)).await {
                 Ok(true) => {
                     info!("queue drained; exiting");
                     return;
@@ -473,11 +477,36 @@ async fn process_batch(ctx: &Ctx, lease: &Lease, jobs: Vec<ClaimedJob>) {
         let todo: Vec<&ClaimedJob> = jobs.iter().collect();
         // Token-aware requests under the rate limit (issue 3).
         embed_jobs(ctx, provider, &todo, &mut outcomes).await;
+        hold_drain_for_releases(ctx, &outcomes);
         let report = finish_with_retry(ctx, lease, outcomes).await;
         record(ctx, &report, jobs.len(), started.elapsed());
     }
     .instrument(span)
     .await
+}
+
+/// Pushes the drain's horizon past the latest unspent release in `outcomes`.
+fn hold_drain_for_releases(ctx: &Ctx, outcomes: &[(i64, Outcome)]) {
+    let latest = outcomes
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Outcome::Released { after } => Some(*after),
+            _ => None,
+        })
+        .max();
+    if let Some(after) = latest {
+        let due = Instant::now() + after;
+        let mut until = ctx.released_until.lock().unwrap_or_else(|p| p.into_inner());
+        *until = Some(until.map_or(due, |u| u.max(due)));
+    }
+}
+
+/// How far ahead a draining worker counts ready jobs as work: retries due within one poll
+/// interval, and every job this worker released unspent.
+fn drain_horizon(ctx: &Ctx) -> Duration {
+    let until = *ctx.released_until.lock().unwrap_or_else(|p| p.into_inner());
+    let released = until.map_or(Duration::ZERO, |u| u.saturating_duration_since(Instant::now()));
+    ctx.cfg.poll_interval + released
 }
 
 fn classify_all(ctx: &Ctx, jobs: &[&ClaimedJob], err: &ProviderError, out: &mut Vec<(i64, Outcome)>) {

@@ -209,6 +209,22 @@ async fn a_429_releases_the_batch_without_spending_an_attempt() {
 }
 
 #[tokio::test]
+async fn a_draining_worker_waits_out_a_429s_retry_after() {
+    // The retry-after is ten poll intervals: the released jobs are not due when the drain
+    // next finds the queue empty, yet they were never attempted, so the drain must wait.
+    let mock = MockProvider::start(8).await;
+    mock.script([openai_error(429, "requests", "slow down", vec![("retry-after-ms", "500".into())])]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::openai_config(&dir, &mock.url, &[("BATCH_SIZE", "10")]);
+    let q = support::queue_with(&cfg, &support::jobs(5, |i| format!("text {i}"))).await;
+    let summary = support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(20)).await;
+    assert_eq!((summary.processed, summary.dead, summary.failed), (5, 0, 0));
+    assert_eq!(mock.count_status(429), 1);
+    let stats = q.stats().await.unwrap();
+    assert_eq!(stats.ready + stats.scheduled + stats.running, 0, "{stats:?}");
+}
+
+#[tokio::test]
 async fn a_too_large_request_is_split_until_it_fits() {
     let mock = MockProvider::start(8).await;
     // The server refuses more than 3 inputs per request, as TEI does past its batch size.

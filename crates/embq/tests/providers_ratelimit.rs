@@ -215,8 +215,9 @@ async fn without_a_shared_budget_four_workers_would_be_throttled() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = sqlite_cfg(&dir, &mock, RPM, TPM, 20);
     let d = drain_against(&mock, vec![cfg.clone(), cfg.clone(), cfg.clone(), cfg], 600).await;
-    assert_eq!(d.jobs, 600);
     assert!(d.throttled > 0, "{d:?}");
+    // Jobs released on a 429 wait for the retry-after; the draining workers wait with them.
+    check_complete(&d, 600);
 }
 
 /// The mock's server-side limiter in a benchmark run.
