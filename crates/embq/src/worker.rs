@@ -117,6 +117,8 @@ struct Ctx {
     /// When the last job this worker released unspent (throttled) becomes due again: a
     /// draining worker is not idle before then, since those jobs were never attempted.
     released_until: Mutex<Option<Instant>>,
+    /// Leases of the batches held or running; heartbeats extend only these.
+    live: Arc<LiveLeases>,
     // --- issue 3 ---
     /// The provider's budget; `None` for providers that spend none (hash, local).
     limiter: Option<Arc<Limiter>>,
@@ -159,6 +161,7 @@ impl Worker {
             hard: CancellationToken::new(),
             slot_freed: Notify::new(),
             released_until: Mutex::new(None),
+            live: Arc::default(),
             limiter,
             parked: Arc::default(),
         };
@@ -265,7 +268,7 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<bool, WorkerErro
     }
     ctx.health.set_db_ok(true);
     ctx.health.set_schema_ok(true);
-    if let Err(e) = ctx.queue.heartbeat(&worker_info(ctx, "running"), ctx.cfg.lease_duration()).await {
+    if let Err(e) = ctx.queue.heartbeat(&worker_info(ctx, "running"), &[], ctx.cfg.lease_duration()).await {
         warn!(error = %e, "first heartbeat failed");
     }
     ctx.health.set_started();
@@ -302,6 +305,45 @@ const UNCHANGED_CLAIM_MAX: usize = 2_000;
 struct Held {
     lease: Lease,
     jobs: Vec<ClaimedJob>,
+    /// Keeps the lease heartbeated until the batch is recorded (or given up).
+    live: LiveLease,
+}
+
+/// Lease tokens of the batches this worker is still working on, counted per batch.
+///
+/// A batch whose results could not be recorded drops out, so its jobs' leases lapse and
+/// another worker rescues them, instead of this worker's heartbeats keeping them forever.
+#[derive(Debug, Default)]
+struct LiveLeases(Mutex<std::collections::HashMap<String, usize>>);
+
+impl LiveLeases {
+    fn hold(self: &Arc<Self>, token: &str) -> LiveLease {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()).entry(token.to_string()).or_default() += 1;
+        LiveLease { set: self.clone(), token: token.to_string() }
+    }
+
+    fn tokens(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+}
+
+/// One batch's hold on its lease; released when dropped.
+#[derive(Debug)]
+struct LiveLease {
+    set: Arc<LiveLeases>,
+    token: String,
+}
+
+impl Drop for LiveLease {
+    fn drop(&mut self) {
+        let mut m = self.set.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.token);
+            }
+        }
+    }
 }
 
 /// Fetches work while there are free slots; returns when told to stop or, in drain mode, when idle.
@@ -318,6 +360,7 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
             let report = finish_with_retry(&ctx2, &h.lease, outcomes).await;
             count_outcomes(&ctx2, &report);
             ctx2.health.add_inflight(-n);
+            drop(h.live);
         });
     }
 }
@@ -326,11 +369,12 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
 fn start_held(ctx: &Arc<Ctx>, tracker: &TaskTracker, slots: &Arc<Semaphore>, held: &mut VecDeque<Held>) {
     while !held.is_empty() {
         let Ok(permit) = slots.clone().try_acquire_owned() else { return };
-        let Some(Held { lease, jobs }) = held.pop_front() else { return };
+        let Some(Held { lease, jobs, live }) = held.pop_front() else { return };
         let ctx2 = ctx.clone();
         tracker.spawn(async move {
             let n = jobs.len() as i64;
             process_batch(&ctx2, &lease, jobs).await;
+            drop(live);
             ctx2.health.add_inflight(-n);
             drop(permit);
             ctx2.slot_freed.notify_one();
@@ -424,7 +468,7 @@ async fn claim_into(
             if chunk.is_empty() {
                 break;
             }
-            held.push_back(Held { lease: lease.clone(), jobs: chunk });
+            held.push_back(Held { lease: lease.clone(), jobs: chunk, live: ctx.live.hold(&lease.token) });
         }
         start_held(ctx, tracker, slots, held);
         let backlog = got == want;
@@ -541,11 +585,10 @@ fn count_request(ctx: &Ctx, provider: &'static str, status_class: &'static str) 
 
 /// Writes outcomes, retrying while the database is unreachable.
 ///
-/// An outage never abandons a batch: its jobs stay leased to this worker, and its heartbeats
-/// would go on extending those leases, keeping them from every other worker. So the results
-/// wait for the database to come back; if the lease was lost meanwhile, the finish reports them
-/// stale. Only a hard stop gives up during an outage; the jobs are then rescued once this
-/// worker's leases expire. Other errors give up when the lease would have run out.
+/// An outage does not abandon a batch: the results wait for the database to come back, and if
+/// the lease was lost meanwhile the finish reports them stale. Only a hard stop gives up during
+/// an outage; other errors give up when the lease would have run out. A batch given up stops
+/// being heartbeated, so its jobs' leases lapse and another worker rescues them.
 async fn finish_with_retry(ctx: &Ctx, lease: &Lease, outcomes: Vec<(i64, Outcome)>) -> FinishReport {
     let deadline = Instant::now() + ctx.cfg.lease_duration();
     let mut delay = Duration::from_millis(50);
@@ -643,7 +686,8 @@ async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Gua
             _ = stop.cancelled() => return,
             _ = heartbeat.tick() => {
                 let state = if ctx.health.draining() { "draining" } else { "running" };
-                match ctx.queue.heartbeat(&worker_info(&ctx, state), ctx.cfg.lease_duration()).await {
+                let leases = ctx.live.tokens();
+                match ctx.queue.heartbeat(&worker_info(&ctx, state), &leases, ctx.cfg.lease_duration()).await {
                     Ok(_) => ctx.health.set_db_ok(true),
                     Err(e) => {
                         ctx.health.set_db_ok(false);

@@ -134,17 +134,26 @@ async fn expired_lease_is_claimed_again(s: Store) {
 }
 
 async fn heartbeat_keeps_a_lease_alive(s: Store) {
-    s.q.enqueue(&[job("1", "t", 0)], &no_progress).await.unwrap();
-    let a = lease("alive");
-    s.q.claim(5, &a, Duration::from_secs(10), MODEL).await.unwrap();
+    s.q.enqueue(&[job("1", "t", 0), job("2", "t", 0)], &no_progress).await.unwrap();
+    let (kept, dropped) = (lease("alive"), lease("alive"));
+    s.q.claim(1, &kept, Duration::from_secs(10), MODEL).await.unwrap();
+    let abandoned = s.q.claim(1, &dropped, Duration::from_secs(10), MODEL).await.unwrap();
     for _ in 0..5 {
         s.clock.advance(Duration::from_secs(8));
-        assert_eq!(s.q.heartbeat(&worker("alive"), Duration::from_secs(10)).await.unwrap(), 1);
-        assert_eq!(s.q.rescue_expired(5).await.unwrap().requeued, 0);
+        // Only the lease the worker still names is extended; the other lapses.
+        let extended =
+            s.q.heartbeat(&worker("alive"), std::slice::from_ref(&kept.token), Duration::from_secs(10)).await.unwrap();
+        assert_eq!(extended, 1);
+        let rescued = s.q.rescue_expired(5).await.unwrap().requeued;
+        assert!(rescued <= 1);
     }
+    let again = s.q.claim(5, &lease("other"), LEASE, MODEL).await.unwrap();
+    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), vec![abandoned[0].id], "the lapsed lease was rescued");
     let workers = s.q.workers().await.unwrap();
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0].id, "alive");
+    // A heartbeat naming no lease still refreshes the worker's row.
+    assert_eq!(s.q.heartbeat(&worker("alive"), &[], Duration::from_secs(10)).await.unwrap(), 0);
 }
 
 async fn stale_lease_finish_is_rejected(s: Store) {

@@ -12,7 +12,10 @@ use embq::config::ProviderKind;
 use embq::health::Health;
 use embq::metrics::Metrics;
 use embq::provider::{Embedded, Provider, ProviderError};
-use embq::queue::{no_progress, Clock, Queue};
+use embq::queue::{
+    no_progress, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener, Lease, NewJob,
+    Outcome, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+};
 use embq::worker::Worker;
 
 /// Decides, from the call number and the texts, whether a call fails.
@@ -181,4 +184,88 @@ async fn wrong_dimensions_are_never_stored() {
     assert!(q.embeddings("bad", 10).await.unwrap().is_empty());
     let dead = q.dead_jobs(5).await.unwrap();
     assert!(dead[0].last_error.as_deref().unwrap_or("").contains("invalid response"), "{dead:?}");
+}
+
+/// A store whose first `finish` is refused as invalid; everything else reaches the real store.
+struct RefusesOneFinish {
+    inner: Arc<dyn Queue>,
+    refused: AtomicUsize,
+}
+
+#[async_trait]
+impl Queue for RefusesOneFinish {
+    async fn migrate(&self) -> Result<i32, QueueError> {
+        self.inner.migrate().await
+    }
+    async fn check_schema(&self) -> Result<(), QueueError> {
+        self.inner.check_schema().await
+    }
+    async fn ping(&self) -> Result<(), QueueError> {
+        self.inner.ping().await
+    }
+    async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError> {
+        self.inner.enqueue(jobs, progress).await
+    }
+    async fn claim(
+        &self,
+        limit: usize,
+        lease: &Lease,
+        d: Duration,
+        model: &str,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        self.inner.claim(limit, lease, d, model).await
+    }
+    async fn finish(&self, lease: &Lease, model: &str, o: &[(i64, Outcome)]) -> Result<FinishReport, QueueError> {
+        if self.refused.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(QueueError::Invalid("refused on purpose".into()));
+        }
+        self.inner.finish(lease, model, o).await
+    }
+    async fn heartbeat(&self, w: &WorkerInfo, leases: &[String], d: Duration) -> Result<u64, QueueError> {
+        self.inner.heartbeat(w, leases, d).await
+    }
+    async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError> {
+        self.inner.rescue_expired(max_attempts).await
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.stats().await
+    }
+    async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
+        self.inner.is_idle(within).await
+    }
+    async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError> {
+        self.inner.dead_jobs(limit).await
+    }
+    async fn retry_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
+        self.inner.retry_dead(which).await
+    }
+    async fn purge_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
+        self.inner.purge_dead(which).await
+    }
+    async fn worker_stopped(&self, w: &WorkerInfo) -> Result<(), QueueError> {
+        self.inner.worker_stopped(w).await
+    }
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
+        self.inner.workers().await
+    }
+    async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
+        self.inner.embeddings(model, limit).await
+    }
+    async fn listener(&self) -> Option<Box<dyn JobListener>> {
+        self.inner.listener().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_results_were_refused_is_rescued_while_its_worker_lives() {
+    // The worker gives that batch up; its heartbeats must stop extending the batch's leases,
+    // or the jobs would stay "running" for as long as the worker lives (and a drain never ends).
+    let (inner, url, _d) = setup(4).await;
+    let q: Arc<dyn Queue> = Arc::new(RefusesOneFinish { inner: inner.clone(), refused: AtomicUsize::new(0) });
+    let p = Arc::new(Scripted { calls: AtomicUsize::new(0), script: Box::new(|_, _| Ok(())) });
+    let s = drain(&url, q, p.clone(), &[("HEARTBEAT_INTERVAL", "200ms")]).await;
+    assert_eq!((s.processed, s.dead), (4, 0));
+    assert_eq!(p.calls.load(Ordering::SeqCst), 2, "embedded once, refused, rescued and embedded again");
+    let stats = inner.stats().await.unwrap();
+    assert_eq!((stats.done, stats.running, stats.ready), (4, 0, 0), "{stats:?}");
 }

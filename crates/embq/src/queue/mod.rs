@@ -383,8 +383,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Applies outcomes in one transaction, only to jobs still leased under `lease`.
     async fn finish(&self, lease: &Lease, model: &str, outcomes: &[(i64, Outcome)])
         -> Result<FinishReport, QueueError>;
-    /// Extends every lease held by `worker` and refreshes its row.
-    async fn heartbeat(&self, worker: &WorkerInfo, duration: Duration) -> Result<u64, QueueError>;
+    /// Extends the running jobs `worker` holds under one of `leases` (tokens of the batches it
+    /// is still working on) and refreshes its row; a lease left out lapses and is rescued.
+    async fn heartbeat(&self, worker: &WorkerInfo, leases: &[String], duration: Duration) -> Result<u64, QueueError>;
     /// Returns jobs whose lease expired to ready (or dead after their last attempt).
     async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError>;
     /// Counts jobs by state.

@@ -540,14 +540,15 @@ impl Queue for PgQueue {
         Ok(report)
     }
 
-    async fn heartbeat(&self, w: &WorkerInfo, duration: Duration) -> Result<u64, QueueError> {
+    async fn heartbeat(&self, w: &WorkerInfo, leases: &[String], duration: Duration) -> Result<u64, QueueError> {
         let mut tx = self.begin().await?;
         let r = self
             .q("UPDATE embq.jobs SET lease_expires_at = COALESCE($1::timestamptz, now()) + make_interval(secs => $2)
-                WHERE state = 'running' AND lease_owner = $3")
+                WHERE state = 'running' AND lease_owner = $3 AND lease_token = ANY($4::text[])")
             .bind(self.now())
             .bind(duration.as_secs_f64())
             .bind(w.id.clone())
+            .bind(leases.to_vec())
             .execute(&mut *tx)
             .await?;
         self.q("INSERT INTO embq.workers AS w

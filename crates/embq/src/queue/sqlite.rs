@@ -381,14 +381,19 @@ impl Queue for SqliteQueue {
         Ok(report)
     }
 
-    async fn heartbeat(&self, w: &WorkerInfo, duration: Duration) -> Result<u64, QueueError> {
+    async fn heartbeat(&self, w: &WorkerInfo, leases: &[String], duration: Duration) -> Result<u64, QueueError> {
         let now = self.now_ms();
+        let tokens = serde_json::to_string(leases).map_err(|e| QueueError::Invalid(e.to_string()))?;
         let mut tx = self.begin().await?;
-        let r = sqlx::query("UPDATE jobs SET lease_expires_at = ?1 WHERE state = 'running' AND lease_owner = ?2")
-            .bind(now.saturating_add(ms(duration)))
-            .bind(&w.id)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ?1
+             WHERE state = 'running' AND lease_owner = ?2 AND lease_token IN (SELECT value FROM json_each(?3))",
+        )
+        .bind(now.saturating_add(ms(duration)))
+        .bind(&w.id)
+        .bind(tokens)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO workers (id, host, pid, version, started_at, last_heartbeat_at, in_flight, processed,
                                   failed, state)
