@@ -320,6 +320,42 @@ async fn unchanged_text_needs_no_provider_call(s: Store) {
     assert!(!s.q.claim(5, &l, LEASE, "other-model").await.unwrap()[0].unchanged);
 }
 
+async fn a_text_reverted_while_an_older_job_runs_is_embedded_again(s: Store) {
+    // v1 is stored; v2 starts running; the text goes back to v1 before v2 finishes. The new
+    // job's text matches the stored vector, yet it must not be completed as unchanged: v2's
+    // vector lands afterwards, and v1 (the newest text) must be what stays stored.
+    for older_finishes_first in [true, false] {
+        let key = if older_finishes_first { "a" } else { "b" };
+        s.q.enqueue(&[job(key, "v1", 0)], &no_progress).await.unwrap();
+        let l = lease("w");
+        let j = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
+        s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
+        s.q.enqueue(&[job(key, "v2", 0)], &no_progress).await.unwrap();
+        let (slow, fast) = (lease("slow"), lease("fast"));
+        let v2 = s.q.claim(1, &slow, LEASE, MODEL).await.unwrap();
+        s.q.enqueue(&[job(key, "v1", 0)], &no_progress).await.unwrap();
+        let v1 = s.q.claim(1, &fast, LEASE, MODEL).await.unwrap();
+        assert!(!v1[0].unchanged, "an older job for the key is still running");
+        let (out_v2, out_v1) = ([(v2[0].id, Outcome::Done(vec3(2.0)))], [(v1[0].id, Outcome::Done(vec3(1.0)))]);
+        let finish_v2 = || s.q.finish(&slow, MODEL, &out_v2);
+        let finish_v1 = || s.q.finish(&fast, MODEL, &out_v1);
+        if older_finishes_first {
+            assert_eq!(finish_v2().await.unwrap().stored, 1);
+            assert_eq!(finish_v1().await.unwrap().stored, 1);
+        } else {
+            assert_eq!(finish_v1().await.unwrap().stored, 1);
+            // The older job completes, but its vector does not replace the newer one.
+            assert_eq!(finish_v2().await.unwrap().stored, 1);
+        }
+        let stored = s.q.embeddings(MODEL, 100).await.unwrap();
+        let e = stored.iter().find(|e| e.source_id == key).unwrap();
+        assert_eq!(e.vector, vec3(1.0), "older job finished first: {older_finishes_first}");
+        // With nothing older running, the same text is unchanged again.
+        s.q.enqueue(&[job(key, "v1", 0)], &no_progress).await.unwrap();
+        assert!(s.q.claim(1, &lease("w"), LEASE, MODEL).await.unwrap()[0].unchanged);
+    }
+}
+
 async fn stats_and_idle_reflect_the_queue(s: Store) {
     assert!(s.q.is_idle(Duration::ZERO).await.unwrap());
     s.q.enqueue(&[job("1", "a", 2), job("2", "b", 0), job("3", "c", 0)], &no_progress).await.unwrap();
@@ -438,6 +474,7 @@ conformance!(
     reenqueue_replaces_a_pending_job,
     requeue_behind_a_newer_pending_job_is_superseded,
     unchanged_text_needs_no_provider_call,
+    a_text_reverted_while_an_older_job_runs_is_embedded_again,
     stats_and_idle_reflect_the_queue,
     invalid_jobs_are_refused_whole,
     a_batch_of_vectors_round_trips_bit_for_bit,

@@ -59,7 +59,12 @@ const CLAIM_SQL: &str = "WITH picked AS (
         SELECT p.id, EXISTS (SELECT 1 FROM embq.embeddings e
                 WHERE e.source_type = j.source_type AND e.source_id = j.source_id
                   AND e.content_type = j.content_type AND e.model = $6
-                  AND e.text_sha256 = j.text_sha256) AS unchanged
+                  AND e.text_sha256 = j.text_sha256)
+            -- An older job for the key still running stores its text's vector later: this one
+            -- is then embedded, so the newest text's vector wins (its job id is higher).
+            AND NOT EXISTS (SELECT 1 FROM embq.jobs r
+                WHERE r.source_type = j.source_type AND r.source_id = j.source_id
+                  AND r.content_type = j.content_type AND r.state = 'running' AND r.id < j.id) AS unchanged
         FROM picked p JOIN embq.jobs j ON j.id = p.id
     )
     -- Unchanged jobs are done right here: one row version and no second round trip.

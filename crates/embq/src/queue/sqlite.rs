@@ -240,7 +240,13 @@ impl Queue for SqliteQueue {
                  EXISTS (SELECT 1 FROM embeddings e
                          WHERE e.source_type = jobs.source_type AND e.source_id = jobs.source_id
                            AND e.content_type = jobs.content_type AND e.model = ?6
-                           AND e.text_sha256 = jobs.text_sha256) AS unchanged",
+                           AND e.text_sha256 = jobs.text_sha256)
+                 -- An older job for the key still running stores its text's vector later: this
+                 -- one is then embedded, so the newest text's vector wins (its job id is higher).
+                 AND NOT EXISTS (SELECT 1 FROM jobs r
+                         WHERE r.source_type = jobs.source_type AND r.source_id = jobs.source_id
+                           AND r.content_type = jobs.content_type AND r.state = 'running'
+                           AND r.id < jobs.id) AS unchanged",
         )
         .bind(&lease.owner)
         .bind(&lease.token)
@@ -250,21 +256,23 @@ impl Queue for SqliteQueue {
         .bind(model)
         .fetch_all(&mut *tx)
         .await?;
-        // Unchanged jobs are done right here, in the same write transaction (so the embeddings
-        // the claim compared against cannot change in between): no finish round trip for them.
-        if rows.iter().any(|r| r.try_get("unchanged").unwrap_or(false)) {
+        // Unchanged jobs are done right here, in the same write transaction (so nothing the
+        // claim compared against can change in between): no finish round trip for them.
+        let unchanged: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.try_get("unchanged").unwrap_or(false))
+            .filter_map(|r| r.try_get("id").ok())
+            .collect();
+        if !unchanged.is_empty() {
+            let ids = serde_json::to_string(&unchanged).map_err(|e| QueueError::Invalid(e.to_string()))?;
             sqlx::query(
                 "UPDATE jobs SET state = 'done', finished_at = ?1, updated_at = ?1, last_error = NULL,
                      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-                 WHERE lease_token = ?2 AND state = 'running'
-                   AND EXISTS (SELECT 1 FROM embeddings e
-                               WHERE e.source_type = jobs.source_type AND e.source_id = jobs.source_id
-                                 AND e.content_type = jobs.content_type AND e.model = ?3
-                                 AND e.text_sha256 = jobs.text_sha256)",
+                 WHERE lease_token = ?2 AND state = 'running' AND id IN (SELECT value FROM json_each(?3))",
             )
             .bind(now)
             .bind(&lease.token)
-            .bind(model)
+            .bind(ids)
             .execute(&mut *tx)
             .await?;
         }
