@@ -94,7 +94,7 @@ impl Rates {
     }
 
     /// The capacities a report implies, (requests, tokens).
-    fn capacities(&self, r: &Report) -> (Option<f64>, Option<f64>) {
+    fn capacities(&self, r: &RateSignals) -> (Option<f64>, Option<f64>) {
         (
             Self::capacity(r.remaining_requests, r.reset_requests, self.requests_per_sec, self.requests_per_window),
             Self::capacity(r.remaining_tokens, r.reset_tokens, self.tokens_per_sec, self.tokens_per_window),
@@ -193,39 +193,6 @@ impl Ledger {
             }
         }
         Rates::WINDOW_SECONDS
-    }
-}
-
-/// What one response said about the provider's budgets.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Report {
-    /// `x-ratelimit-remaining-requests`.
-    pub remaining_requests: Option<u64>,
-    /// `x-ratelimit-reset-requests`: until the request budget is whole again.
-    pub reset_requests: Option<Duration>,
-    /// `x-ratelimit-remaining-tokens`.
-    pub remaining_tokens: Option<u64>,
-    /// `x-ratelimit-reset-tokens`.
-    pub reset_tokens: Option<Duration>,
-    /// Nothing may be sent for this long (`Retry-After`, or a spent budget's reset).
-    pub pause: Option<Duration>,
-}
-
-impl Report {
-    /// The report of one response's signals.
-    pub fn from_signals(s: &RateSignals) -> Self {
-        let exhausted = [(s.remaining_requests, s.reset_requests), (s.remaining_tokens, s.reset_tokens)]
-            .into_iter()
-            .filter_map(|(left, reset)| if left == Some(0) { reset } else { None })
-            .max();
-        let pause = s.retry_after.into_iter().chain(exhausted).max().filter(|d| !d.is_zero());
-        Self {
-            remaining_requests: s.remaining_requests,
-            reset_requests: s.reset_requests,
-            remaining_tokens: s.remaining_tokens,
-            reset_tokens: s.reset_tokens,
-            pause,
-        }
     }
 }
 
@@ -330,11 +297,11 @@ impl BudgetState {
 
     /// Applies one response's report: learns the capacities, caps the levels at what is left,
     /// pauses. True if the budget grew.
-    pub fn report(&mut self, now: f64, r: &Report) -> bool {
+    pub fn report(&mut self, now: f64, r: &RateSignals) -> bool {
         let (req_cap, tok_cap) = self.rates.capacities(r);
         let grew = self.learn(now, req_cap, tok_cap);
         self.clamp(now, r.remaining_requests.map(|v| v as f64), r.remaining_tokens.map(|v| v as f64));
-        if let Some(p) = r.pause {
+        if let Some(p) = r.pause() {
             self.pause(now, p.as_secs_f64());
         }
         grew
@@ -380,11 +347,11 @@ pub trait Budget: Send + Sync + 'static {
     async fn clamp(&self, remaining_requests: Option<u64>, remaining_tokens: Option<u64>) -> Result<(), LimiterError>;
     /// Applies one response's report (learn, clamp, pause); true if the budget grew.
     /// By default it only clamps and pauses.
-    async fn report(&self, r: &Report) -> Result<bool, LimiterError> {
+    async fn report(&self, r: &RateSignals) -> Result<bool, LimiterError> {
         if r.remaining_requests.is_some() || r.remaining_tokens.is_some() {
             self.clamp(r.remaining_requests, r.remaining_tokens).await?;
         }
-        if let Some(p) = r.pause {
+        if let Some(p) = r.pause() {
             self.pause(p).await?;
         }
         Ok(false)
@@ -434,7 +401,7 @@ impl Budget for LocalBudget {
         self.with(|s, now| s.clamp(now, req.map(|r| r as f64), tok.map(|t| t as f64)));
         Ok(())
     }
-    async fn report(&self, r: &Report) -> Result<bool, LimiterError> {
+    async fn report(&self, r: &RateSignals) -> Result<bool, LimiterError> {
         Ok(self.with(|s, now| s.report(now, r)))
     }
 }
@@ -494,7 +461,7 @@ impl PgBudget {
     /// One call of `embq.rate_budget_adjust`: a token correction, a report (capacities,
     /// remaining budgets, pause), as [`BudgetState::correct`] and [`BudgetState::report`] do.
     /// True if a learned capacity grew the budget.
-    async fn adjust(&self, delta: f64, r: &Report) -> Result<bool, LimiterError> {
+    async fn adjust(&self, delta: f64, r: &RateSignals) -> Result<bool, LimiterError> {
         if self.degraded() {
             return Ok(self.fallback.with(|s, now| {
                 s.correct(now, delta);
@@ -510,7 +477,7 @@ impl PgBudget {
         .persistent(false)
         .bind(&self.key)
         .bind(delta)
-        .bind(r.pause.map(|p| p.as_secs_f64()))
+        .bind(r.pause().map(|p| p.as_secs_f64()))
         .bind(r.remaining_requests.map(|v| v as f64))
         .bind(r.remaining_tokens.map(|v| v as f64))
         .bind(req_capacity)
@@ -552,16 +519,16 @@ impl Budget for PgBudget {
         Ok(if wait <= 0.0 { Grant::Granted } else { Grant::Wait(Duration::from_secs_f64(wait.min(3600.0))) })
     }
     async fn correct(&self, delta: i64) -> Result<(), LimiterError> {
-        self.adjust(delta as f64, &Report::default()).await.map(drop)
+        self.adjust(delta as f64, &RateSignals::default()).await.map(drop)
     }
     async fn pause(&self, d: Duration) -> Result<(), LimiterError> {
-        self.adjust(0.0, &Report { pause: Some(d), ..Report::default() }).await.map(drop)
+        self.adjust(0.0, &RateSignals { retry_after: Some(d), ..RateSignals::default() }).await.map(drop)
     }
     async fn clamp(&self, req: Option<u64>, tok: Option<u64>) -> Result<(), LimiterError> {
-        let r = Report { remaining_requests: req, remaining_tokens: tok, ..Report::default() };
+        let r = RateSignals { remaining_requests: req, remaining_tokens: tok, ..RateSignals::default() };
         self.adjust(0.0, &r).await.map(drop)
     }
-    async fn report(&self, r: &Report) -> Result<bool, LimiterError> {
+    async fn report(&self, r: &RateSignals) -> Result<bool, LimiterError> {
         self.adjust(0.0, r).await
     }
 }
@@ -661,7 +628,7 @@ impl Limiter {
 
     /// Applies the signals of one response.
     pub async fn apply(&self, s: &RateSignals) {
-        match self.budget.report(&Report::from_signals(s)).await {
+        match self.budget.report(s).await {
             Ok(true) => self.grew.notify_waiters(),
             Ok(false) => {}
             Err(e) => debug!(error = %e, "provider rate signals not applied"),
@@ -676,7 +643,7 @@ pub struct LimiterSink(pub Arc<Limiter>);
 impl SignalSink for LimiterSink {
     fn observe(&self, signals: &RateSignals) {
         let limiter = self.0.clone();
-        let signals = signals.clone();
+        let signals = *signals;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move { limiter.apply(&signals).await });
         }
@@ -829,13 +796,13 @@ mod tests {
     }
 
     /// The headers of a response from a provider that held `cap` when whole and has `left`.
-    fn report(left: u64, reset_secs: f64) -> Report {
-        Report {
+    fn report(left: u64, reset_secs: f64) -> RateSignals {
+        RateSignals {
             remaining_requests: None,
             reset_requests: None,
             remaining_tokens: Some(left),
             reset_tokens: Some(Duration::from_secs_f64(reset_secs)),
-            pause: None,
+            retry_after: None,
         }
     }
 
@@ -845,7 +812,7 @@ mod tests {
         // 599 requests and 59,500 tokens left, budget comes back in 60 s.
         let mut s = BudgetState::new(rates(), 0.0);
         assert_eq!(s.try_take(0.5, 500.0), Ok(()));
-        let whole = Report {
+        let whole = RateSignals {
             remaining_requests: Some(599),
             reset_requests: Some(Duration::from_secs(60)),
             ..report(59_500, 60.0)
@@ -877,7 +844,7 @@ mod tests {
         let mut s = BudgetState::new(rates(), 0.0);
         s.report(
             0.0,
-            &Report {
+            &RateSignals {
                 remaining_requests: Some(600),
                 reset_requests: Some(Duration::from_secs(60)),
                 ..report(60_000, 60.0)
@@ -909,7 +876,7 @@ mod tests {
         assert_eq!(s.levels(2.0).1, 100.0);
         // Without a reset nothing is learnt.
         let mut s = BudgetState::new(rates(), 0.0);
-        assert!(!s.report(1.0, &Report { remaining_tokens: Some(50_000), ..Report::default() }));
+        assert!(!s.report(1.0, &RateSignals { remaining_tokens: Some(50_000), ..RateSignals::default() }));
         assert_eq!(s.caps(), (10.0, 1_000.0));
     }
 
@@ -1027,12 +994,12 @@ mod tests {
         ) {
             let rates = Rates::per_minute(rpm, tpm);
             let mut s = BudgetState::new(rates, 0.0);
-            let whole = Report {
+            let whole = RateSignals {
                 remaining_requests: Some(u64::from(rpm)),
                 reset_requests: Some(Duration::from_secs(60)),
                 remaining_tokens: Some(u64::from(tpm)),
                 reset_tokens: Some(Duration::from_secs(60)),
-                pause: None,
+                retry_after: None,
             };
             s.report(0.0, &whole);
             let mut now = 0.0f64;

@@ -170,7 +170,7 @@ struct Recorder(Mutex<Vec<RateSignals>>);
 
 impl SignalSink for Recorder {
     fn observe(&self, s: &RateSignals) {
-        self.0.lock().unwrap().push(s.clone());
+        self.0.lock().unwrap().push(*s);
     }
 }
 

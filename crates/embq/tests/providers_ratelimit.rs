@@ -407,19 +407,20 @@ async fn fleet_budgets_are_shared_by_key_and_start_empty() {
 
 #[tokio::test]
 async fn fleet_budgets_share_what_they_learn_and_keep_a_rolling_window() {
-    use embq::limiter::{Budget, Grant, PgBudget, Rates, Report};
+    use embq::limiter::{Budget, Grant, PgBudget, Rates};
+    use embq::provider::RateSignals;
     let url = fresh_pg_db().await;
     apply_rate_budget_migration(&url).await;
     // 6,000 RPM and 600 TPM: ten tokens a second, 600 in any minute.
     let rates = Rates::per_minute(6000, 600);
     let a = PgBudget::connect(&url, "openai:m:shared".into(), rates).unwrap();
     let b = PgBudget::connect(&url, "openai:m:shared".into(), rates).unwrap();
-    let whole = Report {
+    let whole = RateSignals {
         remaining_requests: Some(6000),
         reset_requests: Some(Duration::from_secs(60)),
         remaining_tokens: Some(600),
         reset_tokens: Some(Duration::from_secs(60)),
-        pause: None,
+        retry_after: None,
     };
     // Pod a hears that the provider has a whole minute left...
     assert!(a.report(&whole).await.unwrap());

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::ProviderError;
 
 /// Rate-limit state a provider reported with a response.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RateSignals {
     /// `Retry-After` / `retry-after-ms`, or Gemini's `RetryInfo.retryDelay`.
     pub retry_after: Option<Duration>,
@@ -32,6 +32,15 @@ impl RateSignals {
     /// True when the response carried no signal at all.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+
+    /// How long nothing may be sent: `Retry-After`, or the reset of a budget with none left.
+    pub fn pause(&self) -> Option<Duration> {
+        let exhausted = [(self.remaining_requests, self.reset_requests), (self.remaining_tokens, self.reset_tokens)]
+            .into_iter()
+            .filter_map(|(left, reset)| if left == Some(0) { reset } else { None })
+            .max();
+        self.retry_after.into_iter().chain(exhausted).max().filter(|d| !d.is_zero())
     }
 }
 
