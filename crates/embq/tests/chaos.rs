@@ -1,7 +1,7 @@
 //! Chaos runs, bounded in time: workers killed at random while draining, and PostgreSQL
 //! stopped and restarted under load. Nothing may be lost, duplicated or dead-lettered.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -37,8 +37,8 @@ fn prepare(url: &str, n: usize) {
     assert!(embq(url, &[]).arg("enqueue").arg(f.path()).status().unwrap().success());
 }
 
-fn spawn_worker(url: &str, health: u16) -> common::Reaper {
-    common::Reaper(
+fn spawn_worker(url: &str, health: u16) -> support::Reaper {
+    support::Reaper(
         embq(url, &[("HEALTH_PORT", &health.to_string()), ("METRICS_PORT", "0")])
             .arg("worker")
             .spawn()
@@ -69,10 +69,10 @@ async fn assert_exactly_once(url: &str, n: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_while_four_workers_drain_lose_nothing() {
-    let url = common::fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     let n = 20_000;
     prepare(&url, n);
-    let mut workers: Vec<common::Reaper> = (0..4).map(|_| spawn_worker(&url, 0)).collect();
+    let mut workers: Vec<support::Reaper> = (0..4).map(|_| spawn_worker(&url, 0)).collect();
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut kills = 0;
     let mut rng = rand::thread_rng();
@@ -103,19 +103,19 @@ async fn random_sigkills_while_four_workers_drain_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_run_loses_nothing_and_no_worker_exits() {
-    let pg = common::PrivatePg::start();
+    let pg = support::pg::PrivatePg::start();
     let url = pg.url();
     let n = 20_000;
     prepare(&url, n);
-    let ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    let mut workers: Vec<common::Reaper> = ports.iter().map(|p| spawn_worker(&url, *p)).collect();
-    common::wait_until(Duration::from_secs(60), "a quarter of the jobs done", || async {
+    let ports: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+    let mut workers: Vec<support::Reaper> = ports.iter().map(|p| spawn_worker(&url, *p)).collect();
+    support::wait_until(Duration::from_secs(60), "a quarter of the jobs done", || async {
         done_count(&url).await.unwrap_or(0) >= (n / 4) as i64
     })
     .await;
     pg.stop();
     let ready = format!("http://127.0.0.1:{}/ready", ports[0]);
-    common::wait_until(Duration::from_secs(30), "readiness reports the outage", || async {
+    support::wait_until(Duration::from_secs(30), "readiness reports the outage", || async {
         matches!(reqwest::get(&ready).await, Ok(r) if r.status().as_u16() == 503)
     })
     .await;
@@ -126,14 +126,14 @@ async fn postgres_restart_mid_run_loses_nothing_and_no_worker_exits() {
         assert!(matches!(w.try_wait(), Ok(None)), "no worker exits during the outage");
     }
     pg.restart();
-    common::wait_until(Duration::from_secs(120), "all jobs done after the restart", || async {
+    support::wait_until(Duration::from_secs(120), "all jobs done after the restart", || async {
         done_count(&url).await.unwrap_or(0) == n as i64
     })
     .await;
     for w in workers.iter_mut() {
         assert!(matches!(w.try_wait(), Ok(None)), "no worker exited");
     }
-    common::wait_until(Duration::from_secs(30), "readiness recovers", || async {
+    support::wait_until(Duration::from_secs(30), "readiness recovers", || async {
         matches!(reqwest::get(&ready).await, Ok(r) if r.status().as_u16() == 200)
     })
     .await;

@@ -20,7 +20,7 @@
 //! cargo test --release -p embq --no-default-features --test latency -- --ignored --nocapture
 //! ```
 
-mod common;
+mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -117,8 +117,8 @@ impl Bench {
 #[ignore = "benchmark: about four minutes"]
 async fn enqueue_to_stored_latency() {
     let n: usize = std::env::var("EMBQ_LATENCY_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let url = common::fresh_pg_db().await;
-    let cfg = common::config(&url, &[]);
+    let url = support::pg::fresh_pg_db().await;
+    let cfg = support::config_at(&url, &[]);
     let queue = embq::queue::connect(&cfg).await.expect("open store");
     queue.migrate().await.expect("migrate");
 
@@ -136,7 +136,7 @@ async fn enqueue_to_stored_latency() {
     let mut stored = PgListener::connect(&url).await.expect("listen");
     stored.listen("embq_bench_stored").await.expect("listen");
 
-    let mut worker = common::Reaper(
+    let mut worker = support::Reaper(
         Command::new(BIN)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -152,7 +152,7 @@ async fn enqueue_to_stored_latency() {
             .expect("spawn embq worker"),
     );
     // The worker is ready for the notify path once its LISTEN connection is up.
-    common::wait_until(Duration::from_secs(30), "the worker LISTENs", || {
+    support::wait_until(Duration::from_secs(30), "the worker LISTENs", || {
         let url = url.clone();
         async move {
             let mut c = PgConnection::connect(&url).await.expect("connect");

@@ -2,7 +2,7 @@
 //! through a PostgreSQL outage, the memory guard, disabled processing, and secrets
 //! kept out of every output.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -35,7 +35,7 @@ impl Worker {
     fn start(url: &str, envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("worker.log");
-        let (health, metrics) = (common::free_port(), common::free_port());
+        let (health, metrics) = (support::free_port(), support::free_port());
         let child = Command::new(BIN)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -68,7 +68,7 @@ impl Worker {
     }
 
     async fn wait_status(&self, path: &str, want: u16, timeout: Duration) {
-        common::wait_until(timeout, &format!("{path} answers {want}"), || async {
+        support::wait_until(timeout, &format!("{path} answers {want}"), || async {
             self.status(path).await == Some(want)
         })
         .await;
@@ -127,7 +127,7 @@ async fn prometheus_scrapes_the_jobs_a_worker_processed() {
     cli(&url, &["migrate"], "");
     cli(&url, &["enqueue"], &jsonl(137, "p"));
     let w = Worker::start(&url, &[]);
-    common::wait_until(Duration::from_secs(30), "all jobs processed", || async { ready_jobs(&url).await == 0 }).await;
+    support::wait_until(Duration::from_secs(30), "all jobs processed", || async { ready_jobs(&url).await == 0 }).await;
 
     // promtool lints a real scrape.
     let (code, scrape) = w.get(w.metrics, "/metrics").await.expect("scrape");
@@ -146,7 +146,7 @@ async fn prometheus_scrapes_the_jobs_a_worker_processed() {
 
     // A real Prometheus server scrapes it and answers PromQL.
     let prom_dir = tempfile::tempdir().unwrap();
-    let prom_port = common::free_port();
+    let prom_port = support::free_port();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: embq\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
         w.metrics
@@ -161,7 +161,7 @@ async fn prometheus_scrapes_the_jobs_a_worker_processed() {
         .spawn()
         .expect("prometheus (Debian package) is installed");
     let query = format!("http://127.0.0.1:{prom_port}/api/v1/query?query=embedding_jobs_processed_total");
-    common::wait_until(Duration::from_secs(60), "Prometheus reports 137 processed jobs", || {
+    support::wait_until(Duration::from_secs(60), "Prometheus reports 137 processed jobs", || {
         let q = query.clone();
         async move {
             let Ok(r) = reqwest::get(&q).await else { return false };
@@ -177,7 +177,7 @@ async fn prometheus_scrapes_the_jobs_a_worker_processed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_a_postgres_outage_while_liveness_stays_up() {
-    let pg = common::PrivatePg::start();
+    let pg = support::pg::PrivatePg::start();
     let url = pg.url();
     cli(&url, &["migrate"], "");
     let mut w = Worker::start(&url, &[]);
@@ -195,7 +195,7 @@ async fn readiness_follows_a_postgres_outage_while_liveness_stays_up() {
     assert!(w.alive());
     // And it works again without a restart.
     cli(&url, &["enqueue"], &jsonl(25, "after"));
-    common::wait_until(Duration::from_secs(30), "jobs processed after the outage", || async {
+    support::wait_until(Duration::from_secs(30), "jobs processed after the outage", || async {
         ready_jobs(&url).await == 0
     })
     .await;
@@ -210,7 +210,7 @@ async fn memory_guard_stops_claiming_and_reports_not_ready() {
     cli(&url, &["enqueue"], &jsonl(10, "m"));
     // Any process needs more than 90 % of 1 MiB.
     let w = Worker::start(&url, &[("MEMORY_LIMIT_MB", "1")]);
-    common::wait_until(Duration::from_secs(30), "/ready reports memory pressure", || async {
+    support::wait_until(Duration::from_secs(30), "/ready reports memory pressure", || async {
         match w.get(w.health, "/ready").await {
             Some((503, body)) => body.contains("memory above 90%"),
             _ => false,
@@ -219,7 +219,7 @@ async fn memory_guard_stops_claiming_and_reports_not_ready() {
     .await;
     assert_eq!(w.status("/health").await, Some(200));
     // The loop keeps ticking (uptime grows) but nothing is claimed.
-    common::wait_until(Duration::from_secs(30), "a few loop ticks", || async {
+    support::wait_until(Duration::from_secs(30), "a few loop ticks", || async {
         let Some((_, body)) = w.get(w.health, "/health").await else { return false };
         serde_json::from_str::<Value>(&body).ok().and_then(|v| v["uptime_seconds"].as_f64()).unwrap_or(0.0) > 1.5
     })
@@ -236,7 +236,7 @@ async fn disabled_processing_is_healthy_ready_and_claims_nothing() {
     cli(&url, &["enqueue"], &jsonl(10, "d"));
     let w = Worker::start(&url, &[("ENABLE_QUEUE_PROCESSING", "false")]);
     w.wait_status("/ready", 200, Duration::from_secs(30)).await;
-    common::wait_until(Duration::from_secs(30), "a few loop ticks", || async {
+    support::wait_until(Duration::from_secs(30), "a few loop ticks", || async {
         let Some((_, body)) = w.get(w.health, "/health").await else { return false };
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         v["queue_processing"] == "disabled" && v["uptime_seconds"].as_f64().unwrap_or(0.0) > 1.5
@@ -248,8 +248,8 @@ async fn disabled_processing_is_healthy_ready_and_claims_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_logs_errors_or_metrics() {
-    let admin = common::pg_admin_url();
-    let db = common::fresh_pg_db().await;
+    let admin = support::pg::pg_admin_url();
+    let db = support::pg::fresh_pg_db().await;
     // Trust authentication ignores the password, so a known fake one can travel everywhere.
     let mut u = url::Url::parse(&db).unwrap();
     u.set_password(Some("pw-SECRET-db-9431")).unwrap();
@@ -267,7 +267,7 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
             ("RUST_LOG", "debug"),
         ],
     );
-    common::wait_until(Duration::from_secs(30), "jobs processed", || async { ready_jobs(&url).await == 0 }).await;
+    support::wait_until(Duration::from_secs(30), "jobs processed", || async { ready_jobs(&url).await == 0 }).await;
     let (_, metrics) = w.get(w.metrics, "/metrics").await.unwrap();
     let (_, health) = w.get(w.health, "/health").await.unwrap();
     let config = cli(&url, &["config", "check", "--json"], "");

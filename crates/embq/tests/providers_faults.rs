@@ -7,7 +7,6 @@
 //! other fault exactly one; only the bad inputs dead-lettered, with their error; and the
 //! worker's metrics count exactly the requests, errors and outcomes that happened.
 
-mod common;
 mod support;
 
 use std::collections::{HashMap, VecDeque};
@@ -218,7 +217,7 @@ async fn run(sc: Scenario) -> Vec<Request> {
     let h = support::harness(&cfg, q.clone(), None);
     let (health, metrics) = (h.health.clone(), h.metrics.clone());
     let worker = tokio::spawn(h.worker.drain_when_idle(false).run());
-    common::wait_until(Duration::from_secs(25), "every job done or dead-lettered", || {
+    support::wait_until(Duration::from_secs(25), "every job done or dead-lettered", || {
         let q = q.clone();
         async move { q.stats().await.is_ok_and(|s| s.done + s.dead == n as u64 && s.running == 0) }
     })

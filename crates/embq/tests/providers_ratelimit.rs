@@ -110,7 +110,7 @@ fn sqlite_cfg(dir: &tempfile::TempDir, mock: &MockProvider, rpm: u32, tpm: u32, 
 }
 
 async fn pg_cfgs(mock: &MockProvider, workers: usize, rpm: u32, tpm: u32, batch: usize) -> Vec<Config> {
-    let url = fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     let (rpm, tpm, batch) = (rpm.to_string(), tpm.to_string(), batch.to_string());
     let cfgs: Vec<Config> = (0..workers)
         .map(|i| {
@@ -136,20 +136,6 @@ async fn pg_cfgs(mock: &MockProvider, workers: usize, rpm: u32, tpm: u32, batch:
     q.migrate().await.expect("migrate");
     apply_rate_budget_migration(&url).await;
     cfgs
-}
-
-/// A fresh PostgreSQL database on the test server.
-async fn fresh_pg_db() -> String {
-    use sqlx::Connection;
-    let admin = std::env::var("EMBQ_TEST_DATABASE_URL")
-        .expect("EMBQ_TEST_DATABASE_URL is not set: run the suite with scripts/test.sh, which starts PostgreSQL");
-    let name = format!("prov_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    let _ = conn.close().await;
-    let mut u = url::Url::parse(&admin).expect("URL");
-    u.set_path(&format!("/{name}"));
-    u.to_string()
 }
 
 /// Schemas v2 and v3 (fleet budgets) are idempotent: applied here on a bare database too.
@@ -372,7 +358,7 @@ async fn budget_utilisation() {
 #[tokio::test]
 async fn a_fleet_budget_without_its_schema_falls_back_instead_of_blocking() {
     use embq::limiter::{Limiter, PgBudget, Rates};
-    let url = fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     let budget = PgBudget::connect(&url, "openai:m:k".into(), Rates::per_minute(6000, 6_000_000)).unwrap();
     let limiter = Limiter::new(std::sync::Arc::new(budget));
     tokio::time::timeout(Duration::from_secs(10), limiter.acquire(10)).await.expect("acquire did not block");
@@ -381,7 +367,7 @@ async fn a_fleet_budget_without_its_schema_falls_back_instead_of_blocking() {
 #[tokio::test]
 async fn fleet_budgets_are_shared_by_key_and_start_empty() {
     use embq::limiter::{Budget, Grant, PgBudget, Rates};
-    let url = fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     apply_rate_budget_migration(&url).await;
     // 60 RPM: one request a second, a bucket of one.
     let rates = Rates::per_minute(60, 1_000_000);
@@ -409,7 +395,7 @@ async fn fleet_budgets_are_shared_by_key_and_start_empty() {
 async fn fleet_budgets_share_what_they_learn_and_keep_a_rolling_window() {
     use embq::limiter::{Budget, Grant, PgBudget, Rates};
     use embq::provider::RateSignals;
-    let url = fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     apply_rate_budget_migration(&url).await;
     // 6,000 RPM and 600 TPM: ten tokens a second, 600 in any minute.
     let rates = Rates::per_minute(6000, 600);

@@ -1,7 +1,7 @@
 //! One conformance suite for every queue store: each scenario runs against
 //! PostgreSQL (a fresh database) and SQLite (a fresh file), with a manual clock.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,9 +24,9 @@ fn start_clock() -> Clock {
 }
 
 async fn postgres() -> Store {
-    let url = common::fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     let clock = start_clock();
-    let q = common::store(&url, clock.clone()).await;
+    let q = support::store(&url, clock.clone()).await;
     q.migrate().await.expect("migrate");
     Store { q, clock, _dir: None }
 }
@@ -35,7 +35,7 @@ async fn sqlite() -> Store {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("q.db").display());
     let clock = start_clock();
-    let q = common::store(&url, clock.clone()).await;
+    let q = support::store(&url, clock.clone()).await;
     q.migrate().await.expect("migrate");
     Store { q, clock, _dir: Some(dir) }
 }
@@ -73,7 +73,7 @@ fn vec3(x: f32) -> Vec<f32> {
 }
 
 async fn claim_is_exclusive_under_concurrency(s: Store) {
-    s.q.enqueue(&common::jobs(2000, "c"), &no_progress).await.unwrap();
+    s.q.enqueue(&support::jobs_named(2000, "c"), &no_progress).await.unwrap();
     let mut tasks = Vec::new();
     for w in 0..16 {
         let q = s.q.clone();
@@ -484,20 +484,20 @@ conformance!(
 
 #[tokio::test]
 async fn unmigrated_database_is_refused_with_a_clear_message() {
-    let url = common::fresh_pg_db().await;
-    let q = common::store(&url, Clock::System).await;
+    let url = support::pg::fresh_pg_db().await;
+    let q = support::store(&url, Clock::System).await;
     let err = q.check_schema().await.unwrap_err();
     assert!(err.to_string().contains("run `embq migrate` first"), "{err}");
     let dir = tempfile::tempdir().unwrap();
-    let q = common::store(&format!("sqlite://{}", dir.path().join("x.db").display()), Clock::System).await;
+    let q = support::store(&format!("sqlite://{}", dir.path().join("x.db").display()), Clock::System).await;
     assert!(q.check_schema().await.unwrap_err().to_string().contains("run `embq migrate` first"));
 }
 
 #[tokio::test]
 async fn sql_enqueue_function_applies_the_same_rules() {
     use sqlx::Connection;
-    let url = common::fresh_pg_db().await;
-    let q = common::store(&url, Clock::System).await;
+    let url = support::pg::fresh_pg_db().await;
+    let q = support::store(&url, Clock::System).await;
     q.migrate().await.unwrap();
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     let id1: i64 = sqlx::query_scalar("SELECT embq.enqueue('receipt', '42', 'first')").fetch_one(&mut c).await.unwrap();
@@ -520,8 +520,8 @@ async fn sql_enqueue_function_applies_the_same_rules() {
 #[tokio::test]
 async fn documented_trigger_enqueues_inserted_and_changed_text() {
     use sqlx::Connection;
-    let url = common::fresh_pg_db().await;
-    let q = common::store(&url, Clock::System).await;
+    let url = support::pg::fresh_pg_db().await;
+    let q = support::store(&url, Clock::System).await;
     q.migrate().await.unwrap();
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     // The trigger from the README, verbatim in substance.

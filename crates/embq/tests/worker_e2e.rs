@@ -1,7 +1,7 @@
 //! End to end: real `embq` processes against real PostgreSQL (direct and through
 //! PgBouncer in transaction mode), including crashes and graceful shutdown.
 
-mod common;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n:
     let out = run_ok(embq(worker_url, &[("DATABASE_POOL_MODE", pool_mode)]).arg("enqueue").arg(file.path()));
     assert!(out.contains(&format!("queued {n} jobs")), "{out}");
     let started = Instant::now();
-    let workers: Vec<common::Reaper> = (0..3)
+    let workers: Vec<support::Reaper> = (0..3)
         .map(|_| {
             embq(
                 worker_url,
@@ -78,7 +78,7 @@ async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n:
             .args(["worker", "--drain"])
             .stderr(Stdio::inherit())
             .spawn()
-            .map(common::Reaper)
+            .map(support::Reaper)
             .expect("spawn worker")
         })
         .collect();
@@ -100,30 +100,30 @@ async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_drain_20000_jobs_on_postgres() {
-    let url = common::fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     three_workers_drain(&url, &url, "session", 20_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_drain_20000_jobs_through_pgbouncer_transaction_mode() {
-    let direct = common::fresh_pg_db().await;
+    let direct = support::pg::fresh_pg_db().await;
     let db = url::Url::parse(&direct).unwrap().path().trim_start_matches('/').to_string();
-    let pooled = common::with_db(&common::pgbouncer_admin_url(), &db);
+    let pooled = support::pg::with_db(&support::pg::pgbouncer_admin_url(), &db);
     three_workers_drain(&direct, &pooled, "transaction", 20_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_batch_loses_nothing_and_does_nothing_twice() {
-    let url = common::fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     run_ok(embq(&url, &[]).arg("migrate"));
     let n = 600;
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(n).path()));
     // A slow provider makes sure the victim is mid-batch when it dies.
     let settings = [("BATCH_SIZE", "20"), ("MAX_CONCURRENT_JOBS", "3"), ("HEARTBEAT_INTERVAL", "400")];
     let mut victim =
-        common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "300"]).spawn().expect("spawn"));
+        support::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "300"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
-    common::wait_until(Duration::from_secs(30), "the victim finishes a batch and holds others", || {
+    support::wait_until(Duration::from_secs(30), "the victim finishes a batch and holds others", || {
         let url = url.clone();
         async move {
             let (done, _, _, _) = counts(&url).await;
@@ -152,15 +152,15 @@ async fn sigkill_mid_batch_loses_nothing_and_does_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_batches_and_exits_zero() {
-    let url = common::fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     run_ok(embq(&url, &[]).arg("migrate"));
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(300).path()));
     // Each batch takes 2 s but the drain allows only 500 ms: in-flight jobs must be released unspent.
     let settings = [("BATCH_SIZE", "10"), ("MAX_CONCURRENT_JOBS", "2"), ("DRAIN_TIMEOUT", "500")];
     let mut w =
-        common::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "2000"]).spawn().expect("spawn"));
+        support::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "2000"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
-    common::wait_until(Duration::from_secs(20), "batches in flight", || {
+    support::wait_until(Duration::from_secs(20), "batches in flight", || {
         let url = url.clone();
         async move {
             let mut c = PgConnection::connect(&url).await.unwrap();
@@ -197,11 +197,11 @@ async fn sigterm_drains_in_flight_batches_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_an_idle_worker_long_before_the_poll_interval() {
-    let url = common::fresh_pg_db().await;
+    let url = support::pg::fresh_pg_db().await;
     run_ok(embq(&url, &[]).arg("migrate"));
-    let mut w = common::Reaper(embq(&url, &[("QUEUE_POLL_INTERVAL", "60000")]).arg("worker").spawn().expect("spawn"));
+    let mut w = support::Reaper(embq(&url, &[("QUEUE_POLL_INTERVAL", "60000")]).arg("worker").spawn().expect("spawn"));
     // Wait until the worker registered (so it listens), then enqueue through SQL.
-    common::wait_until(Duration::from_secs(20), "worker registered", || {
+    support::wait_until(Duration::from_secs(20), "worker registered", || {
         let url = url.clone();
         async move {
             let mut c = PgConnection::connect(&url).await.unwrap();
@@ -214,7 +214,7 @@ async fn notify_wakes_an_idle_worker_long_before_the_poll_interval() {
     let c = PgConnection::connect(&url).await.unwrap();
     let started = Instant::now();
     let mut i = 0;
-    common::wait_until(Duration::from_secs(20), "job embedded via NOTIFY", || {
+    support::wait_until(Duration::from_secs(20), "job embedded via NOTIFY", || {
         i += 1;
         let url = url.clone();
         let id = i;

@@ -1,7 +1,7 @@
 //! The worker loop in-process, with providers that fail on purpose: retries, dead letters,
 //! throttling and bad inputs end up exactly where they should.
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -51,9 +51,9 @@ impl Provider for Scripted {
 async fn setup(jobs: usize) -> (Arc<dyn Queue>, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("q.db").display());
-    let q = common::store(&url, Clock::System).await;
+    let q = support::store(&url, Clock::System).await;
     q.migrate().await.unwrap();
-    q.enqueue(&common::jobs(jobs, "j"), &no_progress).await.unwrap();
+    q.enqueue(&support::jobs_named(jobs, "j"), &no_progress).await.unwrap();
     (q, url, dir)
 }
 
@@ -66,7 +66,7 @@ async fn drain(url: &str, q: Arc<dyn Queue>, p: Arc<Scripted>, extra: &[(&str, &
         ("BATCH_SIZE", "4"),
     ];
     settings.extend_from_slice(extra);
-    let cfg = common::config(url, &settings);
+    let cfg = support::config_at(url, &settings);
     let health = Arc::new(Health::new("t".into(), true, Duration::from_secs(30)));
     let metrics = Arc::new(Metrics::new("t", "hash", "scripted"));
     let w = Worker::new(cfg, q, p, health, metrics).drain_when_idle(true);
@@ -162,7 +162,7 @@ async fn wrong_dimensions_are_never_stored() {
         }
     }
     let (q, url, _d) = setup(2).await;
-    let cfg = common::config(
+    let cfg = support::config_at(
         &url,
         &[
             ("RETRY_BASE_DELAY", "1ms"),

@@ -1,12 +1,15 @@
-//! Support for the provider tests: the mock embedding API and a worker harness.
+//! Shared test support: configs, stores, a worker harness, waiting on conditions, the mock
+//! embedding API (`mock_provider`) and PostgreSQL (`pg`).
 #![allow(dead_code)]
 
 pub mod mock_provider;
+pub mod pg;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use embq::config::{Config, RawConfig};
+use embq::config::{Config, DatabaseUrl, RawConfig};
 use embq::health::Health;
 use embq::limiter::Limiter;
 use embq::metrics::Metrics;
@@ -45,10 +48,21 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
             "ENABLE_BATCH_OPTIMIZATION" => r.enable_batch_optimization = v,
             "DB_MAX_CONNECTIONS" => r.db_max_connections = v,
             "WORKER_ID" => r.worker_id = v,
+            "DATABASE_POOL_MODE" => r.database_pool_mode = v,
+            "HEARTBEAT_INTERVAL" => r.heartbeat_interval = v,
+            "RETRY_MAX_DELAY" => r.retry_max_delay = v,
+            "DRAIN_TIMEOUT" => r.drain_timeout = v,
             other => panic!("support::config does not know {other}"),
         }
     }
     r.validate().expect("test config is valid")
+}
+
+/// A validated config for a database URL, with overrides as (variable, value) pairs.
+pub fn config_at(url: &str, overrides: &[(&str, &str)]) -> Config {
+    let mut pairs = vec![("DATABASE_URL", url)];
+    pairs.extend_from_slice(overrides);
+    config(&pairs)
 }
 
 /// An OpenAI config against a mock, on a fresh SQLite file in `dir`.
@@ -125,4 +139,71 @@ pub fn metric(m: &Metrics, sample: &str) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse::<f64>().ok()))
         .unwrap_or(0.0)
+}
+
+/// Opens a store for a URL.
+pub async fn store(url: &str, clock: embq::queue::Clock) -> std::sync::Arc<dyn embq::queue::Queue> {
+    let cfg = config_at(url, &[("DB_MAX_CONNECTIONS", "20")]);
+    let url = DatabaseUrl::parse(url).expect("URL");
+    embq::queue::connect_with_clock(&cfg, &url, clock).await.expect("open store")
+}
+
+/// Polls `check` until it returns true or the deadline passes (then panics with `what`).
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` jobs keyed `{prefix}{i}`, with distinct texts.
+pub fn jobs_named(n: usize, prefix: &str) -> Vec<embq::queue::NewJob> {
+    (0..n)
+        .map(|i| embq::queue::NewJob {
+            source_type: "doc".into(),
+            source_id: format!("{prefix}{i}"),
+            content_type: "default".into(),
+            text: format!("text of {prefix} number {i}"),
+            priority: 0,
+            metadata: None,
+        })
+        .collect()
+}
+
+/// A free loopback port (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process that is killed if the test ends (or panics) while it still runs.
+pub struct Reaper(pub std::process::Child);
+
+impl std::ops::Deref for Reaper {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaper {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

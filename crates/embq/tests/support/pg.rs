@@ -1,11 +1,8 @@
-//! Shared test support: throwaway databases, configs, waiting on conditions.
-#![allow(dead_code)]
+//! PostgreSQL for the tests: the suite's shared server, throwaway databases, private clusters.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
-
-use embq::config::{Config, DatabaseUrl, RawConfig};
 use sqlx::Connection;
+
+use super::free_port;
 
 /// The PostgreSQL server the suite runs against; `scripts/test.sh` starts one.
 pub fn pg_admin_url() -> String {
@@ -36,70 +33,6 @@ pub async fn fresh_pg_db() -> String {
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
     let _ = conn.close().await;
     with_db(&admin, &name)
-}
-
-/// A validated config for a URL, with overrides as (variable, value) pairs.
-pub fn config(url: &str, overrides: &[(&str, &str)]) -> Config {
-    let mut raw = RawConfig { database_url: Some(url.to_string()), ..RawConfig::default() };
-    for (k, v) in overrides {
-        let v = Some(v.to_string());
-        match *k {
-            "DATABASE_POOL_MODE" => raw.database_pool_mode = v,
-            "BATCH_SIZE" => raw.batch_size = v,
-            "MAX_CONCURRENT_JOBS" => raw.max_concurrent_jobs = v,
-            "HEARTBEAT_INTERVAL" => raw.heartbeat_interval = v,
-            "QUEUE_POLL_INTERVAL" => raw.queue_poll_interval = v,
-            "MAX_ATTEMPTS" => raw.max_attempts = v,
-            "DB_MAX_CONNECTIONS" => raw.db_max_connections = v,
-            "RETRY_BASE_DELAY" => raw.retry_base_delay = v,
-            "RETRY_MAX_DELAY" => raw.retry_max_delay = v,
-            "DRAIN_TIMEOUT" => raw.drain_timeout = v,
-            other => panic!("tests::common::config does not know {other}"),
-        }
-    }
-    raw.validate().expect("test config is valid")
-}
-
-/// Opens a store for a URL.
-pub async fn store(url: &str, clock: embq::queue::Clock) -> std::sync::Arc<dyn embq::queue::Queue> {
-    let cfg = config(url, &[("DB_MAX_CONNECTIONS", "20")]);
-    let url = DatabaseUrl::parse(url).expect("URL");
-    embq::queue::connect_with_clock(&cfg, &url, clock).await.expect("open store")
-}
-
-/// Polls `check` until it returns true or the deadline passes (then panics with `what`).
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `n` jobs with distinct keys.
-pub fn jobs(n: usize, prefix: &str) -> Vec<embq::queue::NewJob> {
-    (0..n)
-        .map(|i| embq::queue::NewJob {
-            source_type: "doc".into(),
-            source_id: format!("{prefix}{i}"),
-            content_type: "default".into(),
-            text: format!("text of {prefix} number {i}"),
-            priority: 0,
-            metadata: None,
-        })
-        .collect()
-}
-
-/// A free loopback port (bound and released; the caller binds it next).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// A private PostgreSQL cluster this test may stop and start; removed on drop.
@@ -182,30 +115,5 @@ impl Drop for PrivatePg {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
         let _ = as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
-    }
-}
-
-/// A child process that is killed if the test ends (or panics) while it still runs.
-pub struct Reaper(pub std::process::Child);
-
-impl std::ops::Deref for Reaper {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Reaper {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }
