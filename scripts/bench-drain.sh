@@ -4,6 +4,7 @@
 #
 #   scripts/bench-drain.sh                     # 20,000 jobs, 384 dims, workers 1 and 3, 3 runs
 #   JOBS=20000 DIMS=1536 WORKERS="1 2 4" RUNS=3 BATCH_SIZE=500 scripts/bench-drain.sh
+#   BIN=/tmp/embq-old CEILING_CLIENTS= SQLITE=0 scripts/bench-drain.sh   # a prebuilt binary only
 #
 # Each PostgreSQL run also measures the ceiling right before: the same claim-and-finish SQL
 # (scripts/bench/claim-finish.sql) driven by pgbench with CEILING_CLIENTS connections and no
@@ -19,13 +20,18 @@ WORKERS=${WORKERS:-"1 3"}
 RUNS=${RUNS:-3}
 BATCH_SIZE=${BATCH_SIZE:-100}
 CONCURRENCY=${CONCURRENCY:-4}
-CEILING_CLIENTS=${CEILING_CLIENTS:-"2 4 8"}
+CEILING_CLIENTS=${CEILING_CLIENTS-"2 4 8"} # empty: no ceiling (ratio printed as 0)
 PROFILE=${PROFILE:-release}
 
-# shellcheck disable=SC2086 # FEATURES holds cargo flags, e.g. "--no-default-features"
-cargo build -q --profile "$PROFILE" -p embq ${FEATURES:-}
-bin=target/$PROFILE/embq
-[ "$PROFILE" = dev ] && bin=target/debug/embq
+if [ -n "${BIN:-}" ]; then
+  # A prebuilt binary, e.g. to compare two builds side by side.
+  bin=$BIN
+else
+  # shellcheck disable=SC2086 # FEATURES holds cargo flags, e.g. "--no-default-features"
+  cargo build -q --profile "$PROFILE" -p embq ${FEATURES:-}
+  bin=target/$PROFILE/embq
+  [ "$PROFILE" = dev ] && bin=target/debug/embq
+fi
 
 if [ -z "${EMBQ_TEST_DATABASE_URL:-}" ]; then
   pg_start
@@ -127,9 +133,10 @@ for w in $WORKERS; do
   col() { awk -v k="$1" '{ print $k }' "$work/r"; }
   printf 'postgres workers=%s: drain median %.0f jobs/s (runs: %s) | ceiling median %.0f jobs/s (runs: %s) | ratio %.0f %% | dedupe re-run %.0f jobs/s | enqueue %.0f jobs/s | peak RSS %d KiB | worker CPU %.1f us/job\n' \
     "$w" "$(col 1 | median)" "$(col 1 | xargs printf '%.0f ')" "$(col 6 | median)" "$(col 6 | xargs printf '%.0f ')" \
-    "$(awk '{ print 100 * $1 / $6 }' "$work/r" | median)" "$(col 5 | median)" "$(col 4 | median)" \
+    "$(awk '{ print ($6 > 0) ? 100 * $1 / $6 : 0 }' "$work/r" | median)" "$(col 5 | median)" "$(col 4 | median)" \
     "$(col 2 | median)" "$(col 3 | median)"
 done
+[ "${SQLITE:-1}" = 1 ] || exit 0
 : >"$work/sq"
 for _ in $(seq "$RUNS"); do run_sqlite >>"$work/sq"; done
 printf 'sqlite    workers=1  drain median %.0f jobs/s  (runs: %s)\n' "$(median <"$work/sq")" "$(xargs printf '%.0f ' <"$work/sq")"

@@ -55,7 +55,8 @@ const CLAIM_SQL: &str = "WITH picked AS (
         ORDER BY priority DESC, id
         LIMIT $2
         FOR UPDATE SKIP LOCKED
-    ), checked AS (
+    ), checked AS MATERIALIZED (
+        -- MATERIALIZED: inlined, the flag's two probes ran again for each of its seven uses below.
         SELECT p.id, EXISTS (SELECT 1 FROM embq.embeddings e
                 WHERE e.source_type = j.source_type AND e.source_id = j.source_id
                   AND e.content_type = j.content_type AND e.model = $6
