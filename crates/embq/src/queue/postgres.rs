@@ -37,8 +37,6 @@ pub struct PgQueue {
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
-/// A batch's vectors, end to end, bound as one `real[]` straight from the outcomes.
-///
 /// PostgreSQL JIT-compiles any plan it estimates above `jit_above_cost` (large claims, the
 /// queue-stats scan): 16 % of the server's CPU while draining an unchanged backlog went to LLVM,
 /// for statements that run in milliseconds. embq's sessions turn JIT off.
@@ -114,6 +112,8 @@ const FINISH_STORE_SQL: &str = "WITH input AS (
     )
     SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM stored) AS stored";
 
+/// A batch's vectors, end to end, bound as one `real[]` straight from the outcomes.
+///
 /// sqlx encodes a `Vec<f32>` element by element through its generic array encoder, which was a
 /// quarter of a worker's CPU at 1,536 dimensions; this writes the binary array format in one
 /// pass, without first copying the vectors into one flat vector.
@@ -554,7 +554,7 @@ impl Queue for PgQueue {
             .bind(self.now())
             .bind(duration.as_secs_f64())
             .bind(w.id.clone())
-            .bind(leases.to_vec())
+            .bind(leases)
             .execute(&mut *tx)
             .await?;
         self.q("INSERT INTO embq.workers AS w

@@ -256,27 +256,6 @@ impl Queue for SqliteQueue {
         .bind(model)
         .fetch_all(&mut *tx)
         .await?;
-        // Unchanged jobs are done right here, in the same write transaction (so nothing the
-        // claim compared against can change in between): no finish round trip for them.
-        let unchanged: Vec<i64> = rows
-            .iter()
-            .filter(|r| r.try_get("unchanged").unwrap_or(false))
-            .filter_map(|r| r.try_get("id").ok())
-            .collect();
-        if !unchanged.is_empty() {
-            let ids = serde_json::to_string(&unchanged).map_err(|e| QueueError::Invalid(e.to_string()))?;
-            sqlx::query(
-                "UPDATE jobs SET state = 'done', finished_at = ?1, updated_at = ?1, last_error = NULL,
-                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-                 WHERE lease_token = ?2 AND state = 'running' AND id IN (SELECT value FROM json_each(?3))",
-            )
-            .bind(now)
-            .bind(&lease.token)
-            .bind(ids)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         let mut jobs = rows
             .iter()
             .map(|r| {
@@ -292,6 +271,23 @@ impl Queue for SqliteQueue {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // Unchanged jobs are done right here, in the same write transaction (so nothing the
+        // claim compared against can change in between): no finish round trip for them.
+        let unchanged: Vec<i64> = jobs.iter().filter(|j| j.unchanged).map(|j| j.id).collect();
+        if !unchanged.is_empty() {
+            let ids = serde_json::to_string(&unchanged).map_err(|e| QueueError::Invalid(e.to_string()))?;
+            sqlx::query(
+                "UPDATE jobs SET state = 'done', finished_at = ?1, updated_at = ?1, last_error = NULL,
+                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+                 WHERE lease_token = ?2 AND state = 'running' AND id IN (SELECT value FROM json_each(?3))",
+            )
+            .bind(now)
+            .bind(&lease.token)
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.id));
         Ok(jobs)
     }
