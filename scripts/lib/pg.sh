@@ -26,6 +26,29 @@ pg_install() {
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  pgvector_install
+}
+
+# pgvector from ../shared/vendor (no registry carries it). Its script takes a present pg_config
+# for the server headers, which ship apart (postgresql-server-dev-15): install those first.
+pgvector_install() {
+  local share vendor
+  share=$("$PG_BIN/pg_config" --sharedir 2>/dev/null || true)
+  [ -n "$share" ] && [ -f "$share/extension/vector.control" ] && return 0
+  vendor="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/../shared/vendor"
+  if [ ! -f "$vendor/install-pgvector.sh" ]; then
+    echo "pgvector is not installed and $vendor/install-pgvector.sh is missing" >&2
+    return 1
+  fi
+  if [ ! -f "$("$PG_BIN/pg_config" --includedir-server 2>/dev/null)/postgres.h" ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "pgvector needs the server headers: apt-get install postgresql-server-dev-15" >&2
+      return 1
+    fi
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-server-dev-15 >/dev/null
+  fi
+  bash "$vendor/install-pgvector.sh" "$PG_BIN/pg_config"
 }
 
 pg_start() {
