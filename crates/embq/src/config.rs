@@ -286,6 +286,13 @@ pub struct RawConfig {
     #[arg(long, env = "MODEL_CACHE_DIR", global = true)]
     pub model_cache_dir: Option<String>,
     // --- end issue 3 ---
+    /// auto | vector | halfvec | real[]: how PostgreSQL stores vectors; auto picks pgvector's
+    /// vector(N) (halfvec(N) above 2000 dimensions) when the extension can be used [default: auto]
+    #[arg(long, env = "VECTOR_TYPE", global = true)]
+    pub vector_type: Option<String>,
+    /// none | hnsw: the index `embq migrate` builds on the stored vectors [default: none]
+    #[arg(long, env = "VECTOR_INDEX", global = true)]
+    pub vector_index: Option<String>,
 }
 
 /// The validated configuration.
@@ -365,6 +372,10 @@ pub struct Config {
     /// The local model's cache directory.
     pub model_cache_dir: std::path::PathBuf,
     // --- end issue 3 ---
+    /// How PostgreSQL stores vectors.
+    pub vector_type: crate::queue::VectorStorage,
+    /// The index `embq migrate` builds on the stored vectors.
+    pub vector_index: crate::queue::VectorIndex,
 }
 
 // --- issue 3 ---
@@ -717,6 +728,18 @@ impl RawConfig {
             Ok(std::path::PathBuf::from(v))
         });
         // --- end issue 3 ---
+        let vector_type = p.field(
+            "VECTOR_TYPE",
+            &self.vector_type,
+            crate::queue::VectorStorage::Auto,
+            crate::queue::VectorStorage::parse,
+        );
+        let vector_index = p.field(
+            "VECTOR_INDEX",
+            &self.vector_index,
+            crate::queue::VectorIndex::None,
+            crate::queue::VectorIndex::parse,
+        );
 
         if !p.0.is_empty() {
             return Err(ConfigError(p.0));
@@ -756,6 +779,8 @@ impl RawConfig {
             overlong_input,
             rate_limit_scope,
             model_cache_dir,
+            vector_type,
+            vector_index,
         })
     }
 }

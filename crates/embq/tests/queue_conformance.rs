@@ -23,10 +23,25 @@ fn start_clock() -> Clock {
     Clock::manual(Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().expect("valid time"))
 }
 
+/// Every store holds vectors of this many dimensions.
+const DIMS: &str = "1536";
+
+/// PostgreSQL storing vectors as `real[]`.
 async fn postgres() -> Store {
     let url = support::pg::fresh_pg_db().await;
     let clock = start_clock();
-    let q = support::store(&url, clock.clone()).await;
+    let q =
+        support::store_with(&url, clock.clone(), &[("EMBEDDING_DIMENSIONS", DIMS), ("VECTOR_TYPE", "real[]")]).await;
+    q.migrate().await.expect("migrate");
+    Store { q, clock, _dir: None }
+}
+
+/// PostgreSQL as on Supabase: pgvector in schema `extensions`, migrated by a non-superuser
+/// owner, vectors in a typed `vector(1536)` column.
+async fn pgvector() -> Store {
+    let url = support::pg::fresh_supabase_db().await;
+    let clock = start_clock();
+    let q = support::store_with(&url, clock.clone(), &[("EMBEDDING_DIMENSIONS", DIMS)]).await;
     q.migrate().await.expect("migrate");
     Store { q, clock, _dir: None }
 }
@@ -68,8 +83,11 @@ fn worker(id: &str) -> WorkerInfo {
     }
 }
 
-fn vec3(x: f32) -> Vec<f32> {
-    vec![x, 0.5, -0.25]
+/// A vector of `DIMS` values that differs by `x`.
+fn vector(x: f32) -> Vec<f32> {
+    let mut v = vec![0.0; 1536];
+    v[..3].copy_from_slice(&[x, 0.5, -0.25]);
+    v
 }
 
 async fn claim_is_exclusive_under_concurrency(s: Store) {
@@ -165,18 +183,18 @@ async fn stale_lease_finish_is_rejected(s: Store) {
     let b = lease("fast");
     let jb = s.q.claim(1, &b, LEASE, MODEL).await.unwrap();
     assert_eq!(ja[0].id, jb[0].id);
-    let ra = s.q.finish(&a, MODEL, &[(ja[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
+    let ra = s.q.finish(&a, MODEL, &[(ja[0].id, Outcome::Done(vector(1.0)))]).await.unwrap();
     assert_eq!((ra.stored, ra.lost), (0, 1), "the old lease cannot write");
     assert!(s.q.embeddings(MODEL, 10).await.unwrap().is_empty());
-    let rb = s.q.finish(&b, MODEL, &[(jb[0].id, Outcome::Done(vec3(2.0)))]).await.unwrap();
+    let rb = s.q.finish(&b, MODEL, &[(jb[0].id, Outcome::Done(vector(2.0)))]).await.unwrap();
     assert_eq!((rb.stored, rb.lost), (1, 0));
     let stored = s.q.embeddings(MODEL, 10).await.unwrap();
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].vector, vec3(2.0));
+    assert_eq!(stored[0].vector, vector(2.0));
     // A second finish with the same lease changes nothing.
-    let again = s.q.finish(&b, MODEL, &[(jb[0].id, Outcome::Done(vec3(3.0)))]).await.unwrap();
+    let again = s.q.finish(&b, MODEL, &[(jb[0].id, Outcome::Done(vector(3.0)))]).await.unwrap();
     assert_eq!(again.lost, 1);
-    assert_eq!(s.q.embeddings(MODEL, 10).await.unwrap()[0].vector, vec3(2.0));
+    assert_eq!(s.q.embeddings(MODEL, 10).await.unwrap()[0].vector, vector(2.0));
 }
 
 async fn retry_waits_for_its_scheduled_time(s: Store) {
@@ -273,9 +291,9 @@ async fn reenqueue_replaces_a_pending_job(s: Store) {
     let l2 = lease("w2");
     let j2 = s.q.claim(5, &l2, LEASE, MODEL).await.unwrap();
     assert_eq!(j2[0].text, "newest text");
-    s.q.finish(&l2, MODEL, &[(j2[0].id, Outcome::Done(vec3(9.0)))]).await.unwrap();
-    s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
-    assert_eq!(s.q.embeddings(MODEL, 10).await.unwrap()[0].vector, vec3(9.0), "the newest text's vector wins");
+    s.q.finish(&l2, MODEL, &[(j2[0].id, Outcome::Done(vector(9.0)))]).await.unwrap();
+    s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vector(1.0)))]).await.unwrap();
+    assert_eq!(s.q.embeddings(MODEL, 10).await.unwrap()[0].vector, vector(9.0), "the newest text's vector wins");
     // Duplicate keys in one call keep the last text.
     let r = s.q.enqueue(&[job("2", "x", 0), job("2", "y", 0)], &no_progress).await.unwrap();
     assert_eq!(r.inserted, 1);
@@ -301,7 +319,7 @@ async fn unchanged_text_needs_no_provider_call(s: Store) {
     let l = lease("w");
     let j = s.q.claim(5, &l, LEASE, MODEL).await.unwrap();
     assert!(j.iter().all(|j| !j.unchanged));
-    let outcomes: Vec<_> = j.iter().map(|j| (j.id, Outcome::Done(vec3(1.0)))).collect();
+    let outcomes: Vec<_> = j.iter().map(|j| (j.id, Outcome::Done(vector(1.0)))).collect();
     s.q.finish(&l, MODEL, &outcomes).await.unwrap();
     s.q.enqueue(&[job("1", "same", 0), job("2", "changed", 0)], &no_progress).await.unwrap();
     let j = s.q.claim(5, &l, LEASE, MODEL).await.unwrap();
@@ -312,7 +330,7 @@ async fn unchanged_text_needs_no_provider_call(s: Store) {
     assert_eq!((st.running, st.done), (1, 3), "{st:?}");
     let r = s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Unchanged)]).await.unwrap();
     assert_eq!((r.unchanged, r.lost), (0, 1), "there is nothing left to finish");
-    let r = s.q.finish(&l, MODEL, &[(j[1].id, Outcome::Done(vec3(2.0)))]).await.unwrap();
+    let r = s.q.finish(&l, MODEL, &[(j[1].id, Outcome::Done(vector(2.0)))]).await.unwrap();
     assert_eq!(r.stored, 1);
     assert_eq!(s.q.stats().await.unwrap().done, 4);
     // Another model means another embedding.
@@ -329,14 +347,14 @@ async fn a_text_reverted_while_an_older_job_runs_is_embedded_again(s: Store) {
         s.q.enqueue(&[job(key, "v1", 0)], &no_progress).await.unwrap();
         let l = lease("w");
         let j = s.q.claim(1, &l, LEASE, MODEL).await.unwrap();
-        s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
+        s.q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vector(1.0)))]).await.unwrap();
         s.q.enqueue(&[job(key, "v2", 0)], &no_progress).await.unwrap();
         let (slow, fast) = (lease("slow"), lease("fast"));
         let v2 = s.q.claim(1, &slow, LEASE, MODEL).await.unwrap();
         s.q.enqueue(&[job(key, "v1", 0)], &no_progress).await.unwrap();
         let v1 = s.q.claim(1, &fast, LEASE, MODEL).await.unwrap();
         assert!(!v1[0].unchanged, "an older job for the key is still running");
-        let (out_v2, out_v1) = ([(v2[0].id, Outcome::Done(vec3(2.0)))], [(v1[0].id, Outcome::Done(vec3(1.0)))]);
+        let (out_v2, out_v1) = ([(v2[0].id, Outcome::Done(vector(2.0)))], [(v1[0].id, Outcome::Done(vector(1.0)))]);
         let finish_v2 = || s.q.finish(&slow, MODEL, &out_v2);
         let finish_v1 = || s.q.finish(&fast, MODEL, &out_v1);
         if older_finishes_first {
@@ -349,7 +367,7 @@ async fn a_text_reverted_while_an_older_job_runs_is_embedded_again(s: Store) {
         }
         let stored = s.q.embeddings(MODEL, 100).await.unwrap();
         let e = stored.iter().find(|e| e.source_id == key).unwrap();
-        assert_eq!(e.vector, vec3(1.0), "older job finished first: {older_finishes_first}");
+        assert_eq!(e.vector, vector(1.0), "older job finished first: {older_finishes_first}");
         // With nothing older running, the same text is unchanged again.
         s.q.enqueue(&[job(key, "v1", 0)], &no_progress).await.unwrap();
         assert!(s.q.claim(1, &lease("w"), LEASE, MODEL).await.unwrap()[0].unchanged);
@@ -369,7 +387,7 @@ async fn stats_and_idle_reflect_the_queue(s: Store) {
     let l = lease("w");
     let j = s.q.claim(3, &l, LEASE, MODEL).await.unwrap();
     assert!(!s.q.is_idle(Duration::ZERO).await.unwrap(), "running jobs are not idle");
-    let outcomes: Vec<_> = j.iter().map(|j| (j.id, Outcome::Done(vec3(0.1)))).collect();
+    let outcomes: Vec<_> = j.iter().map(|j| (j.id, Outcome::Done(vector(0.1)))).collect();
     s.q.finish(&l, MODEL, &outcomes).await.unwrap();
     assert!(s.q.is_idle(Duration::ZERO).await.unwrap());
     assert_eq!(s.q.stats().await.unwrap().done, 3);
@@ -431,7 +449,7 @@ async fn job_data_is_never_sql(s: Store) {
     }
     let (first, rest) = claimed.split_first().unwrap();
     let mut outcomes = vec![(first.id, Outcome::Dead(evil[0].to_string()))];
-    outcomes.extend(rest.iter().map(|j| (j.id, Outcome::Done(vec3(1.0)))));
+    outcomes.extend(rest.iter().map(|j| (j.id, Outcome::Done(vector(1.0)))));
     let r = s.q.finish(&l, evil[1], &outcomes).await.unwrap();
     assert_eq!((r.stored, r.dead), (3, 1));
     let dead = s.q.dead_jobs(10).await.unwrap();
@@ -453,6 +471,10 @@ macro_rules! conformance {
         mod postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::postgres().await).await })*
+        }
+        mod pgvector {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::pgvector().await).await })*
         }
         mod sqlite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,7 +507,7 @@ conformance!(
 #[tokio::test]
 async fn unmigrated_database_is_refused_with_a_clear_message() {
     let url = support::pg::fresh_pg_db().await;
-    let q = support::store(&url, Clock::System).await;
+    let q = support::store_with(&url, Clock::System, &[("EMBEDDING_DIMENSIONS", DIMS)]).await;
     let err = q.check_schema().await.unwrap_err();
     assert!(err.to_string().contains("run `embq migrate` first"), "{err}");
     let dir = tempfile::tempdir().unwrap();
@@ -497,7 +519,7 @@ async fn unmigrated_database_is_refused_with_a_clear_message() {
 async fn sql_enqueue_function_applies_the_same_rules() {
     use sqlx::Connection;
     let url = support::pg::fresh_pg_db().await;
-    let q = support::store(&url, Clock::System).await;
+    let q = support::store_with(&url, Clock::System, &[("EMBEDDING_DIMENSIONS", DIMS)]).await;
     q.migrate().await.unwrap();
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     let id1: i64 = sqlx::query_scalar("SELECT embq.enqueue('receipt', '42', 'first')").fetch_one(&mut c).await.unwrap();
@@ -512,7 +534,7 @@ async fn sql_enqueue_function_applies_the_same_rules() {
     let j = q.claim(5, &l, LEASE, MODEL).await.unwrap();
     assert_eq!((j.len(), j[0].text.as_str(), j[0].priority), (1, "second", 3));
     // The SQL function and the CLI hash the text the same way: unchanged text is recognised.
-    q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vec3(1.0)))]).await.unwrap();
+    q.finish(&l, MODEL, &[(j[0].id, Outcome::Done(vector(1.0)))]).await.unwrap();
     sqlx::query("SELECT embq.enqueue('receipt', '42', 'second')").execute(&mut c).await.unwrap();
     assert!(q.claim(5, &l, LEASE, MODEL).await.unwrap()[0].unchanged);
 }
@@ -521,7 +543,7 @@ async fn sql_enqueue_function_applies_the_same_rules() {
 async fn documented_trigger_enqueues_inserted_and_changed_text() {
     use sqlx::Connection;
     let url = support::pg::fresh_pg_db().await;
-    let q = support::store(&url, Clock::System).await;
+    let q = support::store_with(&url, Clock::System, &[("EMBEDDING_DIMENSIONS", DIMS)]).await;
     q.migrate().await.unwrap();
     let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
     // The trigger from the README, verbatim in substance.

@@ -13,8 +13,9 @@ use embq::health::Health;
 use embq::metrics::Metrics;
 use embq::provider::{Embedded, Provider, ProviderError};
 use embq::queue::{
-    no_progress, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener, Lease, NewJob,
-    Outcome, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+    no_progress, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, IndexOutcome, JobListener,
+    Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress, Queue, QueueError, QueueStats, RescueReport,
+    Search, StoredEmbedding, WorkerInfo,
 };
 use embq::worker::Worker;
 
@@ -194,8 +195,17 @@ struct RefusesOneFinish {
 
 #[async_trait]
 impl Queue for RefusesOneFinish {
-    async fn migrate(&self) -> Result<i32, QueueError> {
-        self.inner.migrate().await
+    async fn migrate_with(&self, opts: MigrateOptions) -> Result<MigrateReport, QueueError> {
+        self.inner.migrate_with(opts).await
+    }
+    async fn check_vectors(&self) -> Result<(), QueueError> {
+        self.inner.check_vectors().await
+    }
+    async fn create_index(&self) -> Result<IndexOutcome, QueueError> {
+        self.inner.create_index().await
+    }
+    async fn search(&self, q: &[f32], model: &str, k: usize, st: Option<&str>) -> Result<Search, QueueError> {
+        self.inner.search(q, model, k, st).await
     }
     async fn check_schema(&self) -> Result<(), QueueError> {
         self.inner.check_schema().await

@@ -4,6 +4,7 @@
 mod demo;
 mod dlq;
 mod enqueue;
+mod migrate;
 pub use enqueue::{parse_jsonl, Parsed};
 pub mod model;
 mod queue;
@@ -35,8 +36,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker: claim, embed and store jobs until stopped.
     Worker(worker::Args),
-    /// Create or upgrade the queue schema.
-    Migrate,
+    /// Create or upgrade the queue schema and give the vector column its type.
+    Migrate(migrate::Args),
+    /// Manage the vector index (PostgreSQL with pgvector).
+    #[command(subcommand)]
+    Index(migrate::IndexCmd),
     /// Queue jobs from JSONL (a file, or standard input).
     Enqueue(enqueue::Args),
     /// Inspect the queue.
@@ -180,12 +184,8 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(), CliError> {
     match command {
         Command::Worker(args) => worker::run(cfg, args).await,
-        Command::Migrate => {
-            let q = crate::queue::connect(&cfg).await?;
-            let v = q.migrate().await?;
-            println!("schema is at version {v} ({})", cfg.database_url);
-            Ok(())
-        }
+        Command::Migrate(args) => migrate::run(cfg, args).await,
+        Command::Index(cmd) => migrate::index(cfg, cmd).await,
         Command::Enqueue(args) => enqueue::run(cfg, args).await,
         Command::Queue(cmd) => queue::run(cfg, cmd).await,
         Command::Dlq(cmd) => dlq::run(cfg, cmd).await,

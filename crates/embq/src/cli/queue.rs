@@ -41,6 +41,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
             println!("done        {}", s.done);
             println!("dead        {}", s.dead);
             println!("superseded  {}", s.superseded);
+            println!("cancelled   {}", s.cancelled);
             match s.oldest_ready_age_seconds {
                 Some(a) => println!("oldest ready job waited {a:.1}s"),
                 None => println!("no ready jobs"),

@@ -1,8 +1,9 @@
-//! `embq search "text"`: the stored embeddings nearest to a query, by cosine similarity.
+//! `embq search "text"`: the stored embeddings nearest to a query, by cosine similarity, ranked
+//! by PostgreSQL where pgvector holds them and scanned here otherwise.
 
 use super::CliError;
 use crate::config::Config;
-use crate::vector::cosine;
+use crate::queue::SearchMethod;
 
 /// `embq search` options.
 #[derive(clap::Args, Debug)]
@@ -12,15 +13,24 @@ pub struct Args {
     /// How many results.
     #[arg(short, long, default_value_t = 5)]
     pub k: usize,
-    /// Most stored embeddings to scan.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub scan_limit: i64,
+    /// Only this source type (its write-back table, if it has one).
+    #[arg(long)]
+    pub source_type: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
-/// Embeds the query with the configured provider and scans the stored vectors.
+/// Longest snippet of a hit's text printed.
+const SNIPPET_CHARS: usize = 80;
+
+/// Embeds the query with the configured provider and asks the store for the nearest vectors.
 pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     if args.query.trim().is_empty() {
         return Err(CliError::Input("the query must not be empty".into()));
+    }
+    if args.k == 0 {
+        return Err(CliError::Input("-k must be at least 1".into()));
     }
     let provider =
         crate::provider::build(&cfg, std::time::Duration::ZERO).map_err(|e| CliError::Other(e.to_string()))?;
@@ -33,16 +43,48 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let Some(query) = embedded.vectors.into_iter().next() else {
         return Err(CliError::Other("the provider returned no vector for the query".into()));
     };
-    let stored = q.embeddings(provider.model(), args.scan_limit).await?;
-    if stored.is_empty() {
+    let found = q.search(&query, provider.model(), args.k, args.source_type.as_deref()).await?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&found).map_err(|e| CliError::Other(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if found.hits.is_empty() {
         println!("no embeddings of model {} are stored yet", provider.model());
         return Ok(());
     }
-    let mut scored: Vec<(f32, &crate::queue::StoredEmbedding)> =
-        stored.iter().filter(|e| e.vector.len() == query.len()).map(|e| (cosine(&query, &e.vector), e)).collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (score, e) in scored.into_iter().take(args.k) {
-        println!("{score:.4}\t{}/{}/{}", e.source_type, e.source_id, e.content_type);
+    for h in &found.hits {
+        let text = h.text.as_deref().map(snippet).unwrap_or_else(|| "(text no longer kept)".into());
+        println!("{:.4}\t{}/{}/{}\t{text}", h.score, h.source_type, h.source_id, h.content_type);
     }
+    let how = match &found.method {
+        SearchMethod::Database => "ranked by PostgreSQL (pgvector)".to_string(),
+        SearchMethod::Destination(table) => format!("ranked by PostgreSQL in {table}"),
+        SearchMethod::ClientScan => "scanned in this process (no pgvector column)".to_string(),
+    };
+    eprintln!("{} hits, {how}", found.hits.len());
     Ok(())
+}
+
+/// One line of at most `SNIPPET_CHARS` characters.
+fn snippet(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(SNIPPET_CHARS) {
+        Some((end, _)) => format!("{}…", &flat[..end]),
+        None => flat,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snippet;
+
+    #[test]
+    fn snippets_are_one_bounded_line() {
+        assert_eq!(snippet("a\n  b\tc"), "a b c");
+        let long = "é".repeat(200);
+        let s = snippet(&long);
+        assert_eq!(s.chars().count(), 81);
+        assert!(s.ends_with('…'));
+    }
 }

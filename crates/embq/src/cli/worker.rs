@@ -63,6 +63,13 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     ));
 
     let queue = crate::queue::connect(&cfg).await?;
+    // A typed vector column of other dimensions would refuse every batch: refuse to start instead
+    // (exit 78, both numbers named). An unmigrated schema is reported by the worker itself.
+    match queue.check_vectors().await {
+        Err(e @ crate::queue::QueueError::Schema(_)) if queue.check_schema().await.is_ok() => return Err(e.into()),
+        Err(e) => warn!(error = %e, "could not check the vector column yet"),
+        Ok(()) => {}
+    }
     let worker = Worker::new(cfg, queue, provider, health.clone(), metrics).drain_when_idle(args.drain);
     let hard = worker.hard_cancel();
 

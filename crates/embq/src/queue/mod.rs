@@ -6,12 +6,20 @@
 //! `ready` on retry, release or lease expiry. A `ready` job that was overtaken by a
 //! newer enqueue of the same key ends as `superseded`.
 
+mod pg_column;
+mod pg_index;
+mod pg_layout;
+mod pgvector;
 mod postgres;
 mod schema;
+mod search;
 mod sqlite;
 
+pub use pg_index::{IndexOutcome, HNSW_INDEX};
+pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
 pub use postgres::PgQueue;
 pub use schema::SCHEMA_VERSION;
+pub use search::{Search, SearchHit, SearchMethod};
 pub use sqlite::SqliteQueue;
 
 use std::sync::{Arc, Mutex};
@@ -228,6 +236,8 @@ pub struct FinishReport {
     pub superseded: u64,
     /// Rejected because the lease was lost.
     pub lost: u64,
+    /// Embedded, but their write-back row no longer exists: cancelled, nothing stored.
+    pub cancelled: u64,
 }
 
 /// What the lease sweep did.
@@ -254,6 +264,8 @@ pub struct QueueStats {
     pub dead: u64,
     /// Replaced by a newer enqueue.
     pub superseded: u64,
+    /// Their record was deleted (PostgreSQL's `embq.forget`) or their write-back row is gone.
+    pub cancelled: u64,
     /// Age of the oldest ready job.
     pub oldest_ready_age_seconds: Option<f64>,
     /// Ready jobs per priority, highest first.
@@ -322,6 +334,25 @@ pub struct StoredEmbedding {
     pub model: String,
     /// The vector.
     pub vector: Vec<f32>,
+    /// The text it was made from, while its job is kept.
+    pub text: Option<String>,
+}
+
+/// What `migrate_with` may do beyond the schema.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrateOptions {
+    /// Queue again the texts of vectors from another model or at other dimensions, dropping
+    /// those that no longer fit the column (`embq migrate --reembed`).
+    pub reembed: bool,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateReport {
+    /// The schema version now in place.
+    pub version: i32,
+    /// What was decided about vector storage, and why, for the operator.
+    pub notes: Vec<String>,
 }
 
 /// The clock the queue's timestamps come from.
@@ -362,8 +393,25 @@ impl Clock {
 /// The queue store. Both implementations give the same guarantees.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
+    /// Applies pending schema migrations and settles the vector storage; says what it did.
+    async fn migrate_with(&self, opts: MigrateOptions) -> Result<MigrateReport, QueueError>;
     /// Applies pending schema migrations; returns the version now in place.
-    async fn migrate(&self) -> Result<i32, QueueError>;
+    async fn migrate(&self) -> Result<i32, QueueError> {
+        Ok(self.migrate_with(MigrateOptions::default()).await?.version)
+    }
+    /// Fails unless every typed vector column fits the configured dimensions (a worker checks
+    /// this at start, so it never runs a batch the database must refuse).
+    async fn check_vectors(&self) -> Result<(), QueueError>;
+    /// Builds the vector index (PostgreSQL with pgvector); resumes an interrupted build.
+    async fn create_index(&self) -> Result<IndexOutcome, QueueError>;
+    /// The `k` stored vectors of `model` nearest to `query`, of one source type if given.
+    async fn search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: usize,
+        source_type: Option<&str>,
+    ) -> Result<Search, QueueError>;
     /// Fails unless the schema is exactly the version this binary expects.
     async fn check_schema(&self) -> Result<(), QueueError>;
     /// Cheap round trip to see whether the database answers.

@@ -5,6 +5,7 @@
 //! transaction a different server connection, so nothing may outlive one.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,11 +13,16 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row, Transaction};
 
+use super::pg_column::{migrate_column, ColumnPlan};
+use super::pg_index::{create_hnsw, IndexOutcome};
+use super::pg_layout::{Layout, CANCEL_MISSING_SQL};
+use super::pgvector::{text_literal, VectorBatch, VectorIndex, VectorStorage};
 use super::schema::{self, SCHEMA_VERSION};
+use super::search::{scan, Search, SearchHit, SearchMethod};
 use super::{
     clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener,
-    Lease, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding,
-    WorkerInfo,
+    Lease, MigrateOptions, MigrateReport, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError, QueueStats,
+    RescueReport, StoredEmbedding, WorkerInfo,
 };
 use crate::config::{Config, DatabaseUrl, PoolMode};
 
@@ -33,6 +39,19 @@ pub struct PgQueue {
     /// False behind a transaction pooler: statements are not kept on the server.
     persistent: bool,
     listen: Option<PgConnectOptions>,
+    /// The vector storage the configuration asks for (`embq migrate`, the start-up check).
+    vectors: VectorSettings,
+    /// The vector storage the catalog has, read once; `migrate` forgets it.
+    layout: std::sync::RwLock<Option<Arc<Layout>>>,
+}
+
+/// The settings that shape vector storage.
+#[derive(Clone, Debug)]
+struct VectorSettings {
+    storage: VectorStorage,
+    index: VectorIndex,
+    dims: usize,
+    model: String,
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -82,77 +101,18 @@ const CLAIM_SQL: &str = "WITH picked AS (
     RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
         c.unchanged";
 
-/// Marks jobs $2 (under lease token $3) done and upserts their vectors: model $4, $5
-/// dimensions, all vectors in one flat real[] $6, sliced per job by its position.
-const FINISH_STORE_SQL: &str = "WITH input AS (
-        SELECT * FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, ord)
-    ), done AS (
-        UPDATE embq.jobs j
-        SET state = 'done', finished_at = COALESCE($1::timestamptz, now()),
-            updated_at = COALESCE($1::timestamptz, now()), last_error = NULL,
-            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-        FROM input i
-        WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $3
-        RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text_sha256, i.ord
-    ), stored AS (
-        INSERT INTO embq.embeddings AS e
-            (source_type, source_id, content_type, model, dimensions, embedding,
-             text_sha256, job_id, updated_at)
-        SELECT d.source_type, d.source_id, d.content_type, $4, $5,
-               ($6::real[])[(d.ord - 1) * $5 + 1 : d.ord * $5],
-               d.text_sha256, d.id, COALESCE($1::timestamptz, now())
-        FROM done d
-        ON CONFLICT (source_type, source_id, content_type) DO UPDATE
-        SET model = EXCLUDED.model, dimensions = EXCLUDED.dimensions,
-            embedding = EXCLUDED.embedding, text_sha256 = EXCLUDED.text_sha256,
-            job_id = EXCLUDED.job_id, updated_at = EXCLUDED.updated_at
-        -- A slower worker finishing an older job must not overwrite newer text's vector.
-        WHERE e.job_id <= EXCLUDED.job_id
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM done) AS done, (SELECT count(*) FROM stored) AS stored";
+/// Most stored vectors a client-side search reads (real[] columns, where PostgreSQL cannot rank them).
+const SCAN_LIMIT: i64 = 1_000_000;
 
-/// A batch's vectors, end to end, bound as one `real[]` straight from the outcomes.
-///
-/// sqlx encodes a `Vec<f32>` element by element through its generic array encoder, which was a
-/// quarter of a worker's CPU at 1,536 dimensions; this writes the binary array format in one
-/// pass, without first copying the vectors into one flat vector.
-struct FlatF32Array<'a> {
-    vectors: &'a [(i64, &'a [f32])],
-    len: usize,
-}
-
-impl sqlx::Type<Postgres> for FlatF32Array<'_> {
-    fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <Vec<f32> as sqlx::Type<Postgres>>::type_info()
-    }
-}
-
-impl sqlx::Encode<'_, Postgres> for FlatF32Array<'_> {
-    fn encode_by_ref(
-        &self,
-        buf: &mut sqlx::postgres::PgArgumentBuffer,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        // Binary array format: ndim, has-nulls flag, element type, then length and lower bound
-        // of the one dimension, then each element as (byte length, big-endian value).
-        const FLOAT4_OID: i32 = 700;
-        let len = i32::try_from(self.len).map_err(|_| "too many vector values for one statement")?;
-        let start = buf.len();
-        buf.resize(start + 20 + 8 * self.len, 0);
-        let (head, body) = buf[start..].split_at_mut(20);
-        for (dst, word) in head.chunks_exact_mut(4).zip([1, 0, FLOAT4_OID, len, 1]) {
-            dst.copy_from_slice(&word.to_be_bytes());
-        }
-        let values = self.vectors.iter().flat_map(|(_, v)| v.iter());
-        for (dst, v) in body.chunks_exact_mut(8).zip(values) {
-            // Length 4, then the value: one big-endian u64 per element.
-            dst.copy_from_slice(&((4u64 << 32) | u64::from(v.to_bits())).to_be_bytes());
-        }
-        Ok(sqlx::encode::IsNull::No)
-    }
-
-    fn size_hint(&self) -> usize {
-        20 + 8 * self.len
+/// What building the index did, for the operator.
+fn index_note(o: &IndexOutcome) -> String {
+    match o {
+        IndexOutcome::Present => "the HNSW index embq.embeddings_embedding_hnsw_idx is in place".into(),
+        IndexOutcome::Built { replaced_invalid, took } => format!(
+            "built the HNSW index embq.embeddings_embedding_hnsw_idx in {} ms (CONCURRENTLY: writes went on){}",
+            took.as_millis(),
+            if *replaced_invalid { ", replacing an interrupted build" } else { "" }
+        ),
     }
 }
 
@@ -203,7 +163,13 @@ impl PgQueue {
             // LISTEN through a transaction pooler silently loses notifications: poll instead.
             (None, PoolMode::Transaction) => None,
         };
-        Ok(Self { pool, clock, persistent: session, listen })
+        let vectors = VectorSettings {
+            storage: cfg.vector_type,
+            index: cfg.vector_index,
+            dims: cfg.dimensions,
+            model: cfg.model.clone(),
+        };
+        Ok(Self { pool, clock, persistent: session, listen, vectors, layout: std::sync::RwLock::default() })
     }
 
     fn q<'q>(&self, sql: &'q str) -> Query<'q> {
@@ -229,29 +195,16 @@ impl PgQueue {
         self.clock.sql_now()
     }
 
-    /// The pgvector type, schema-qualified, when the extension is installed (creating it if available).
-    async fn vector_type(tx: &mut Transaction<'static, Postgres>) -> Result<Option<String>, QueueError> {
-        let available: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')")
-                .persistent(false)
-                .fetch_one(&mut **tx)
-                .await?;
-        if available {
-            // Creating an extension needs privileges we may lack; a savepoint keeps the migration going.
-            sqlx::Executor::execute(&mut **tx, "SAVEPOINT embq_vector").await?;
-            if sqlx::Executor::execute(&mut **tx, "CREATE EXTENSION IF NOT EXISTS vector").await.is_err() {
-                sqlx::Executor::execute(&mut **tx, "ROLLBACK TO SAVEPOINT embq_vector").await?;
-            }
+    /// The vector storage as the catalog has it (read once, then cached).
+    async fn layout(&self) -> Result<Arc<Layout>, QueueError> {
+        if let Some(l) = self.layout.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(l.clone());
         }
-        let schema: Option<String> = sqlx::query_scalar(
-            "SELECT n.nspname::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-             JOIN pg_extension e ON e.extnamespace = n.oid AND e.extname = 'vector' \
-             WHERE t.typname = 'vector' LIMIT 1",
-        )
-        .persistent(false)
-        .fetch_optional(&mut **tx)
-        .await?;
-        Ok(schema.map(|s| format!("\"{}\".vector", s.replace('"', "\"\""))))
+        let mut tx = self.begin().await?;
+        let layout = Arc::new(super::pg_layout::load(&mut tx).await?);
+        tx.commit().await?;
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Some(layout.clone());
+        Ok(layout)
     }
 
     async fn schema_version(&self, tx: &mut Transaction<'static, Postgres>) -> Result<Option<i32>, QueueError> {
@@ -310,6 +263,49 @@ impl PgQueue {
         Ok(((rows.len() - superseded) as u64, superseded as u64))
     }
 
+    /// The nearest rows of a write-back destination's own table, with the text each was embedded from.
+    async fn search_destination(
+        &self,
+        d: &super::pg_layout::Destination,
+        query: &[f32],
+        k: i64,
+    ) -> Result<Search, QueueError> {
+        let mut tx = self.begin().await?;
+        let near: Vec<(String, f64)> = sqlx::query_as(&d.search_sql())
+            .persistent(false)
+            .bind(text_literal(query))
+            .bind(k)
+            .fetch_all(&mut *tx)
+            .await?;
+        let ids: Vec<&str> = near.iter().map(|n| n.0.as_str()).collect();
+        let meta: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT e.source_id, e.model, j.text FROM embq.embeddings e LEFT JOIN embq.jobs j ON j.id = e.job_id
+              WHERE e.source_type = $1 AND e.content_type = $2 AND e.source_id = ANY($3)",
+        )
+        .persistent(false)
+        .bind(&d.source_type)
+        .bind(&d.content_type)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let hits = near
+            .into_iter()
+            .map(|(source_id, distance)| {
+                let m = meta.iter().find(|m| m.0 == source_id);
+                SearchHit {
+                    source_type: d.source_type.clone(),
+                    content_type: d.content_type.clone(),
+                    model: m.map(|m| m.1.clone()).unwrap_or_default(),
+                    text: m.and_then(|m| m.2.clone()),
+                    score: 1.0 - distance,
+                    source_id,
+                }
+            })
+            .collect();
+        Ok(Search { method: SearchMethod::Destination(d.display.clone()), hits })
+    }
+
     /// Ids of dead jobs the selection names.
     fn selection_ids(which: &DeadSelection) -> Option<Vec<i64>> {
         match which {
@@ -344,7 +340,7 @@ fn claimed(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
 
 #[async_trait]
 impl Queue for PgQueue {
-    async fn migrate(&self) -> Result<i32, QueueError> {
+    async fn migrate_with(&self, opts: MigrateOptions) -> Result<MigrateReport, QueueError> {
         let mut tx = self.begin().await?;
         // Several pods may run `embq migrate` at once; one applies, the others wait and find it done.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('embq.migrate'))")
@@ -359,8 +355,8 @@ impl Queue for PgQueue {
         }
         for (i, script) in schema::POSTGRES.iter().enumerate().skip(current as usize) {
             let version = i as i32 + 1;
-            let vector = Self::vector_type(&mut tx).await?.unwrap_or_else(|| "real[]".to_string());
-            let sql = script.replace("__VECTOR_TYPE__", &vector);
+            // The column starts as real[]; its type is settled below, from the configuration.
+            let sql = script.replace("__VECTOR_TYPE__", "real[]");
             sqlx::Executor::execute(&mut *tx, sql.as_str())
                 .await
                 .map_err(|e| QueueError::Schema(format!("migration {version} failed: {e}")))?;
@@ -370,8 +366,61 @@ impl Queue for PgQueue {
                 .execute(&mut *tx)
                 .await?;
         }
+        let plan = ColumnPlan { storage: self.vectors.storage, dims: self.vectors.dims, reembed: opts.reembed };
+        let mut notes = migrate_column(&mut tx, plan, &self.vectors.model).await?;
         tx.commit().await?;
-        Ok(SCHEMA_VERSION)
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.vectors.index == VectorIndex::Hnsw {
+            notes.push(index_note(&self.create_index().await?));
+        }
+        Ok(MigrateReport { version: SCHEMA_VERSION, notes })
+    }
+
+    async fn check_vectors(&self) -> Result<(), QueueError> {
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.layout().await?.check_dims(self.vectors.dims)
+    }
+
+    async fn create_index(&self) -> Result<IndexOutcome, QueueError> {
+        // CREATE INDEX CONCURRENTLY cannot run inside a transaction: a connection of its own.
+        let mut conn = self.pool.acquire().await?;
+        if !self.persistent {
+            sqlx::Executor::execute(&mut *conn, NO_JIT_HERE.trim_start_matches("SET LOCAL ")).await.ok();
+        }
+        create_hnsw(&mut conn).await
+    }
+
+    async fn search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: usize,
+        source_type: Option<&str>,
+    ) -> Result<Search, QueueError> {
+        let layout = self.layout().await?;
+        let k = i64::try_from(k).unwrap_or(i64::MAX);
+        if let Some(d) = source_type.and_then(|st| layout.destinations.iter().find(|d| d.source_type == st)) {
+            return self.search_destination(d, query, k).await;
+        }
+        let Some(cast) = layout.search_cast() else {
+            let stored = self.embeddings(model, SCAN_LIMIT).await?;
+            let stored = stored.into_iter().filter(|e| source_type.is_none_or(|st| e.source_type == st));
+            return Ok(Search { method: SearchMethod::ClientScan, hits: scan(stored, query, k as usize) });
+        };
+        let mut tx = self.begin().await?;
+        let rows: Vec<SearchHit> = sqlx::query_as(&format!(
+            "SELECT source_type, source_id, content_type, model, similarity AS score, text
+               FROM embq.search($1::text::{cast}, $2::int, $3, $4)"
+        ))
+        .persistent(false)
+        .bind(text_literal(query))
+        .bind(k.min(i64::from(i32::MAX)) as i32)
+        .bind(model)
+        .bind(source_type)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Search { method: SearchMethod::Database, hits: rows })
     }
 
     async fn check_schema(&self) -> Result<(), QueueError> {
@@ -480,25 +529,44 @@ impl Queue for PgQueue {
     ) -> Result<FinishReport, QueueError> {
         let g = OutcomeGroups::split(outcomes);
         let mut report = FinishReport::default();
+        let layout = if g.done.is_empty() { None } else { Some(self.layout().await?) };
         let mut tx = self.begin().await?;
-        if !g.done.is_empty() {
+        if let Some(layout) = &layout {
             let dims = g.done[0].1.len();
             if g.done.iter().any(|(_, v)| v.len() != dims) || dims == 0 {
                 return Err(QueueError::Invalid("vectors of one batch must share a non-zero dimension".into()));
             }
             let ids: Vec<i64> = g.done.iter().map(|d| d.0).collect();
-            let flat = FlatF32Array { vectors: &g.done, len: ids.len() * dims };
-            let row = self
-                .q(FINISH_STORE_SQL)
+            let vectors = VectorBatch { vectors: &g.done, dims, encoding: layout.encoding };
+            let mut q = self
+                .q(&layout.finish_sql)
                 .bind(self.now())
                 .bind(ids)
                 .bind(lease.token.clone())
                 .bind(model.to_string())
                 .bind(dims as i32)
-                .bind(flat)
-                .fetch_one(&mut *tx)
-                .await?;
+                .bind(vectors);
+            if !layout.destinations.is_empty() {
+                let st: Vec<&str> = layout.destinations.iter().map(|d| d.source_type.as_str()).collect();
+                let ct: Vec<&str> = layout.destinations.iter().map(|d| d.content_type.as_str()).collect();
+                q = q.bind(st).bind(ct);
+            }
+            let row = q.fetch_one(&mut *tx).await?;
             report.stored = row.try_get::<i64, _>("done")? as u64;
+            if !layout.destinations.is_empty() {
+                let missing: Vec<i64> = row.try_get("missing")?;
+                if !missing.is_empty() {
+                    let cancelled: i64 = self
+                        .q(CANCEL_MISSING_SQL)
+                        .bind(self.now())
+                        .bind(missing)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("cancelled")?;
+                    report.cancelled = cancelled as u64;
+                    report.stored = report.stored.saturating_sub(report.cancelled);
+                }
+            }
         }
         if !g.unchanged.is_empty() {
             let r = self
@@ -540,8 +608,13 @@ impl Queue for PgQueue {
         report.released = released;
         report.superseded = sup1 + sup2;
         tx.commit().await?;
-        let applied =
-            report.stored + report.unchanged + report.dead + report.retried + report.released + report.superseded;
+        let applied = report.stored
+            + report.unchanged
+            + report.dead
+            + report.retried
+            + report.released
+            + report.superseded
+            + report.cancelled;
         report.lost = (outcomes.len() as u64).saturating_sub(applied);
         Ok(report)
     }
@@ -768,26 +841,28 @@ impl Queue for PgQueue {
 
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
         let mut tx = self.begin().await?;
-        let rows = self
-            .q("SELECT source_type, source_id, content_type, model, embedding::real[] AS v
-                FROM embq.embeddings WHERE model = $1 LIMIT $2")
-            .bind(model.to_string())
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows: Vec<(String, String, String, String, Vec<f32>, Option<String>)> = sqlx::query_as(
+            "SELECT e.source_type, e.source_id, e.content_type, e.model, e.embedding::real[], j.text
+               FROM embq.embeddings e LEFT JOIN embq.jobs j ON j.id = e.job_id
+              WHERE e.model = $1 AND e.embedding IS NOT NULL LIMIT $2",
+        )
+        .persistent(self.persistent)
+        .bind(model)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredEmbedding {
-                    source_type: r.try_get("source_type")?,
-                    source_id: r.try_get("source_id")?,
-                    content_type: r.try_get("content_type")?,
-                    model: r.try_get("model")?,
-                    vector: r.try_get("v")?,
-                })
+        Ok(rows
+            .into_iter()
+            .map(|(source_type, source_id, content_type, model, vector, text)| StoredEmbedding {
+                source_type,
+                source_id,
+                content_type,
+                model,
+                vector,
+                text,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+            .collect())
     }
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
@@ -827,6 +902,7 @@ pub(super) fn fold_stats(rows: Vec<StatRow>) -> QueueStats {
             ("done", _) => s.done += r.count,
             ("dead", _) => s.dead += r.count,
             ("superseded", _) => s.superseded += r.count,
+            ("cancelled", _) => s.cancelled += r.count,
             _ => {}
         }
     }
@@ -836,7 +912,9 @@ pub(super) fn fold_stats(rows: Vec<StatRow>) -> QueueStats {
 
 #[cfg(test)]
 mod tests {
-    use super::{CLAIM_SQL, FINISH_STORE_SQL};
+    use super::super::pg_layout::finish_sql;
+    use super::super::pgvector::Encoding;
+    use super::CLAIM_SQL;
 
     /// The pgbench ceiling of `scripts/bench-drain.sh`.
     const CEILING: &str = include_str!("../../../../scripts/bench/claim-finish.sql");
@@ -872,7 +950,7 @@ mod tests {
     #[test]
     fn the_ceiling_runs_the_finish_statement_embq_runs_but_for_where_vectors_come_from() {
         let finish = as_ceiling(
-            FINISH_STORE_SQL,
+            &finish_sql(Encoding::Flat, "real[]", &[]),
             &[
                 ("unnest($2::bigint[])", "unnest(:ids::bigint[])"),
                 ("$3", "'tok'"),
@@ -886,7 +964,7 @@ mod tests {
         assert!(!finish.contains('$'), "every parameter is mapped: {finish}");
         assert!(
             normalise(CEILING).contains(&finish),
-            "scripts/bench/claim-finish.sql drifted from FINISH_STORE_SQL:\n{finish}"
+            "scripts/bench/claim-finish.sql drifted from the finish statement:\n{finish}"
         );
     }
 }

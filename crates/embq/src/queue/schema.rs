@@ -3,7 +3,7 @@
 use super::QueueError;
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// PostgreSQL migrations, in order; index + 1 is the version.
 pub(super) const POSTGRES: &[&str] = &[
@@ -12,6 +12,7 @@ pub(super) const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0003_rate_windows.sql"),
     include_str!("../../migrations/postgres/0004_inline_vectors.sql"),
     include_str!("../../migrations/postgres/0005_running_key.sql"),
+    include_str!("../../migrations/postgres/0006_destinations.sql"),
 ];
 
 /// SQLite migrations, in order; index + 1 is the version.
@@ -21,6 +22,7 @@ pub(super) const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_rate_windows.sql"),
     include_str!("../../migrations/sqlite/0004_inline_vectors.sql"),
     include_str!("../../migrations/sqlite/0005_running_key.sql"),
+    include_str!("../../migrations/sqlite/0006_destinations.sql"),
 ];
 
 /// Compares the stored version with ours and says what to do when they differ.

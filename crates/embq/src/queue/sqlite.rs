@@ -14,10 +14,11 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::postgres::{fold_stats, StatRow};
 use super::schema::{self, SCHEMA_VERSION};
+use super::search::{scan, Search, SearchMethod};
 use super::{
-    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener,
-    Lease, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding,
-    WorkerInfo,
+    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, IndexOutcome,
+    JobListener, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError,
+    QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
 };
 use crate::vector;
 
@@ -123,7 +124,7 @@ fn to_time(ms: i64) -> DateTime<Utc> {
 
 #[async_trait]
 impl Queue for SqliteQueue {
-    async fn migrate(&self) -> Result<i32, QueueError> {
+    async fn migrate_with(&self, _opts: MigrateOptions) -> Result<MigrateReport, QueueError> {
         let mut tx = self.begin().await?;
         let current = self.schema_version(&mut tx).await?.unwrap_or(0);
         if current > SCHEMA_VERSION {
@@ -143,7 +144,32 @@ impl Queue for SqliteQueue {
                 .await?;
         }
         tx.commit().await?;
-        Ok(SCHEMA_VERSION)
+        let notes = vec!["vectors are stored as little-endian f32 blobs; search scans them in the client".into()];
+        Ok(MigrateReport { version: SCHEMA_VERSION, notes })
+    }
+
+    async fn check_vectors(&self) -> Result<(), QueueError> {
+        // Blobs take any dimensions; search skips vectors of other sizes.
+        Ok(())
+    }
+
+    async fn create_index(&self) -> Result<IndexOutcome, QueueError> {
+        Err(QueueError::Invalid(
+            "SQLite has no vector index: search scans the stored vectors (use PostgreSQL with pgvector for an index)"
+                .into(),
+        ))
+    }
+
+    async fn search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: usize,
+        source_type: Option<&str>,
+    ) -> Result<Search, QueueError> {
+        let stored = self.embeddings(model, i64::MAX).await?;
+        let stored = stored.into_iter().filter(|e| source_type.is_none_or(|st| e.source_type == st));
+        Ok(Search { method: SearchMethod::ClientScan, hits: scan(stored, query, k) })
     }
 
     async fn check_schema(&self) -> Result<(), QueueError> {
@@ -578,7 +604,8 @@ impl Queue for SqliteQueue {
 
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
         let rows = sqlx::query(
-            "SELECT source_type, source_id, content_type, model, embedding FROM embeddings WHERE model = ?1 LIMIT ?2",
+            "SELECT e.source_type, e.source_id, e.content_type, e.model, e.embedding, j.text
+               FROM embeddings e LEFT JOIN jobs j ON j.id = e.job_id WHERE e.model = ?1 LIMIT ?2",
         )
         .bind(model)
         .bind(limit)
@@ -594,6 +621,7 @@ impl Queue for SqliteQueue {
                     model: r.try_get("model")?,
                     vector: vector::from_le_bytes(&blob)
                         .map_err(|e| QueueError::Invalid(format!("stored vector is corrupt: {e}")))?,
+                    text: r.try_get("text")?,
                 })
             })
             .collect()

@@ -37,6 +37,8 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
             "GEMINI_TASK_TYPE" => r.gemini_task_type = v,
             "PROVIDER_TIMEOUT" => r.provider_timeout = v,
             "OVERLONG_INPUT" => r.overlong_input = v,
+            "VECTOR_TYPE" => r.vector_type = v,
+            "VECTOR_INDEX" => r.vector_index = v,
             "RATE_LIMIT_SCOPE" => r.rate_limit_scope = v,
             "MAX_REQUESTS_PER_MINUTE" => r.max_requests_per_minute = v,
             "MAX_TOKENS_PER_MINUTE" => r.max_tokens_per_minute = v,
@@ -143,7 +145,18 @@ pub fn metric(m: &Metrics, sample: &str) -> f64 {
 
 /// Opens a store for a URL.
 pub async fn store(url: &str, clock: embq::queue::Clock) -> std::sync::Arc<dyn embq::queue::Queue> {
-    let cfg = config_at(url, &[("DB_MAX_CONNECTIONS", "20")]);
+    store_with(url, clock, &[]).await
+}
+
+/// A store with settings (`EMBEDDING_DIMENSIONS`, `VECTOR_TYPE`, …) as (variable, value) pairs.
+pub async fn store_with(
+    url: &str,
+    clock: embq::queue::Clock,
+    overrides: &[(&str, &str)],
+) -> std::sync::Arc<dyn embq::queue::Queue> {
+    let mut pairs = vec![("DB_MAX_CONNECTIONS", "20")];
+    pairs.extend_from_slice(overrides);
+    let cfg = config_at(url, &pairs);
     let url = DatabaseUrl::parse(url).expect("URL");
     embq::queue::connect_with_clock(&cfg, &url, clock).await.expect("open store")
 }

@@ -117,3 +117,46 @@ impl Drop for PrivatePg {
         let _ = as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&data).args(["-m", "immediate", "stop"]).output();
     }
 }
+
+/// The non-superuser role that owns Supabase-like test databases and runs their migrations.
+pub const OWNER_ROLE: &str = "embq_owner";
+
+/// Creates a role unless it exists; tests racing to create it are fine.
+async fn ensure_role(conn: &mut sqlx::PgConnection, ddl: &str) {
+    if let Err(e) = sqlx::raw_sql(ddl).execute(&mut *conn).await {
+        let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+        // 42710: duplicate object; 23505: two sessions inserted the same role name at once.
+        assert!(matches!(code.as_deref(), Some("42710" | "23505")), "{ddl}: {e}");
+    }
+}
+
+/// A fresh database laid out as Supabase lays it out: pgvector in schema `extensions`, the roles
+/// `anon` and `authenticated`, and the database owned by a non-superuser ([`OWNER_ROLE`]), whose
+/// URL is returned (it runs `embq migrate` and the workers, as `postgres` does on Supabase).
+pub async fn fresh_supabase_db() -> String {
+    let admin = pg_admin_url();
+    let url = fresh_pg_db().await;
+    let db = url::Url::parse(&url).expect("test URL parses").path().trim_start_matches('/').to_string();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to the test PostgreSQL");
+    ensure_role(&mut conn, &format!("CREATE ROLE {OWNER_ROLE} LOGIN NOSUPERUSER NOCREATEROLE")).await;
+    ensure_role(&mut conn, "CREATE ROLE authenticated NOLOGIN NOINHERIT").await;
+    ensure_role(&mut conn, "CREATE ROLE anon NOLOGIN NOINHERIT").await;
+    sqlx::raw_sql(&format!("ALTER DATABASE {db} OWNER TO {OWNER_ROLE}"))
+        .execute(&mut conn)
+        .await
+        .expect("hand the database to its owner");
+    let _ = conn.close().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect to the new database");
+    sqlx::raw_sql(
+        "CREATE SCHEMA extensions;
+         CREATE EXTENSION vector WITH SCHEMA extensions;
+         GRANT USAGE ON SCHEMA extensions TO PUBLIC;",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("install pgvector in schema extensions (is pgvector built? scripts/test.sh builds it)");
+    let _ = conn.close().await;
+    let mut u = url::Url::parse(&url).expect("test URL parses");
+    u.set_username(OWNER_ROLE).expect("URL takes a user name");
+    u.to_string()
+}
