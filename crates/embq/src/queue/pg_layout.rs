@@ -23,6 +23,8 @@ pub struct Destination {
     key_type: String,
     vector: String,
     vector_type: String,
+    /// pgvector's `<=>`, qualified with its schema.
+    distance: String,
     /// The vector column's type.
     pub column: ColumnType,
 }
@@ -105,6 +107,7 @@ pub async fn load(conn: &mut PgConnection) -> Result<Layout, QueueError> {
             key_type,
             vector: quote_ident(&r.vector_column),
             vector_type: column.sql(&schema),
+            distance: format!("OPERATOR({schema}.<=>)"),
             source_type: r.source_type,
             content_type: r.content_type,
             display,
@@ -153,8 +156,9 @@ impl Destination {
     /// `SELECT key::text, distance` of the `$3` nearest rows to `$1` (cast to this column's type).
     pub fn search_sql(&self) -> String {
         format!(
-            "SELECT t.{key}::text AS source_id, t.{vec} <=> $1::text::{ty} AS distance FROM {table} t \
-             WHERE t.{vec} IS NOT NULL ORDER BY t.{vec} <=> $1::text::{ty} LIMIT $2",
+            "SELECT t.{key}::text AS source_id, (t.{vec} {op} $1::text::{ty})::float8 AS distance FROM {table} t \
+             WHERE t.{vec} IS NOT NULL ORDER BY t.{vec} {op} $1::text::{ty} LIMIT $2",
+            op = self.distance,
             key = self.key,
             vec = self.vector,
             ty = self.vector_type,
@@ -271,6 +275,7 @@ mod tests {
             key_type: "bigint".into(),
             vector: "\"embedding\"".into(),
             vector_type: "\"extensions\".vector(3)".into(),
+            distance: "OPERATOR(\"extensions\".<=>)".into(),
             column: ColumnType::Vector(Some(3)),
         }
     }
