@@ -71,6 +71,8 @@ pub struct Metrics {
     pub jobs_retried: Counter,
     /// embedding_jobs_released_total
     pub jobs_released: Counter,
+    /// embedding_jobs_cancelled_total
+    pub jobs_cancelled: Counter,
     /// embedding_jobs_unchanged_total
     pub jobs_unchanged: Counter,
     /// embedding_lease_lost_total
@@ -132,6 +134,7 @@ impl Metrics {
             jobs_dead: Counter::default(),
             jobs_retried: Counter::default(),
             jobs_released: Counter::default(),
+            jobs_cancelled: Counter::default(),
             jobs_unchanged: Counter::default(),
             leases_lost: Counter::default(),
             lease_reclaims: Counter::default(),
@@ -183,6 +186,11 @@ impl Metrics {
             "embedding_jobs_released",
             "Jobs returned to the queue without spending an attempt",
             m.jobs_released.clone(),
+        );
+        r.register(
+            "embedding_jobs_cancelled",
+            "Jobs embedded whose write-back row no longer exists: nothing stored",
+            m.jobs_cancelled.clone(),
         );
         r.register(
             "embedding_jobs_unchanged",

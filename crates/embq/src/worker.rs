@@ -16,7 +16,7 @@ use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::Config;
 use crate::health::Health;
@@ -28,8 +28,10 @@ use crate::provider::{Provider, ProviderError};
 use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome, Queue, QueueError, WorkerInfo};
 
 mod requests;
+mod store_results;
 
 use requests::embed_jobs;
+use store_results::store_results;
 
 /// Errors that stop the worker.
 #[derive(Debug, thiserror::Error)]
@@ -357,7 +359,7 @@ async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Notify, drain_
         tracker.spawn(async move {
             let n = h.jobs.len() as i64;
             let outcomes = h.jobs.iter().map(|j| (j.id, Outcome::Released { after: Duration::ZERO })).collect();
-            let report = finish_with_retry(&ctx2, &h.lease, outcomes).await;
+            let report = store_results(&ctx2, &h.lease, &h.jobs, outcomes).await;
             count_outcomes(&ctx2, &report);
             ctx2.health.add_inflight(-n);
             drop(h.live);
@@ -522,7 +524,7 @@ async fn process_batch(ctx: &Ctx, lease: &Lease, jobs: Vec<ClaimedJob>) {
         // Token-aware requests under the rate limit (issue 3).
         embed_jobs(ctx, provider, &todo, &mut outcomes).await;
         hold_drain_for_releases(ctx, &outcomes);
-        let report = finish_with_retry(ctx, lease, outcomes).await;
+        let report = store_results(ctx, lease, &jobs, outcomes).await;
         record(ctx, &report, jobs.len(), started.elapsed());
     }
     .instrument(span)
@@ -583,44 +585,6 @@ fn count_request(ctx: &Ctx, provider: &'static str, status_class: &'static str) 
     }
 }
 
-/// Writes outcomes, retrying while the database is unreachable.
-///
-/// An outage does not abandon a batch: the results wait for the database to come back, and if
-/// the lease was lost meanwhile the finish reports them stale. Only a hard stop gives up during
-/// an outage; other errors give up when the lease would have run out. A batch given up stops
-/// being heartbeated, so its jobs' leases lapse and another worker rescues them.
-async fn finish_with_retry(ctx: &Ctx, lease: &Lease, outcomes: Vec<(i64, Outcome)>) -> FinishReport {
-    let deadline = Instant::now() + ctx.cfg.lease_duration();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match ctx.queue.finish(lease, ctx.provider.model(), &outcomes).await {
-            Ok(r) => {
-                ctx.health.set_db_ok(true);
-                return r;
-            }
-            Err(e) => {
-                ctx.metrics.error(e.kind());
-                let outage = matches!(e, QueueError::Unavailable(_));
-                if outage {
-                    ctx.health.set_db_ok(false);
-                }
-                let expired = !outage && Instant::now() + delay >= deadline;
-                if expired || ctx.hard.is_cancelled() || matches!(e, QueueError::Invalid(_)) {
-                    // Another worker redoes the batch once the lease expires; the upsert is idempotent.
-                    error!(error = %e, jobs = outcomes.len(), "could not record batch results; the jobs will be re-claimed");
-                    return FinishReport { lost: outcomes.len() as u64, ..FinishReport::default() };
-                }
-                warn!(error = %e, "recording batch results failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = ctx.hard.cancelled() => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
 /// Counts jobs the claim found unchanged (and completed) as processed.
 fn record_unchanged(ctx: &Ctx, n: u64) {
     count_outcomes(ctx, &FinishReport { unchanged: n, ..FinishReport::default() });
@@ -637,6 +601,7 @@ fn count_outcomes(ctx: &Ctx, r: &FinishReport) {
     m.jobs_retried.inc_by(r.retried);
     m.jobs_dead.inc_by(r.dead);
     m.jobs_released.inc_by(r.released);
+    m.jobs_cancelled.inc_by(r.cancelled);
     m.leases_lost.inc_by(r.lost);
     c.processed.fetch_add(completed, Ordering::Relaxed);
     c.unchanged.fetch_add(r.unchanged, Ordering::Relaxed);
@@ -668,6 +633,7 @@ fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
         retried = r.retried,
         dead = r.dead,
         released = r.released,
+        cancelled = r.cancelled,
         "batch finished"
     );
 }

@@ -93,7 +93,7 @@ pub enum CliError {
     /// Bad input data (exit 65).
     #[error("{0}")]
     Input(String),
-    /// The store failed (exit 69 when unreachable, 78 for a schema problem).
+    /// The store failed (exit 69 when unreachable, 78 for a schema problem, 65 when it refused the data).
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// Anything else (exit 1).
@@ -108,7 +108,7 @@ impl CliError {
             Self::Input(_) => 65,
             Self::Queue(QueueError::Unavailable(_)) => 69,
             Self::Queue(QueueError::Schema(_)) => 78,
-            Self::Queue(QueueError::Invalid(_)) => 65,
+            Self::Queue(QueueError::Invalid(_) | QueueError::Rejected(_)) => 65,
             Self::Other(_) => 1,
         }
     }

@@ -4,8 +4,10 @@
 //! Lifecycle of a job: `ready` (run_at in the future = scheduled) -> `running`
 //! (leased to one worker with a token and an expiry) -> `done` | `dead`, or back to
 //! `ready` on retry, release or lease expiry. A `ready` job that was overtaken by a
-//! newer enqueue of the same key ends as `superseded`.
+//! newer enqueue of the same key ends as `superseded`; one whose record was deleted (or whose
+//! write-back row is gone) ends as `cancelled`.
 
+mod errors;
 mod pg_column;
 mod pg_index;
 mod pg_layout;
@@ -44,6 +46,10 @@ pub enum QueueError {
     /// The request itself was invalid.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The database answered and refused this write for good (a constraint, a trigger, bad
+    /// data); repeating it unchanged fails the same way. Holds the database's message.
+    #[error("the database refused this write: {0}")]
+    Rejected(String),
 }
 
 impl QueueError {
@@ -53,29 +59,15 @@ impl QueueError {
             Self::Unavailable(_) => "database",
             Self::Schema(_) => "schema",
             Self::Invalid(_) => "invalid",
+            Self::Rejected(_) => "rejected",
         }
     }
 }
 
 impl From<sqlx::Error> for QueueError {
     fn from(e: sqlx::Error) -> Self {
-        // sqlx errors never include connection passwords; keep only the message.
-        let msg = e.to_string();
-        match pooler_hint(&msg) {
-            Some(hint) => QueueError::Unavailable(format!("{msg} ({hint})")),
-            None => QueueError::Unavailable(msg),
-        }
+        errors::classify_sqlx(e)
     }
-}
-
-/// Cached statements that vanish or collide mean a transaction-mode pooler sits in front of a
-/// worker configured for a direct connection: say how to fix it.
-fn pooler_hint(msg: &str) -> Option<&'static str> {
-    let statement_clash = msg.contains("prepared statement \"sqlx_s_")
-        && (msg.contains("already exists") || msg.contains("does not exist"));
-    statement_clash.then_some(
-        "DATABASE_URL looks like a transaction-mode pooler (PgBouncer, Supavisor): set DATABASE_POOL_MODE=transaction",
-    )
 }
 
 /// A job to enqueue.
@@ -571,14 +563,6 @@ mod tests {
         let e =
             serde_json::from_str::<NewJob>(r#"{"source_type":"r","source_id":"1","text":"x","colour":1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
-    }
-
-    #[test]
-    fn statement_clashes_point_at_the_pool_mode() {
-        let hint = pooler_hint("error returned from database: prepared statement \"sqlx_s_2\" already exists");
-        assert!(hint.is_some_and(|h| h.contains("DATABASE_POOL_MODE=transaction")));
-        assert!(pooler_hint("prepared statement \"sqlx_s_9\" does not exist").is_some());
-        assert!(pooler_hint("connection refused").is_none());
     }
 
     #[test]
