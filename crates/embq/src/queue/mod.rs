@@ -21,7 +21,7 @@ pub use pg_index::{IndexOutcome, HNSW_INDEX};
 pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
 pub use postgres::PgQueue;
 pub use schema::SCHEMA_VERSION;
-pub use search::{Search, SearchHit, SearchMethod};
+pub use search::{scan, Search, SearchHit, SearchMethod};
 pub use sqlite::SqliteQueue;
 
 use std::sync::{Arc, Mutex};
@@ -314,7 +314,7 @@ pub struct WorkerInfo {
 }
 
 /// A stored embedding, for search.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredEmbedding {
     /// Source type.
     pub source_type: String,
