@@ -5,6 +5,8 @@
 #   scripts/bench-drain.sh                     # 20,000 jobs, 384 dims, workers 1 and 3, 3 runs
 #   JOBS=20000 DIMS=1536 WORKERS="1 2 4" RUNS=3 BATCH_SIZE=500 scripts/bench-drain.sh
 #   BIN=/tmp/embq-old CEILING_CLIENTS= SQLITE=0 scripts/bench-drain.sh   # a prebuilt binary only
+#   VECTOR_TYPE=real[] scripts/bench-drain.sh   # the column type (auto: pgvector's vector(DIMS))
+#   WRITEBACK=1 scripts/bench-drain.sh          # vectors written into an app table (public.docs)
 #
 # Each PostgreSQL run also measures the ceiling right before: the same claim-and-finish SQL
 # (scripts/bench/claim-finish.sql) driven by pgbench with CEILING_CLIENTS connections and no
@@ -79,6 +81,7 @@ run_ceiling() { # -> best jobs/s of pgbench over CEILING_CLIENTS
     psql -q "$url" -c "CREATE TABLE bench_vectors (ord bigint PRIMARY KEY, v real[] NOT NULL)" \
       -c "ALTER TABLE bench_vectors ALTER v SET STORAGE PLAIN" \
       -c "INSERT INTO bench_vectors SELECT o.o, (SELECT array_agg(random()::real) FROM generate_series(1, $DIMS) g WHERE o.o > 0) FROM generate_series(1, $BATCH_SIZE) AS o(o)" \
+      -c "ALTER TABLE bench_vectors ALTER v TYPE $(column_type "$url") USING v::$(column_type "$url")" \
       -c "CHECKPOINT"
     per=$(((JOBS / BATCH_SIZE + c - 1) / c))
     t0=$(now)
@@ -93,11 +96,24 @@ run_ceiling() { # -> best jobs/s of pgbench over CEILING_CLIENTS
   echo "$best"
 }
 
+column_type() { # url -> the type of embq.embeddings.embedding, as SQL
+  psql -tA "$1" -c "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'embq.embeddings'::regclass AND attname = 'embedding'"
+}
+
+writeback_table() { # url: public.docs(id, embedding) with a row per job, registered as the destination of 'doc'
+  local ty
+  ty=$(column_type "$1")
+  psql -q "$1" -c "CREATE TABLE public.docs (id bigint PRIMARY KEY, embedding $ty)" \
+    -c "INSERT INTO public.docs (id) SELECT g FROM generate_series(0, $JOBS - 1) g" \
+    -c "SELECT embq.add_destination('doc', 'public.docs', 'embedding', 'id')" >/dev/null
+}
+
 run_pg() { # workers -> "drain rss cpu enqueue dedupe ceiling"
   local n=$1 url e0 e1 d out ceiling
   ceiling=$(run_ceiling)
   url=$(fresh_db)
   DATABASE_URL=$url "$bin" migrate >/dev/null
+  [ "${WRITEBACK:-0}" = 1 ] && writeback_table "$url"
   e0=$(now)
   DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
   e1=$(now)
@@ -106,6 +122,10 @@ run_pg() { # workers -> "drain rss cpu enqueue dedupe ceiling"
   local done_
   done_=$(psql -tA "$url" -c "SELECT count(*) FROM embq.embeddings")
   [ "$done_" = "$JOBS" ] || { echo "expected $JOBS embeddings, found $done_" >&2; exit 1; }
+  if [ "${WRITEBACK:-0}" = 1 ]; then
+    done_=$(psql -tA "$url" -c "SELECT count(*) FROM public.docs WHERE embedding IS NOT NULL")
+    [ "$done_" = "$JOBS" ] || { echo "expected $JOBS written back, found $done_" >&2; exit 1; }
+  fi
   # The same texts again: every job completes as unchanged, with no provider call and no vector write.
   DATABASE_URL=$url "$bin" enqueue "$work/jobs.jsonl" >/dev/null
   psql -q "$url" -c "CHECKPOINT"
@@ -126,7 +146,8 @@ run_sqlite() {
   awk -v n="$JOBS" -v b="$t0" -v c="$t1" 'BEGIN { print n / (c - b) }'
 }
 
-echo "jobs=$JOBS dims=$DIMS batch=$BATCH_SIZE concurrency=$CONCURRENCY profile=$PROFILE runs=$RUNS ($(nproc) cores, $(date -u +%F))"
+export VECTOR_TYPE=${VECTOR_TYPE:-auto}
+echo "vector_type=$VECTOR_TYPE writeback=${WRITEBACK:-0} jobs=$JOBS dims=$DIMS batch=$BATCH_SIZE concurrency=$CONCURRENCY profile=$PROFILE runs=$RUNS ($(nproc) cores, $(date -u +%F))"
 for w in $WORKERS; do
   : >"$work/r"
   for _ in $(seq "$RUNS"); do run_pg "$w" >>"$work/r"; done

@@ -74,7 +74,8 @@ CONF
     cat "$EMBQ_PG_DIR/postgres.log" >&2
     return 1
   }
-  echo '"postgres" ""' >"$EMBQ_PG_DIR/userlist.txt"
+  # embq_owner: the non-superuser owner of the Supabase-like test databases.
+  printf '"postgres" ""\n"embq_owner" ""\n' >"$EMBQ_PG_DIR/userlist.txt"
   cat >"$EMBQ_PG_DIR/pgbouncer.ini" <<CONF
 [databases]
 * = host=127.0.0.1 port=$port

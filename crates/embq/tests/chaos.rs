@@ -29,7 +29,12 @@ fn embq(url: &str, envs: &[(&str, &str)]) -> Command {
 }
 
 fn prepare(url: &str, n: usize) {
-    assert!(embq(url, &[]).arg("migrate").status().unwrap().success());
+    prepare_as(url, n, "auto");
+}
+
+/// Migrates with `VECTOR_TYPE=vector_type` and enqueues `n` jobs.
+fn prepare_as(url: &str, n: usize, vector_type: &str) {
+    assert!(embq(url, &[("VECTOR_TYPE", vector_type)]).arg("migrate").status().unwrap().success());
     let mut f = tempfile::NamedTempFile::new().unwrap();
     for i in 0..n {
         writeln!(f, r#"{{"source_type":"doc","source_id":"{i}","text":"chaos document {i}"}}"#).unwrap();
@@ -68,10 +73,20 @@ async fn assert_exactly_once(url: &str, n: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_sigkills_while_four_workers_drain_lose_nothing() {
-    let url = support::pg::fresh_pg_db().await;
+async fn random_sigkills_while_four_workers_drain_into_pgvector_lose_nothing() {
+    // As on Supabase: pgvector in `extensions`, migrated and worked by the non-superuser owner.
+    sigkill_chaos(&support::pg::fresh_supabase_db().await, "auto").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sigkills_while_four_workers_drain_into_real_arrays_lose_nothing() {
+    sigkill_chaos(&support::pg::fresh_pg_db().await, "real[]").await;
+}
+
+async fn sigkill_chaos(url: &str, vector_type: &str) {
+    let url = url.to_string();
     let n = 20_000;
-    prepare(&url, n);
+    prepare_as(&url, n, vector_type);
     let mut workers: Vec<support::Reaper> = (0..4).map(|_| spawn_worker(&url, 0)).collect();
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut kills = 0;

@@ -57,9 +57,29 @@ async fn counts(url: &str) -> (i64, i64, i64, i64) {
     row
 }
 
-/// Enqueues `n` jobs, runs three draining workers at once, returns jobs/s.
-async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n: usize) -> f64 {
-    run_ok(embq(direct, &[]).arg("migrate"));
+/// The vector column's type, as the catalog has it.
+async fn column_type(url: &str) -> String {
+    let mut c = PgConnection::connect(url).await.expect("connect");
+    sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+          WHERE attrelid = 'embq.embeddings'::regclass AND attname = 'embedding'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .expect("column type")
+}
+
+/// Migrates with `VECTOR_TYPE=vector_type`, enqueues `n` jobs, runs three draining workers at
+/// once, checks the column is `column` and returns jobs/s.
+async fn three_workers_drain(
+    direct: &str,
+    worker_url: &str,
+    pool_mode: &str,
+    n: usize,
+    (vector_type, column): (&str, &str),
+) -> f64 {
+    run_ok(embq(direct, &[("VECTOR_TYPE", vector_type)]).arg("migrate"));
+    assert_eq!(column_type(direct).await, column);
     let file = write_jobs(n);
     let out = run_ok(embq(worker_url, &[("DATABASE_POOL_MODE", pool_mode)]).arg("enqueue").arg(file.path()));
     assert!(out.contains(&format!("queued {n} jobs")), "{out}");
@@ -101,15 +121,23 @@ async fn three_workers_drain(direct: &str, worker_url: &str, pool_mode: &str, n:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_drain_20000_jobs_on_postgres() {
     let url = support::pg::fresh_pg_db().await;
-    three_workers_drain(&url, &url, "session", 20_000).await;
+    three_workers_drain(&url, &url, "session", 20_000, ("auto", "vector(384)")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_drain_20000_jobs_into_real_arrays() {
+    let url = support::pg::fresh_pg_db().await;
+    three_workers_drain(&url, &url, "session", 20_000, ("real[]", "real[]")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_drain_20000_jobs_through_pgbouncer_transaction_mode() {
-    let direct = support::pg::fresh_pg_db().await;
+    // As on Supabase behind Supavisor: pgvector in `extensions`, the non-superuser owner.
+    let direct = support::pg::fresh_supabase_db().await;
     let db = url::Url::parse(&direct).unwrap().path().trim_start_matches('/').to_string();
-    let pooled = support::pg::with_db(&support::pg::pgbouncer_admin_url(), &db);
-    three_workers_drain(&direct, &pooled, "transaction", 20_000).await;
+    let mut pooled = url::Url::parse(&support::pg::with_db(&support::pg::pgbouncer_admin_url(), &db)).unwrap();
+    pooled.set_username(support::pg::OWNER_ROLE).unwrap();
+    three_workers_drain(&direct, pooled.as_str(), "transaction", 20_000, ("auto", "extensions.vector(384)")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,104 @@
+//! Search benchmark (ignored; recorded in BENCHMARKS.md): `Queue::search` (what `embq search`
+//! runs) over 100,000 stored 384-dimension vectors on PostgreSQL with pgvector, three ways side by
+//! side on the same data and the same 100 queries:
+//!
+//! - client scan: every stored vector read into this process and ranked here (what `embq search`
+//!   did before pgvector was used, and still does for `real[]` and SQLite);
+//! - database, exact: `embq.search` before any index exists (pgvector ranks all rows);
+//! - database, HNSW: `embq.search` after `embq index create` (pgvector's defaults: m = 16,
+//!   ef_construction = 64, ef_search = 40); recall@10 is measured against the exact ranking.
+//!
+//! Vectors come from the hash provider over texts of 8 words drawn from a 2,000-word vocabulary.
+//!
+//! ```sh
+//! source scripts/lib/pg.sh && pg_start
+//! cargo test --release -p embq --no-default-features --test search_latency -- --ignored --nocapture
+//! ```
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use embq::queue::{scan, IndexOutcome, NewJob, SearchMethod};
+use rand::{Rng, SeedableRng};
+
+const ROWS: usize = 100_000;
+const QUERIES: usize = 100;
+const K: usize = 10;
+
+fn text(rng: &mut rand::rngs::StdRng) -> String {
+    (0..8).map(|_| format!("w{}", rng.gen_range(0..2000))).collect::<Vec<_>>().join(" ")
+}
+
+fn p50(mut ms: Vec<f64>) -> f64 {
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --release"]
+async fn search_latency_at_100k_vectors() {
+    let url = support::pg::fresh_supabase_db().await;
+    let cfg = support::config_at(
+        &url,
+        &[
+            ("EMBEDDING_DIMENSIONS", "384"),
+            ("BATCH_SIZE", "500"),
+            ("MAX_CONCURRENT_JOBS", "4"),
+            ("QUEUE_POLL_INTERVAL", "50"),
+        ],
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let jobs: Vec<NewJob> = (0..ROWS)
+        .map(|i| NewJob {
+            source_type: "doc".into(),
+            source_id: i.to_string(),
+            content_type: "default".into(),
+            text: text(&mut rng),
+            priority: 0,
+            metadata: None,
+        })
+        .collect();
+    let q = support::queue_with(&cfg, &jobs).await;
+    let s = support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(600)).await;
+    assert_eq!(s.processed, ROWS as u64);
+    let provider = embq::provider::build(&cfg, Duration::ZERO).unwrap();
+    let texts: Vec<String> = (0..QUERIES).map(|_| text(&mut rng)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let queries = provider.embed(&refs).await.unwrap().vectors;
+    let model = cfg.model.clone();
+
+    let (mut scan_ms, mut exact_ms, mut hnsw_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut exact_ids = Vec::new();
+    for query in &queries {
+        let t = Instant::now();
+        let hits = scan(q.embeddings(&model, 1_000_000).await.unwrap(), query, K);
+        scan_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let db = q.search(query, &model, K, None).await.unwrap();
+        exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(db.method, SearchMethod::Database);
+        // Ties at the tenth place may differ between f32 and f64 ranking: compare by score.
+        assert!((db.hits[K - 1].score - hits[K - 1].score).abs() < 1e-5);
+        exact_ids.push(db.hits.iter().map(|h| h.source_id.clone()).collect::<HashSet<_>>());
+    }
+    let t = Instant::now();
+    let built = q.create_index().await.unwrap();
+    let build = t.elapsed();
+    assert!(matches!(built, IndexOutcome::Built { .. }));
+    let mut found = 0usize;
+    for (query, exact) in queries.iter().zip(&exact_ids) {
+        let t = Instant::now();
+        let db = q.search(query, &model, K, None).await.unwrap();
+        hnsw_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        found += db.hits.iter().filter(|h| exact.contains(&h.source_id)).count();
+    }
+    let recall = found as f64 / (QUERIES * K) as f64;
+    println!("{ROWS} vectors x 384 dims, {QUERIES} queries, k = {K}");
+    println!("client scan       p50 {:>9.2} ms", p50(scan_ms.clone()));
+    println!("database, exact   p50 {:>9.2} ms", p50(exact_ms));
+    println!("database, HNSW    p50 {:>9.2} ms  (index built in {:.1} s)", p50(hnsw_ms.clone()), build.as_secs_f64());
+    println!("HNSW recall@{K}   {:.3}", recall);
+    println!("client scan / HNSW: {:.0}x", p50(scan_ms) / p50(hnsw_ms));
+}
