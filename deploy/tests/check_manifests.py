@@ -46,14 +46,14 @@ OPENAI_BASE_URL GEMINI_TASK_TYPE OPENAI_MAX_INPUTS_PER_REQUEST OVERLONG_INPUT
 RATE_LIMIT_SCOPE PROVIDER_TIMEOUT MODEL_CACHE_DIR DATABASE_POOL_MODE
 DB_MAX_CONNECTIONS WORKER_ID DATABASE_URL DATABASE_LISTEN_URL OPENAI_API_KEY
 GEMINI_API_KEY SHUTDOWN_TOKEN OPENAI_MAX_TOKENS_PER_REQUEST OPENAI_MAX_TOKENS_PER_INPUT
-GEMINI_BASE_URL
+GEMINI_BASE_URL VECTOR_TYPE VECTOR_INDEX
 """.split()
 ASSUMED_METRICS = """
 worker_uptime_seconds worker_memory_usage_bytes embedding_jobs_processed_total
 embedding_jobs_failed_total embedding_processing_duration_seconds
 embedding_queue_depth embedding_queue_processing_rate
 embedding_worker_errors_total embq_build_info embedding_jobs_dead_lettered_total
-embedding_jobs_retried_total embedding_jobs_unchanged_total
+embedding_jobs_retried_total embedding_jobs_unchanged_total embedding_jobs_cancelled_total
 embedding_lease_reclaims_total embedding_dead_letter_jobs
 embedding_queue_oldest_ready_age_seconds embedding_queue_running_jobs
 embedding_inflight_jobs embedding_batch_size_jobs
@@ -437,6 +437,14 @@ def check_migrate_job(c, docs, vars_read):
         ref.get("valueFrom", {}).get("secretKeyRef") == {"name": "supabase-secrets", "key": "database-url"},
         "migrate: DATABASE_URL should come from supabase-secrets/database-url",
     )
+    # `embq migrate` types the vector column for the workers' model and dimensions: left to the
+    # binary's defaults (hash, 384) it would make vector(384) and every worker would refuse to start.
+    for var in ("EMBEDDING_PROVIDER", "EMBEDDING_MODEL", "EMBEDDING_DIMENSIONS", "VECTOR_TYPE", "VECTOR_INDEX"):
+        e = next((e for e in ctr.get("env", []) if e["name"] == var), {})
+        c.check(
+            e.get("valueFrom", {}).get("configMapKeyRef") == {"name": "embedding-worker-config", "key": var},
+            f"migrate: {var} should come from ConfigMap embedding-worker-config (the workers' value)",
+        )
     c.check(job["metadata"].get("namespace") == "paperless-maverick", "migrate: not in paperless-maverick")
     check_pod_security(c, "migrate", job)
 
