@@ -150,7 +150,18 @@ fn demo_runs_twice_and_the_second_run_costs_no_provider_call() {
     assert!(out.contains("unchanged (already embedded, no provider call): 300"), "{out}");
     let search = s.run(&hash, &["search", "cappuccino flat white", "-k", "3"], "");
     assert!(search.status.success(), "{}", text(&search.stderr));
-    assert_eq!(text(&search.stdout).lines().count(), 3);
+    let hits = text(&search.stdout);
+    assert_eq!(hits.lines().count(), 3, "{hits}");
+    for line in hits.lines() {
+        // score, key, and a snippet of the text the vector was made from
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{line}");
+        assert!(cols[0].parse::<f64>().is_ok() && cols[1].starts_with("receipt/"), "{line}");
+        assert!(!cols[2].is_empty() && cols[2] != "(text no longer kept)" && cols[2].chars().count() <= 81, "{line}");
+    }
+    assert!(text(&search.stderr).contains("scanned in this process"), "{}", text(&search.stderr));
+    let migrate = s.run(&hash, &["migrate"], "");
+    assert!(text(&migrate.stdout).contains("little-endian f32 blobs"), "says how vectors are kept");
 }
 
 #[test]

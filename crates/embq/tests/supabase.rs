@@ -86,8 +86,12 @@ async fn job_states(c: &mut PgConnection, id: i64) -> Vec<(String, Option<String
     .expect("read jobs")
 }
 
+/// The README's backfill for rows that existed before the trigger.
+const BACKFILL: &str = "SELECT embq.enqueue('documents', id::text, title || E'\\n\\n' || body) FROM public.documents WHERE embedding IS NULL;";
+
 #[test]
 fn the_readme_shows_the_recipe_the_tests_run() {
+    assert!(README.contains(BACKFILL), "README.md must show the backfill the tests run");
     assert!(README.contains(RECIPE.trim()), "README.md's Supabase section must quote examples/supabase/documents.sql");
 }
 
@@ -283,4 +287,93 @@ async fn destinations_are_checked_against_the_catalog() {
     }
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM public.documents").fetch_one(&mut owner).await.unwrap();
     assert_eq!(n, 0, "the table is still there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_registered_after_vectors_were_stored_adopts_them() {
+    let url = support::pg::fresh_supabase_db().await;
+    let cfg = support::config_at(&url, &[("EMBEDDING_DIMENSIONS", "8"), ("QUEUE_POLL_INTERVAL", "50")]);
+    let q = support::queue_with(&cfg, &support::jobs(3, |i| format!("note {i}"))).await;
+    support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(60)).await;
+    let mut owner = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE public.notes (id bigint PRIMARY KEY, embedding extensions.vector(8));
+         INSERT INTO public.notes (id) VALUES (0), (1), (2);
+         SELECT embq.add_destination('doc', 'public.notes', 'embedding');",
+    )
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM public.notes WHERE embedding IS NOT NULL")
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    assert_eq!(moved, 3, "the stored vectors moved into the app's rows");
+    let embq_copy: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM embq.embeddings WHERE source_type = 'doc' AND embedding IS NOT NULL")
+            .fetch_one(&mut owner)
+            .await
+            .unwrap();
+    assert_eq!(embq_copy, 0, "and are kept once");
+    // Unchanged text still costs nothing, and the row keeps its vector.
+    q.enqueue(&support::jobs(3, |i| format!("note {i}")), &embq::queue::no_progress).await.unwrap();
+    let s = support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(60)).await;
+    assert_eq!((s.processed, s.unchanged), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_queues_rows_that_predate_the_trigger() {
+    let app = app().await;
+    let mut owner = PgConnection::connect(&app.url).await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE public.documents DISABLE TRIGGER documents_embed_insert;
+         INSERT INTO public.documents (user_id, title, body) VALUES ('alice', 'Old', 'from before'), ('bob', 'Older', 'also');
+         ALTER TABLE public.documents ENABLE TRIGGER documents_embed_insert;",
+    )
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    assert_eq!(app.q.stats().await.unwrap().ready, 0);
+    sqlx::raw_sql(BACKFILL).execute(&mut owner).await.unwrap();
+    assert_eq!(drain(&app).await.processed, 2);
+    let missing: i64 = sqlx::query_scalar("SELECT count(*) FROM public.documents WHERE embedding IS NULL")
+        .fetch_one(&mut owner)
+        .await
+        .unwrap();
+    assert_eq!(missing, 0);
+    sqlx::raw_sql(BACKFILL).execute(&mut owner).await.unwrap();
+    assert_eq!(app.q.stats().await.unwrap().ready, 0, "nothing left to backfill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_apps_table_refuses_dead_letters_only_that_job() {
+    let app = app().await;
+    let mut owner = PgConnection::connect(&app.url).await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE public.documents ADD CONSTRAINT no_vector_for_drafts CHECK (title <> 'draft' OR embedding IS NULL);
+         CREATE FUNCTION public.documents_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.title = 'refuse me' THEN RAISE EXCEPTION 'the app refuses this row'; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER documents_guard BEFORE UPDATE OF embedding ON public.documents
+           FOR EACH ROW EXECUTE FUNCTION public.documents_guard();",
+    )
+    .execute(&mut owner)
+    .await
+    .unwrap();
+    let mut alice = as_user(&app, "alice").await;
+    let mut ids = Vec::new();
+    for title in ["ok 1", "draft", "ok 2", "refuse me", "ok 3"] {
+        ids.push(insert(&mut alice, title, "some text").await);
+    }
+    let s = drain(&app).await; // MAX_ATTEMPTS=1: each refused job is dead at once, and the drain ends
+    assert_eq!((s.processed, s.dead), (3, 2), "{s:?}");
+    let dead = app.q.dead_jobs(10).await.unwrap();
+    let errors: Vec<&str> = dead.iter().filter_map(|d| d.last_error.as_deref()).collect();
+    assert!(errors.iter().any(|e| e.contains("no_vector_for_drafts")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("the app refuses this row")), "{errors:?}");
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(stored_vector(&mut owner, *id).await.is_some(), [0, 2, 4].contains(&i), "document {id}");
+    }
 }

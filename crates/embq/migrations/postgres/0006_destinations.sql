@@ -42,6 +42,7 @@ DECLARE
     v_schema text;
     v_table  text;
     v_vtype  text;
+    v_vfull  text;
     v_knum   smallint;
 BEGIN
     IF coalesce(btrim(p_source_type), '') = '' OR coalesce(btrim(p_content_type), '') = '' THEN
@@ -54,7 +55,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'embq.add_destination: % is not a table', p_table USING ERRCODE = '42809';
     END IF;
-    SELECT t.typname INTO v_vtype
+    SELECT t.typname, format_type(a.atttypid, a.atttypmod) INTO v_vtype, v_vfull
       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
      WHERE a.attrelid = p_table AND a.attname = p_vector_column AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
@@ -83,6 +84,15 @@ BEGIN
     ON CONFLICT (source_type, content_type) DO UPDATE
        SET table_schema = EXCLUDED.table_schema, table_name = EXCLUDED.table_name,
            key_column = EXCLUDED.key_column, vector_column = EXCLUDED.vector_column, created_at = now();
+    -- Vectors stored before the destination existed move into the app's rows (matched on the
+    -- key's text form, once), so the claim's "unchanged" check never skips a row that lacks one.
+    EXECUTE format(
+        'UPDATE %I.%I t SET %I = e.embedding::%s FROM embq.embeddings e
+          WHERE e.source_type = $1 AND e.content_type = $2 AND e.embedding IS NOT NULL AND t.%I::text = e.source_id',
+        v_schema, v_table, p_vector_column, v_vfull, p_key_column)
+    USING p_source_type, p_content_type;
+    UPDATE embq.embeddings SET embedding = NULL
+     WHERE source_type = p_source_type AND content_type = p_content_type AND embedding IS NOT NULL;
 END
 $$;
 

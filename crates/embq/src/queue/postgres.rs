@@ -41,8 +41,8 @@ pub struct PgQueue {
     listen: Option<PgConnectOptions>,
     /// The vector storage the configuration asks for (`embq migrate`, the start-up check).
     vectors: VectorSettings,
-    /// The vector storage the catalog has, read once; `migrate` forgets it.
-    layout: std::sync::RwLock<Option<Arc<Layout>>>,
+    /// The vector storage the catalog has, and when it was read; `migrate` forgets it.
+    layout: std::sync::RwLock<Option<(std::time::Instant, Arc<Layout>)>>,
 }
 
 /// The settings that shape vector storage.
@@ -100,6 +100,9 @@ const CLAIM_SQL: &str = "WITH picked AS (
     WHERE j.id = c.id
     RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
         c.unchanged";
+
+/// How long the vector layout (column type, destinations) read from the catalog is trusted.
+const LAYOUT_TTL: Duration = Duration::from_secs(30);
 
 /// Most stored vectors a client-side search reads (real[] columns, where PostgreSQL cannot rank them).
 const SCAN_LIMIT: i64 = 1_000_000;
@@ -195,15 +198,18 @@ impl PgQueue {
         self.clock.sql_now()
     }
 
-    /// The vector storage as the catalog has it (read once, then cached).
+    /// The vector storage as the catalog has it, read again every `LAYOUT_TTL` so running
+    /// workers pick up a destination registered meanwhile.
     async fn layout(&self) -> Result<Arc<Layout>, QueueError> {
-        if let Some(l) = self.layout.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return Ok(l.clone());
+        if let Some((at, l)) = self.layout.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if at.elapsed() < LAYOUT_TTL {
+                return Ok(l.clone());
+            }
         }
         let mut tx = self.begin().await?;
         let layout = Arc::new(super::pg_layout::load(&mut tx).await?);
         tx.commit().await?;
-        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Some(layout.clone());
+        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), layout.clone()));
         Ok(layout)
     }
 
