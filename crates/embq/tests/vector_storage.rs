@@ -142,6 +142,16 @@ async fn changing_dimensions_is_refused_at_start_and_done_by_reembed() {
     let stored = q16.embeddings(&c16.model, 10).await.unwrap();
     assert_eq!(stored.len(), 5);
     assert!(stored.iter().all(|e| e.vector.len() == 16));
+
+    // A new model at the same dimensions: the same path, nothing dropped, every text embedded again.
+    let other = cfg(&url, "16", &[("EMBEDDING_MODEL", "hash-v2")]);
+    let q2 = open(&other).await;
+    let r = q2.migrate_with(MigrateOptions { reembed: true }).await.unwrap();
+    let note = r.notes.join("\n");
+    assert!(note.contains("queued 5 texts for hash-v2") && note.contains("dropped 0"), "{note}");
+    let s = support::drain(support::harness(&other, q2.clone(), None), Duration::from_secs(60)).await;
+    assert_eq!((s.processed, s.unchanged), (5, 0), "re-embedded, not taken as unchanged");
+    assert_eq!(q2.embeddings("hash-v2", 10).await.unwrap().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
