@@ -54,6 +54,29 @@ pub struct RequestLabel {
 
 type GaugeF = Gauge<f64, AtomicU64>;
 
+/// Every `kind` of `embedding_worker_errors_total`: the store's and the provider's error kinds.
+/// Each has a series from the start (at 0), so `rate()` and alerts see 0 rather than nothing.
+pub const ERROR_KINDS: &[&str] = &[
+    "database",
+    "rejected",
+    "schema",
+    "invalid",
+    "rate_limited",
+    "quota_exhausted",
+    "too_large",
+    "transient",
+    "invalid_input",
+    "invalid_request",
+    "invalid_response",
+    "unauthorized",
+];
+
+/// Every `status_class` of `embedding_provider_requests_total`.
+pub const STATUS_CLASSES: &[&str] = &["2xx", "4xx", "429", "5xx"];
+
+/// Every `kind` of `embedding_overlong_inputs_total`.
+pub const OVERLONG_KINDS: &[&str] = &["truncated", "rejected"];
+
 /// The worker's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -257,7 +280,24 @@ impl Metrics {
             "Inputs longer than the model accepts, by what was done (truncated, rejected)",
             m.overlong_inputs.clone(),
         );
+        for kind in ERROR_KINDS {
+            drop(m.errors.get_or_create(&KindLabel { kind }));
+        }
+        for kind in OVERLONG_KINDS {
+            drop(m.overlong_inputs.get_or_create(&KindLabel { kind }));
+        }
         Self { registry: r, ..m }
+    }
+
+    /// Gives the provider's labelled series their 0 before the first request.
+    pub fn init_provider(&self, provider: &'static str) {
+        for status_class in STATUS_CLASSES {
+            drop(self.provider_requests.get_or_create(&RequestLabel { provider, status_class }));
+        }
+        let p = ProviderLabel { provider };
+        drop(self.provider_tokens.get_or_create(&p));
+        drop(self.provider_rate_limited.get_or_create(&p));
+        drop(self.rate_limit_wait_seconds.get_or_create(&p));
     }
 
     /// Counts one error of a bounded kind.
@@ -315,6 +355,50 @@ fn openmetrics_to_prometheus_text(open: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::ProviderError;
+    use crate::queue::QueueError;
+
+    #[test]
+    fn labelled_counters_read_zero_before_the_first_event() {
+        let m = Metrics::new("0.1.0", "openai", "m");
+        m.init_provider("openai");
+        let text = m.encode();
+        for sample in [
+            "embedding_worker_errors_total{kind=\"database\"} 0",
+            "embedding_worker_errors_total{kind=\"rejected\"} 0",
+            "embedding_worker_errors_total{kind=\"rate_limited\"} 0",
+            "embedding_overlong_inputs_total{kind=\"truncated\"} 0",
+            "embedding_provider_requests_total{provider=\"openai\",status_class=\"5xx\"} 0",
+            "embedding_provider_rate_limited_total{provider=\"openai\"} 0",
+            "embedding_provider_tokens_total{provider=\"openai\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == sample), "{sample} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_error_kind_the_worker_counts_is_initialised() {
+        let queue = [
+            QueueError::Unavailable(String::new()),
+            QueueError::Schema(String::new()),
+            QueueError::Invalid(String::new()),
+            QueueError::Rejected(String::new()),
+        ];
+        let provider = [
+            ProviderError::RateLimited { retry_after: None },
+            ProviderError::QuotaExhausted(String::new()),
+            ProviderError::TooLarge(String::new()),
+            ProviderError::Transient(String::new()),
+            ProviderError::InvalidInput { index: 0, message: String::new() },
+            ProviderError::InvalidRequest(String::new()),
+            ProviderError::InvalidResponse(String::new()),
+            ProviderError::Unauthorized(String::new()),
+        ];
+        let kinds = queue.iter().map(QueueError::kind).chain(provider.iter().map(ProviderError::kind));
+        for kind in kinds {
+            assert!(ERROR_KINDS.contains(&kind), "{kind} is not in ERROR_KINDS");
+        }
+    }
 
     #[test]
     fn exposition_carries_the_seed_names() {

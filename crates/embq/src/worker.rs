@@ -152,6 +152,7 @@ impl Worker {
             }))
         });
         // --- end issue 3 ---
+        metrics.init_provider(provider.kind().as_str());
         let ctx = Ctx {
             cfg,
             queue,

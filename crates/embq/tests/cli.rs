@@ -176,3 +176,28 @@ fn dlq_commands_need_a_selection() {
     let out = s.run(&[], &["dlq", "list"], "");
     assert!(text(&out.stdout).contains("the dead-letter queue is empty"));
 }
+
+#[test]
+fn in_json_log_mode_the_fatal_error_is_a_json_line_too() {
+    let s = Sandbox::new();
+    let cases: [(&[(&str, &str)], i32); 2] = [
+        (&[("LOG_FORMAT", "json"), ("BATCH_SIZE", "0")], 2),
+        (&[("LOG_FORMAT", "json"), ("DATABASE_URL", "postgres://embq@127.0.0.1:1/nowhere")], 69),
+    ];
+    for (envs, code) in cases {
+        let out = s.run(envs, &["queue", "stats"], "");
+        assert_eq!(out.status.code(), Some(code), "{}", text(&out.stderr));
+        let lines: Vec<serde_json::Value> = text(&out.stderr)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+            .collect();
+        let last = lines.last().expect("a fatal line");
+        assert_eq!(last["level"], "ERROR");
+        assert_eq!(last["exit_code"], code);
+        assert!(last["error"].as_str().is_some_and(|e| !e.is_empty()), "{last}");
+    }
+    // Text mode keeps the plain line.
+    let out = s.run(&[("BATCH_SIZE", "0")], &["queue", "stats"], "");
+    assert!(text(&out.stderr).starts_with("embq: "), "{}", text(&out.stderr));
+}

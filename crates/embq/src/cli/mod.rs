@@ -164,21 +164,38 @@ pub fn main(cli: Cli) -> ExitCode {
     let cfg = match cli.config.validate() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("embq: {e}");
-            return ExitCode::from(2);
+            // LOG_FORMAT itself may be what is wrong: JSON only when it plainly says so.
+            let json = cli.config.log_format.as_deref().is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
+            return fatal(json, &e.to_string(), 2);
         }
     };
     init_tracing(cfg.log_format);
     // The demo prefers the local model unless the user picked a provider.
     let provider_chosen = cli.config.embedding_provider.is_some();
+    let json = cfg.log_format == LogFormat::Json;
     let result = runtime(&cfg).and_then(|rt| rt.block_on(run(cli.command, cfg, provider_chosen)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("embq: {e}");
-            ExitCode::from(e.exit_code())
-        }
+        Err(e) => fatal(json, &e.to_string(), e.exit_code()),
     }
+}
+
+/// Reports the error that ends the process on stderr, as a JSON line like every other log line
+/// in JSON mode (the keys `tracing`'s JSON format uses), and returns its exit code.
+fn fatal(json: bool, error: &str, code: u8) -> ExitCode {
+    if json {
+        let line = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "ERROR",
+            "message": "embq failed",
+            "error": error,
+            "exit_code": code,
+        });
+        eprintln!("{line}");
+    } else {
+        eprintln!("embq: {error}");
+    }
+    ExitCode::from(code)
 }
 
 async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(), CliError> {
