@@ -293,6 +293,9 @@ pub struct RawConfig {
     /// none | hnsw: the index `embq migrate` builds on the stored vectors [default: none]
     #[arg(long, env = "VECTOR_INDEX", global = true)]
     pub vector_index: Option<String>,
+    /// true lets loopback callers of POST /shutdown omit SHUTDOWN_TOKEN [default: false]
+    #[arg(long, env = "SHUTDOWN_LOOPBACK_EXEMPT", global = true)]
+    pub shutdown_loopback_exempt: Option<String>,
 }
 
 /// The validated configuration.
@@ -376,6 +379,8 @@ pub struct Config {
     pub vector_type: crate::queue::VectorStorage,
     /// The index `embq migrate` builds on the stored vectors.
     pub vector_index: crate::queue::VectorIndex,
+    /// Loopback callers of POST /shutdown may omit the token.
+    pub shutdown_loopback_exempt: bool,
 }
 
 // --- issue 3 ---
@@ -741,6 +746,9 @@ impl RawConfig {
             crate::queue::VectorIndex::parse,
         );
 
+        let shutdown_loopback_exempt =
+            p.field("SHUTDOWN_LOOPBACK_EXEMPT", &self.shutdown_loopback_exempt, false, boolean);
+
         if !p.0.is_empty() {
             return Err(ConfigError(p.0));
         }
@@ -781,6 +789,7 @@ impl RawConfig {
             model_cache_dir,
             vector_type,
             vector_index,
+            shutdown_loopback_exempt,
         })
     }
 }

@@ -18,17 +18,27 @@ use crate::metrics::{MemoryLabel, Metrics};
 #[derive(Clone)]
 struct HealthState {
     health: Arc<Health>,
-    token: Option<Secret>,
+    auth: ShutdownAuth,
+}
+
+/// Who may call `POST /shutdown`.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownAuth {
+    /// `SHUTDOWN_TOKEN`: when set, every caller must present it (loopback too, see below).
+    pub token: Option<Secret>,
+    /// `SHUTDOWN_LOOPBACK_EXEMPT`: loopback callers may omit the token. Off by default: behind a
+    /// service-mesh sidecar every request arrives from loopback.
+    pub loopback_exempt: bool,
 }
 
 /// The health router (port 8080).
-pub fn health_router(health: Arc<Health>, token: Option<Secret>) -> Router {
+pub fn health_router(health: Arc<Health>, auth: ShutdownAuth) -> Router {
     Router::new()
         .route("/health", get(health_handler))
         .route("/ready", get(ready_handler))
         .route("/startup", get(startup_handler))
         .route("/shutdown", post(shutdown_handler))
-        .with_state(HealthState { health, token })
+        .with_state(HealthState { health, auth })
 }
 
 async fn health_handler(State(s): State<HealthState>) -> Response {
@@ -62,16 +72,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorised(peer: SocketAddr, headers: &HeaderMap, token: Option<&Secret>) -> bool {
-    if peer.ip().is_loopback() {
-        return true;
+/// Decides a `POST /shutdown`: a token that is presented is always checked; with a token
+/// configured it is required (from loopback only if not exempt); without one, only loopback
+/// callers that present nothing are accepted. IPv4-mapped addresses count as their IPv4 form.
+fn authorised(peer: SocketAddr, headers: &HeaderMap, auth: &ShutdownAuth) -> Result<(), &'static str> {
+    let loopback = peer.ip().to_canonical().is_loopback();
+    let given = headers.get(header::AUTHORIZATION);
+    match (&auth.token, given) {
+        (Some(token), Some(v)) => {
+            let ok = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes()));
+            ok.then_some(()).ok_or("a valid Authorization: Bearer token is required")
+        }
+        (Some(_), None) if loopback && auth.loopback_exempt => Ok(()),
+        (Some(_), None) => Err("a valid Authorization: Bearer token is required"),
+        (None, Some(_)) => Err("no SHUTDOWN_TOKEN is configured, so no presented token is valid"),
+        (None, None) if loopback => Ok(()),
+        (None, None) => Err("shutdown is only accepted from loopback when SHUTDOWN_TOKEN is not set"),
     }
-    let Some(token) = token else { return false };
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes()))
 }
 
 async fn shutdown_handler(
@@ -79,13 +100,8 @@ async fn shutdown_handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorised(peer, &headers, s.token.as_ref()) {
-        tracing::warn!(%peer, "refused POST /shutdown without a valid token");
-        let msg = if s.token.is_some() {
-            "a valid Authorization: Bearer token is required"
-        } else {
-            "shutdown is only accepted from loopback when SHUTDOWN_TOKEN is not set"
-        };
+    if let Err(msg) = authorised(peer, &headers, &s.auth) {
+        tracing::warn!(%peer, "refused POST /shutdown: {msg}");
         return (StatusCode::UNAUTHORIZED, Json(json!({"error": msg}))).into_response();
     }
     tracing::info!(%peer, "graceful drain requested over HTTP");
@@ -166,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn startup_and_ready_follow_initialisation() {
         let h = health();
-        let app = health_router(h.clone(), None);
+        let app = health_router(h.clone(), ShutdownAuth::default());
         assert_eq!(call(app.clone(), LOCAL, "GET", "/startup", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
         let (code, body) = call(app.clone(), LOCAL, "GET", "/ready", None).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
@@ -184,12 +200,57 @@ mod tests {
         assert!(body.contains("\"worker_id\":\"w1\"") && body.contains("\"database\":\"unavailable\""), "{body}");
     }
 
+    fn auth(token: Option<&str>, loopback_exempt: bool) -> ShutdownAuth {
+        ShutdownAuth { token: token.map(Secret::new), loopback_exempt }
+    }
+
     #[tokio::test]
     async fn shutdown_from_loopback_needs_no_token() {
         let h = health();
-        let (code, _) = call(health_router(h.clone(), None), LOCAL, "POST", "/shutdown", None).await;
+        let (code, _) = call(health_router(h.clone(), auth(None, false)), LOCAL, "POST", "/shutdown", None).await;
         assert_eq!(code, StatusCode::ACCEPTED);
         assert!(h.shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_rule_for_every_caller_and_setting() {
+        const MAPPED: &str = "[::ffff:127.0.0.1]:5000";
+        const V6: &str = "[::1]:5000";
+        let (ok, no) = (StatusCode::ACCEPTED, StatusCode::UNAUTHORIZED);
+        // (token configured, loopback exempt, caller, Authorization, expected)
+        let cases = [
+            // No token configured: loopback callers that present nothing, and only they.
+            (None, false, LOCAL, None, ok),
+            (None, false, V6, None, ok),
+            (None, false, MAPPED, None, ok),
+            (None, false, REMOTE, None, no),
+            (None, false, LOCAL, Some("Bearer anything"), no),
+            (None, false, V6, Some("Bearer anything"), no),
+            // A token configured: required from everyone, loopback included...
+            (Some("s3cret"), false, LOCAL, None, no),
+            (Some("s3cret"), false, V6, None, no),
+            (Some("s3cret"), false, MAPPED, None, no),
+            (Some("s3cret"), false, REMOTE, None, no),
+            (Some("s3cret"), false, LOCAL, Some("Bearer s3cret"), ok),
+            (Some("s3cret"), false, MAPPED, Some("Bearer s3cret"), ok),
+            (Some("s3cret"), false, REMOTE, Some("Bearer s3cret"), ok),
+            (Some("s3cret"), false, V6, Some("Bearer wrong"), no),
+            // ...unless loopback is exempted; a presented token is still checked.
+            (Some("s3cret"), true, LOCAL, None, ok),
+            (Some("s3cret"), true, V6, None, ok),
+            (Some("s3cret"), true, MAPPED, None, ok),
+            (Some("s3cret"), true, REMOTE, None, no),
+            (Some("s3cret"), true, V6, Some("Bearer wrong"), no),
+            (Some("s3cret"), true, LOCAL, Some("Bearer s3cret"), ok),
+        ];
+        for (token, exempt, peer, header, want) in cases {
+            let h = health();
+            let (code, body) =
+                call(health_router(h.clone(), auth(token, exempt)), peer, "POST", "/shutdown", header).await;
+            assert_eq!(code, want, "token {token:?}, exempt {exempt}, from {peer}, header {header:?}: {body}");
+            assert_eq!(h.shutdown.is_cancelled(), want == ok);
+            assert!(!body.contains("s3cret"));
+        }
     }
 
     #[tokio::test]
@@ -202,7 +263,14 @@ mod tests {
             (Some("Bearer s3cret"), StatusCode::ACCEPTED),
         ] {
             let h = health();
-            let (code, body) = call(health_router(h.clone(), token.clone()), REMOTE, "POST", "/shutdown", auth).await;
+            let (code, body) = call(
+                health_router(h.clone(), ShutdownAuth { token: token.clone(), loopback_exempt: false }),
+                REMOTE,
+                "POST",
+                "/shutdown",
+                auth,
+            )
+            .await;
             assert_eq!(code, want, "{auth:?}");
             assert_eq!(h.shutdown.is_cancelled(), want == StatusCode::ACCEPTED);
             assert!(!body.contains("s3cret"));
@@ -212,16 +280,17 @@ mod tests {
     #[tokio::test]
     async fn shutdown_without_configured_token_is_loopback_only() {
         let h = health();
-        let (code, _) = call(health_router(h.clone(), None), REMOTE, "POST", "/shutdown", Some("Bearer x")).await;
+        let (code, _) =
+            call(health_router(h.clone(), auth(None, false)), REMOTE, "POST", "/shutdown", Some("Bearer x")).await;
         assert_eq!(code, StatusCode::UNAUTHORIZED);
         assert!(!h.shutdown.is_cancelled());
-        let (code, _) = call(health_router(h.clone(), None), "[::1]:9", "POST", "/shutdown", None).await;
+        let (code, _) = call(health_router(h.clone(), auth(None, false)), "[::1]:9", "POST", "/shutdown", None).await;
         assert_eq!(code, StatusCode::ACCEPTED);
     }
 
     #[tokio::test]
     async fn wrong_method_and_unknown_path_are_4xx() {
-        let app = health_router(health(), None);
+        let app = health_router(health(), ShutdownAuth::default());
         assert_eq!(call(app.clone(), LOCAL, "GET", "/shutdown", None).await.0, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(call(app, LOCAL, "GET", "/nope", None).await.0, StatusCode::NOT_FOUND);
     }

@@ -53,7 +53,13 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let s2 = servers_stop.clone();
     let health_server = tokio::spawn(crate::http::serve(
         health_listener,
-        crate::http::health_router(health.clone(), cfg.shutdown_token.clone()),
+        crate::http::health_router(
+            health.clone(),
+            crate::http::ShutdownAuth {
+                token: cfg.shutdown_token.clone(),
+                loopback_exempt: cfg.shutdown_loopback_exempt,
+            },
+        ),
         async move { s1.cancelled().await },
     ));
     let metrics_server = tokio::spawn(crate::http::serve(
