@@ -57,6 +57,10 @@ impl DatabaseUrl {
         }
         if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
             url::Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+            // Options (sslmode, ports, …) are checked now, not at the first connection; the
+            // driver's messages name the option, never the password.
+            <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(raw)
+                .map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
             return Ok(Self(raw.to_string()));
         }
         Err("must start with postgres://, postgresql:// or sqlite:".to_string())
@@ -488,9 +492,33 @@ impl Problems {
     }
 }
 
-fn positive_usize(v: &str) -> Result<NonZeroUsize, String> {
-    v.parse::<NonZeroUsize>().map_err(|_| "must be a whole number of at least 1".to_string())
+/// A whole number in `min..=max` (bounds keep every later conversion and allocation sane).
+fn bounded(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
+    move |v| match v.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from {min} to {max}")),
+    }
 }
+
+/// A whole number in `1..=max` as a `NonZeroUsize`.
+fn count_up_to(max: u64) -> impl Fn(&str) -> Result<NonZeroUsize, String> {
+    move |v| {
+        let n = bounded(1, max)(v)?;
+        usize::try_from(n)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| format!("must be a whole number from 1 to {max}"))
+    }
+}
+
+/// The most batches one worker may run at once.
+const MAX_CONCURRENT_JOBS_LIMIT: u64 = 1_024;
+/// The most jobs in one batch.
+const BATCH_SIZE_LIMIT: u64 = 100_000;
+/// The smallest memory limit: an idle worker alone takes about 10 MiB.
+const MEMORY_LIMIT_MIN_MB: u64 = 32;
+/// The largest memory limit (1 TiB).
+const MEMORY_LIMIT_MAX_MB: u64 = 1 << 20;
 
 fn positive_u32(v: &str) -> Result<NonZeroU32, String> {
     v.parse::<NonZeroU32>().map_err(|_| "must be a whole number of at least 1".to_string())
@@ -566,17 +594,18 @@ impl RawConfig {
             "MAX_CONCURRENT_JOBS",
             &self.max_concurrent_jobs,
             NonZeroUsize::MIN.saturating_add(2),
-            positive_usize,
+            count_up_to(MAX_CONCURRENT_JOBS_LIMIT),
         );
         let db_max_connections = p.field(
             "DB_MAX_CONNECTIONS",
             &self.db_max_connections,
             (max_concurrent_jobs.get() as u32).saturating_add(3),
-            |v| positive_u32(v).map(NonZeroU32::get),
+            |v| bounded(1, 10_000)(v).map(|n| n as u32),
         );
         let poll_interval =
             p.field("QUEUE_POLL_INTERVAL", &self.queue_poll_interval, Duration::from_secs(5), nonzero_duration);
-        let batch_size = p.field("BATCH_SIZE", &self.batch_size, NonZeroUsize::MIN.saturating_add(4), positive_usize);
+        let batch_size =
+            p.field("BATCH_SIZE", &self.batch_size, NonZeroUsize::MIN.saturating_add(4), count_up_to(BATCH_SIZE_LIMIT));
         let heartbeat_interval =
             p.field("HEARTBEAT_INTERVAL", &self.heartbeat_interval, Duration::from_secs(30), nonzero_duration);
         let max_requests_per_minute = p.field(
@@ -602,11 +631,15 @@ impl RawConfig {
         if max_delay < base_delay {
             p.0.push("RETRY_MAX_DELAY: must not be shorter than RETRY_BASE_DELAY".into());
         }
-        let max_attempts = p.field("MAX_ATTEMPTS", &self.max_attempts, defaults.max_attempts, positive_u32);
-        let memory_limit_mb = p.field("MEMORY_LIMIT_MB", &self.memory_limit_mb, 1024u64, |v| match v.parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err("must be a whole number of MiB, at least 1".into()),
+        let max_attempts = p.field("MAX_ATTEMPTS", &self.max_attempts, defaults.max_attempts, |v| {
+            bounded(1, 1_000)(v).and_then(|n| NonZeroU32::new(n as u32).ok_or_else(|| "must be at least 1".into()))
         });
+        let memory_limit_mb = p.field(
+            "MEMORY_LIMIT_MB",
+            &self.memory_limit_mb,
+            1024u64,
+            bounded(MEMORY_LIMIT_MIN_MB, MEMORY_LIMIT_MAX_MB),
+        );
         let cpu_limit_cores = p.field("CPU_LIMIT_CORES", &self.cpu_limit_cores, None, |v| match v.parse::<f64>() {
             Ok(c) if c.is_finite() && c > 0.0 && c <= 1024.0 => Ok(Some(c)),
             _ => Err("must be a positive number of cores such as 0.5 or 2".into()),
@@ -676,7 +709,7 @@ impl RawConfig {
             ProviderKind::OpenaiCompatible => crate::provider::openai::COMPATIBLE_CAPS,
             _ => crate::provider::openai::OPENAI_CAPS,
         };
-        let cap = |v: &str| positive_usize(v).map(NonZeroUsize::get);
+        let cap = |v: &str| count_up_to(10_000_000)(v).map(NonZeroUsize::get);
         let request_caps = crate::provider::RequestCaps {
             max_inputs: p.field(
                 "OPENAI_MAX_INPUTS_PER_REQUEST",

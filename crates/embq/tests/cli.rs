@@ -95,6 +95,26 @@ fn bad_settings_fail_fast_naming_each_variable() {
 }
 
 #[test]
+fn out_of_range_settings_fail_at_start_with_the_configuration_exit_code() {
+    let s = Sandbox::new();
+    let cases = [
+        ("MEMORY_LIMIT_MB", "1", "MEMORY_LIMIT_MB: must be a whole number from 32 to 1048576"),
+        ("MEMORY_LIMIT_MB", "17592186044416", "MEMORY_LIMIT_MB: must be a whole number from 32 to 1048576"),
+        ("MAX_CONCURRENT_JOBS", "2305843009213693952", "MAX_CONCURRENT_JOBS: must be a whole number from 1 to 1024"),
+        ("BATCH_SIZE", "18446744073709551615", "BATCH_SIZE: must be a whole number from 1 to 100000"),
+        ("MAX_ATTEMPTS", "4294967296", "MAX_ATTEMPTS: must be a whole number from 1 to 1000"),
+        ("DATABASE_URL", "postgres://u@127.0.0.1:5432/db?sslmode=bogus", "DATABASE_URL: not a valid PostgreSQL URL"),
+    ];
+    for (var, value, want) in cases {
+        for cmd in [&["config", "check"][..], &["worker", "--drain"][..]] {
+            let out = s.run(&[(var, value), ("HEALTH_PORT", "0"), ("METRICS_PORT", "0")], cmd, "");
+            assert_eq!(out.status.code(), Some(2), "{var}={value} {cmd:?}: {}", text(&out.stderr));
+            assert!(text(&out.stderr).contains(want), "{var}={value}: {}", text(&out.stderr));
+        }
+    }
+}
+
+#[test]
 fn unreachable_database_is_a_clear_error() {
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -38,6 +38,31 @@ proptest! {
     }
 
     #[test]
+    fn every_numeric_setting_is_range_checked_before_use(
+        v in proptest::collection::vec(prop_oneof![any_setting(), "[0-9]{10,25}".prop_map(Some)], 21),
+    ) {
+        let mut v = v.into_iter();
+        let mut next = || v.next().flatten();
+        let raw = RawConfig {
+            db_max_connections: next(), queue_poll_interval: next(), max_concurrent_jobs: next(),
+            batch_size: next(), heartbeat_interval: next(), max_requests_per_minute: next(),
+            max_tokens_per_minute: next(), backoff_multiplier: next(), retry_base_delay: next(),
+            retry_max_delay: next(), max_attempts: next(), memory_limit_mb: next(), cpu_limit_cores: next(),
+            embedding_dimensions: next(), health_port: next(), metrics_port: next(), drain_timeout: next(),
+            provider_timeout: next(), openai_max_inputs_per_request: next(),
+            openai_max_tokens_per_request: next(), openai_max_tokens_per_input: next(),
+            ..RawConfig::default()
+        };
+        if let Ok(cfg) = raw.validate() {
+            // What the worker builds from them at start must not panic or overflow.
+            let _ = tokio::sync::Semaphore::new(cfg.max_concurrent_jobs.get());
+            prop_assert!(cfg.memory_limit_bytes >= 32 << 20);
+            prop_assert!(cfg.batch_size.get() <= 100_000 && cfg.max_concurrent_jobs.get() <= 1_024);
+            prop_assert!(cfg.lease_duration() > std::time::Duration::ZERO);
+        }
+    }
+
+    #[test]
     fn durations_never_panic(s in ".{0,30}") {
         let _ = parse_duration(&s);
     }

@@ -22,6 +22,9 @@ pub struct Args {
     /// Development only: delay each `hash` provider call (ms), to test mid-batch failures.
     #[arg(long, hide = true, default_value_t = 0)]
     pub hash_delay_ms: u64,
+    /// Development only: a memory limit below MEMORY_LIMIT_MB's floor, to test the memory guard.
+    #[arg(long, hide = true, env = "EMBQ_DEV_MEMORY_LIMIT_KIB")]
+    pub dev_memory_limit_kib: Option<u64>,
 }
 
 /// Binds a port on all interfaces (pods are reached by their IP), IPv6 and IPv4 where possible.
@@ -36,7 +39,10 @@ async fn bind(port: u16, what: &str) -> Result<tokio::net::TcpListener, CliError
 }
 
 /// Builds the provider, opens the store and runs the worker until drained.
-pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
+pub async fn run(mut cfg: Config, args: Args) -> Result<(), CliError> {
+    if let Some(kib) = args.dev_memory_limit_kib {
+        cfg.memory_limit_bytes = kib.saturating_mul(1024);
+    }
     let provider = crate::provider::build(&cfg, Duration::from_millis(args.hash_delay_ms))
         .map_err(|e| CliError::Other(e.to_string()))?;
     let metrics = Arc::new(Metrics::new(crate::VERSION, cfg.provider.as_str(), &cfg.model));
