@@ -142,9 +142,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::listener::serve(listener, router, crate::listener::Limits::default(), shutdown).await
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! - [`provider`]: the `Provider` trait and the embedding providers.
 //! - [`outcome`]: how a failed attempt becomes retry, release or dead letter.
 //! - [`worker`]: the claim -> batch -> embed -> store loop, heartbeats, drain.
-//! - [`health`], [`http`], [`metrics`], [`memory`]: what probes and Prometheus see.
+//! - [`health`], [`http`], [`metrics`], [`memory`]: what probes and Prometheus see; [`listener`]:
+//!   the accept loop behind their ports (timeouts, a connection cap).
 //! - [`vector`]: vector encoding and validation.
 //! - [`tokens`], [`batching`], [`limiter`]: token counts, request packing, RPM/TPM budgets.
 //! - [`cli`]: one module per `embq` subcommand.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod health;
 pub mod http;
 pub mod limiter;
+pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod outcome;
