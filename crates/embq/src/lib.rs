@@ -9,6 +9,7 @@
 //! - [`health`], [`http`], [`metrics`], [`memory`]: what probes and Prometheus see.
 //! - [`vector`]: vector encoding and validation.
 //! - [`tokens`], [`batching`], [`limiter`]: token counts, request packing, RPM/TPM budgets.
+//! - [`redact`]: credentials kept out of printed URLs and messages.
 //! - [`cli`]: one module per `embq` subcommand.
 
 pub mod batching;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod queue;
+pub mod redact;
 pub mod tokens;
 pub mod vector;
 pub mod worker;
