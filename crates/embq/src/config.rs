@@ -77,6 +77,25 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         crate::redact::redact_url(&self.0)
     }
+    /// The URL to hand to sqlx: without `sslpassword`, which sqlx does not support and
+    /// would log, value included, as an unrecognized parameter.
+    pub fn for_driver(&self) -> String {
+        let Ok(mut u) = url::Url::parse(&self.0) else {
+            return self.0.clone();
+        };
+        let Some(query) = u.query() else {
+            return self.0.clone();
+        };
+        let kept: Vec<&str> =
+            query.split('&').filter(|seg| !seg.to_ascii_lowercase().starts_with("sslpassword=")).collect();
+        if kept.len() == query.split('&').count() {
+            return self.0.clone();
+        }
+        tracing::warn!("DATABASE_URL: sslpassword is not supported by the PostgreSQL driver and is ignored");
+        let kept = kept.join("&");
+        u.set_query((!kept.is_empty()).then_some(kept.as_str()));
+        u.to_string()
+    }
     /// `text` (a driver's error, say) with this URL's credentials scrubbed out.
     pub fn scrub(&self, text: &str) -> String {
         crate::redact::scrub(text, &crate::redact::url_secrets(&self.0))

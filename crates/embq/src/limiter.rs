@@ -579,7 +579,7 @@ impl Limiter {
         Ok(match cfg.rate_limit_scope {
             crate::config::RateLimitScope::Worker => Self::new(Arc::new(LocalBudget::new(rates))),
             crate::config::RateLimitScope::Fleet => {
-                Self::new(Arc::new(PgBudget::connect(cfg.database_url.expose(), budget_key(cfg), rates)?))
+                Self::new(Arc::new(PgBudget::connect(&cfg.database_url.for_driver(), budget_key(cfg), rates)?))
             }
         })
     }

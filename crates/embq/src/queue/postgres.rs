@@ -120,7 +120,7 @@ fn index_note(o: &IndexOutcome) -> String {
 }
 
 fn options(url: &DatabaseUrl, mode: PoolMode) -> Result<PgConnectOptions, QueueError> {
-    let mut opts = PgConnectOptions::from_str(url.expose())
+    let mut opts = PgConnectOptions::from_str(&url.for_driver())
         .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {}: {}", url.redacted(), url.scrub(&e.to_string()))))?
         // PgBouncer rejects unknown startup parameters; this one is optional.
         .extra_float_digits(None)
