@@ -77,16 +77,32 @@ impl DatabaseUrl {
     pub fn port(&self) -> Option<u16> {
         url::Url::parse(&self.0).ok().and_then(|u| u.port())
     }
-    /// The URL with any password replaced by `[redacted]`.
+    /// The URL with every credential (password, `password=`, `sslpassword=`) redacted.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(mut u) if u.password().is_some() => {
-                // set_password only fails for URLs that cannot have one.
-                let _ = u.set_password(Some("[redacted]"));
-                u.to_string()
-            }
-            _ => self.0.clone(),
+        crate::redact::redact_url(&self.0)
+    }
+    /// The URL to hand to sqlx: without `sslpassword`, which sqlx does not support and
+    /// would log, value included, as an unrecognized parameter.
+    pub fn for_driver(&self) -> String {
+        let Ok(mut u) = url::Url::parse(&self.0) else {
+            return self.0.clone();
+        };
+        let Some(query) = u.query() else {
+            return self.0.clone();
+        };
+        let kept: Vec<&str> =
+            query.split('&').filter(|seg| !seg.to_ascii_lowercase().starts_with("sslpassword=")).collect();
+        if kept.len() == query.split('&').count() {
+            return self.0.clone();
         }
+        tracing::warn!("DATABASE_URL: sslpassword is not supported by the PostgreSQL driver and is ignored");
+        let kept = kept.join("&");
+        u.set_query((!kept.is_empty()).then_some(kept.as_str()));
+        u.to_string()
+    }
+    /// `text` (a driver's error, say) with this URL's credentials scrubbed out.
+    pub fn scrub(&self, text: &str) -> String {
+        crate::redact::scrub(text, &crate::redact::url_secrets(&self.0))
     }
 }
 
@@ -103,6 +119,39 @@ impl fmt::Display for DatabaseUrl {
 }
 
 impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// A provider's base URL; any userinfo password is redacted whenever it is printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    /// The full URL, credentials included, for sending requests.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The URL with every credential redacted.
+    pub fn redacted(&self) -> String {
+        crate::redact::redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for HttpUrl {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.redacted())
     }
@@ -346,7 +395,7 @@ pub struct Config {
     /// OpenAI key.
     pub openai_api_key: Option<Secret>,
     /// OpenAI base URL.
-    pub openai_base_url: Option<String>,
+    pub openai_base_url: Option<HttpUrl>,
     /// Gemini key.
     pub gemini_api_key: Option<Secret>,
     /// Health port.
@@ -371,7 +420,7 @@ pub struct Config {
     /// Gemini taskType.
     pub gemini_task_type: String,
     /// Gemini base URL.
-    pub gemini_base_url: String,
+    pub gemini_base_url: HttpUrl,
     /// What happens to an overlong input.
     pub overlong_input: crate::tokens::OverlongInput,
     /// Per-process or fleet-wide budgets.
@@ -418,12 +467,12 @@ fn default_model_cache_dir() -> std::path::PathBuf {
     base.join("embq").join("models")
 }
 
-fn http_url(v: &str) -> Result<String, String> {
+fn http_url(v: &str) -> Result<HttpUrl, String> {
     let u = url::Url::parse(v).map_err(|e| format!("not a valid URL: {e}"))?;
     if !matches!(u.scheme(), "http" | "https") {
         return Err("must be an http:// or https:// URL".into());
     }
-    Ok(v.trim_end_matches('/').to_string())
+    Ok(HttpUrl(v.trim_end_matches('/').to_string()))
 }
 // --- end issue 3 ---
 
@@ -664,13 +713,7 @@ impl RawConfig {
         let openai_api_key = p.field("OPENAI_API_KEY", &self.openai_api_key, None, secret);
         let gemini_api_key = p.field("GEMINI_API_KEY", &self.gemini_api_key, None, secret);
         let shutdown_token = p.field("SHUTDOWN_TOKEN", &self.shutdown_token, None, secret);
-        let openai_base_url = p.field("OPENAI_BASE_URL", &self.openai_base_url, None, |v| {
-            let u = url::Url::parse(v).map_err(|e| format!("not a valid URL: {e}"))?;
-            if !matches!(u.scheme(), "http" | "https") {
-                return Err("must be an http:// or https:// URL".into());
-            }
-            Ok(Some(v.trim_end_matches('/').to_string()))
-        });
+        let openai_base_url = p.field("OPENAI_BASE_URL", &self.openai_base_url, None, |v| http_url(v).map(Some));
         match provider {
             ProviderKind::Openai if openai_api_key.is_none() => {
                 p.0.push("OPENAI_API_KEY: required when EMBEDDING_PROVIDER=openai".into())
@@ -742,7 +785,7 @@ impl RawConfig {
         let gemini_base_url = p.field(
             "GEMINI_BASE_URL",
             &self.gemini_base_url,
-            "https://generativelanguage.googleapis.com".to_string(),
+            HttpUrl("https://generativelanguage.googleapis.com".to_string()),
             http_url,
         );
         let overlong_input = p.field(
@@ -852,6 +895,9 @@ mod tests {
                 "BATCH_SIZE" => r.batch_size = v,
                 "MAX_CONCURRENT_JOBS" => r.max_concurrent_jobs = v,
                 "DATABASE_URL" => r.database_url = v,
+                "DATABASE_LISTEN_URL" => r.database_listen_url = v,
+                "OPENAI_BASE_URL" => r.openai_base_url = v,
+                "GEMINI_BASE_URL" => r.gemini_base_url = v,
                 "OPENAI_API_KEY" => r.openai_api_key = v,
                 "EMBEDDING_PROVIDER" => r.embedding_provider = v,
                 "DRAIN_TIMEOUT" => r.drain_timeout = v,
@@ -913,13 +959,17 @@ mod tests {
             ("EMBEDDING_PROVIDER", "openai"),
             ("OPENAI_API_KEY", "sk-very-secret"),
             ("SHUTDOWN_TOKEN", "tok-very-secret"),
-            ("DATABASE_URL", "postgres://u:pw-very-secret@127.0.0.1:5432/db"),
+            ("DATABASE_URL", "postgres://u:pw-very-secret@127.0.0.1:5432/db?password=q-very-secret"),
+            ("DATABASE_LISTEN_URL", "postgres://u@127.0.0.1:5432/db?sslpassword=ssl-very-secret&sslkey=/k.pem"),
+            ("OPENAI_BASE_URL", "https://u:base-very-secret@127.0.0.1:8443"),
+            ("GEMINI_BASE_URL", "https://u:gem-very-secret@127.0.0.1:8444"),
         ])
         .validate()
         .unwrap();
         let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
         assert!(!shown.contains("very-secret"), "{shown}");
         assert!(shown.contains("[redacted]"));
+        assert!(shown.contains("sslkey=/k.pem"), "a key file path is no secret: {shown}");
     }
 
     #[test]

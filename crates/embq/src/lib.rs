@@ -10,6 +10,7 @@
 //!   the accept loop behind their ports (timeouts, a connection cap).
 //! - [`vector`]: vector encoding and validation.
 //! - [`tokens`], [`batching`], [`limiter`]: token counts, request packing, RPM/TPM budgets.
+//! - [`redact`]: credentials kept out of printed URLs and messages.
 //! - [`cli`]: one module per `embq` subcommand.
 
 pub mod batching;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod queue;
+pub mod redact;
 pub mod tokens;
 pub mod vector;
 pub mod worker;

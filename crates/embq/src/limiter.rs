@@ -39,6 +39,7 @@ use tracing::{debug, warn};
 
 use crate::config::{Config, ProviderKind};
 use crate::provider::{RateSignals, SignalSink};
+use crate::redact;
 
 /// Errors of a shared budget store.
 #[derive(Debug, thiserror::Error)]
@@ -449,7 +450,7 @@ impl PgBudget {
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy(url)
-            .map_err(|e| LimiterError::Unavailable(e.to_string()))?;
+            .map_err(|e| LimiterError::Unavailable(redact::scrub(&e.to_string(), &redact::url_secrets(url))))?;
         Ok(Self::new(pool, key, rates))
     }
 
@@ -543,7 +544,7 @@ pub fn budget_key(cfg: &Config) -> String {
     let mut h = Sha256::new();
     h.update(secret.map(|s| s.expose()).unwrap_or_default().as_bytes());
     h.update(b"\0");
-    h.update(cfg.openai_base_url.as_deref().unwrap_or_default().as_bytes());
+    h.update(cfg.openai_base_url.as_ref().map(|u| u.expose()).unwrap_or_default().as_bytes());
     let digest = hex::encode(h.finalize());
     format!("{}:{}:{}", cfg.provider.as_str(), cfg.model, &digest[..16])
 }
@@ -578,7 +579,7 @@ impl Limiter {
         Ok(match cfg.rate_limit_scope {
             crate::config::RateLimitScope::Worker => Self::new(Arc::new(LocalBudget::new(rates))),
             crate::config::RateLimitScope::Fleet => {
-                Self::new(Arc::new(PgBudget::connect(cfg.database_url.expose(), budget_key(cfg), rates)?))
+                Self::new(Arc::new(PgBudget::connect(&cfg.database_url.for_driver(), budget_key(cfg), rates)?))
             }
         })
     }

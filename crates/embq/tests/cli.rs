@@ -128,6 +128,51 @@ fn unreachable_database_is_a_clear_error() {
 }
 
 #[test]
+fn unreachable_database_error_shows_no_password_of_any_form() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = Sandbox::new();
+    let url = format!("postgres://u:hunter2@127.0.0.1:{port}/db?password=hunter3&sslpassword=hunter4");
+    let out = s.run(&[("DATABASE_URL", &url)], &["queue", "stats"], "");
+    assert_eq!(out.status.code(), Some(69));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("cannot connect to postgres://u:[redacted]@127.0.0.1"), "{all}");
+    for pw in ["hunter2", "hunter3", "hunter4"] {
+        assert!(!all.contains(pw), "{pw} printed: {all}");
+    }
+}
+
+#[test]
+fn config_check_shows_no_password_of_any_url_form() {
+    let s = Sandbox::new();
+    let cases: [&[(&str, &str)]; 6] = [
+        &[("DATABASE_URL", "postgres://u:pw-do-not-print@127.0.0.1:5432/x")],
+        &[("DATABASE_URL", "postgresql://u@127.0.0.1/db?password=pw-do-not-print")],
+        &[("DATABASE_URL", "postgres://u@127.0.0.1/db?sslpassword=pw-do-not-print&sslkey=/keys/client.key")],
+        &[("DATABASE_URL", "postgres://u:pw%2Ddo-not-print@127.0.0.1/db?password=pw%2Ddo%2Dnot%2Dprint")],
+        &[
+            ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
+            ("DATABASE_LISTEN_URL", "postgres://u:pw-do-not-print@127.0.0.1/db?password=pw-do-not-print"),
+        ],
+        &[
+            ("EMBEDDING_PROVIDER", "openai-compatible"),
+            ("OPENAI_BASE_URL", "http://u:pw-do-not-print@127.0.0.1:8081"),
+            ("GEMINI_BASE_URL", "https://u:pw-do-not-print@127.0.0.1:8443"),
+        ],
+    ];
+    for envs in cases {
+        for args in [&["config", "check"][..], &["config", "check", "--json"][..]] {
+            let out = s.run(envs, args, "");
+            let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            assert!(out.status.success(), "{envs:?} {args:?}: {all}");
+            assert!(!all.contains("do-not-print") && !all.contains("do%2Dnot"), "{envs:?} {args:?}: {all}");
+            assert!(all.contains("[redacted]"), "{envs:?} {args:?}: {all}");
+        }
+    }
+    let out = s.run(cases[2], &["config", "check", "--json"], "");
+    assert!(text(&out.stdout).contains("sslkey=/keys/client.key"), "a key path is no secret");
+}
+
+#[test]
 fn worker_refuses_an_unmigrated_database() {
     let s = Sandbox::new();
     let out = s.run(&[("HEALTH_PORT", "0"), ("METRICS_PORT", "0")], &["worker", "--drain"], "");

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use embq::provider::message::Secrets;
 use embq::provider::remote::{parse_go_duration, parse_retry_after, parse_signals, triage, RateSignals};
 use embq::provider::{gemini, openai, Embedded, ProviderError};
 use proptest::prelude::*;
@@ -630,7 +631,7 @@ proptest! {
         inputs in 0usize..5,
         secret in prop::option::of(".{0,12}"),
     ) {
-        let e = triage(status, &body, &RateSignals::default(), inputs, secret.as_deref());
+        let e = triage(status, &body, &RateSignals::default(), inputs, &Secrets::new(secret.as_deref()));
         if let ProviderError::RateLimited { retry_after: Some(d) } = e {
             prop_assert!(d <= DAY);
         }
@@ -646,7 +647,7 @@ proptest! {
     ) {
         let message = format!("{before}{key}{after}");
         let body = if flat { json!({"error": message}) } else { json!({"error": {"message": message, "type": "x"}}) };
-        let e = triage(status, &body.to_string(), &RateSignals::default(), 1, Some(&key)).to_string();
+        let e = triage(status, &body.to_string(), &RateSignals::default(), 1, &Secrets::new(Some(&key))).to_string();
         // Not the key, and not enough of it to matter: clipping must not cut it in two first.
         prop_assert!(!e.contains(&key[..12]), "{e}");
     }
@@ -676,7 +677,7 @@ fn regression_far_future_retry_after_date_is_capped() {
 fn regression_key_straddling_the_clip_is_redacted() {
     let key = "sk-ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let body = json!({"error": {"message": format!("{}{key}", "a".repeat(290))}}).to_string();
-    let e = triage(401, &body, &RateSignals::default(), 1, Some(key)).to_string();
+    let e = triage(401, &body, &RateSignals::default(), 1, &Secrets::new(Some(key))).to_string();
     assert!(!e.contains("sk-ABCDEFG"), "{e}");
 }
 

@@ -145,3 +145,40 @@ async fn a_worker_never_sends_more_than_100_texts_per_call() {
     assert_eq!(summary.processed, 250);
     assert!(mock.seen().iter().all(|s| s.inputs.len() <= 100), "a call carried more than 100 texts");
 }
+
+#[tokio::test]
+async fn key_echoed_in_a_2xx_body_never_reaches_an_error_or_the_dead_letters() {
+    let mock = MockProvider::start(8).await;
+    let bodies = [
+        json!({"embeddings": [{"values": "g-test-key"}]}).to_string(),
+        json!({"embeddings": "g-test-key"}).to_string(),
+        json!({"embeddings": [{"values": [0.5, "Bearer g-test-key"]}]}).to_string(),
+    ];
+    let p = gemini(&mock, &[]);
+    for body in &bodies {
+        mock.script([Reply::Raw(body.clone())]);
+        let err = p.embed(&["a"]).await.unwrap_err();
+        assert!(matches!(err, ProviderError::InvalidResponse(_)), "{body}: {err:?}");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("test-key"), "{body}: {shown}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("q.db").display());
+    let cfg = support::config(&[
+        ("DATABASE_URL", db.as_str()),
+        ("EMBEDDING_PROVIDER", "gemini"),
+        ("GEMINI_API_KEY", "g-test-key"),
+        ("GEMINI_BASE_URL", mock.url.as_str()),
+        ("EMBEDDING_DIMENSIONS", "8"),
+        ("MAX_ATTEMPTS", "1"),
+        ("QUEUE_POLL_INTERVAL", "50"),
+        ("MAX_REQUESTS_PER_MINUTE", "60000"),
+        ("MAX_TOKENS_PER_MINUTE", "10000000"),
+    ]);
+    let echo = bodies[0].clone();
+    mock.rule(move |_| Reply::Raw(echo.clone()));
+    for e in support::dead_letter_errors(&cfg, 2).await {
+        assert!(e.contains("invalid response") && !e.contains("test-key"), "{e}");
+    }
+    assert!(mock.seen().iter().all(|s| s.headers["x-goog-api-key"] == "g-test-key"), "the key was sent");
+}

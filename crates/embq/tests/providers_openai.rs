@@ -362,3 +362,44 @@ async fn batch_optimization_grows_batches_toward_the_cap_while_there_is_a_backlo
     assert_eq!(sizes.iter().max(), Some(&16), "batches grew to the cap: {sizes:?}");
     assert!(sizes.iter().all(|n| *n <= 16), "{sizes:?}");
 }
+
+/// 2xx bodies with the request's key (or its `Authorization` value) in a wrongly-typed field.
+fn bodies_echoing(secret: &str) -> Vec<String> {
+    vec![
+        json!({"data": [{"index": format!("Bearer {secret}"), "embedding": vec![0.5f32; 8]}]}).to_string(),
+        json!({"data": [{"index": 0, "embedding": vec![0.5f32; 8]}], "usage": secret}).to_string(),
+        json!({"data": secret}).to_string(),
+    ]
+}
+
+async fn key_in_a_2xx_body_leaves_no_trace(kind: &str) {
+    let mock = MockProvider::start(8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::openai_config(&dir, &mock.url, &[("EMBEDDING_PROVIDER", kind), ("MAX_ATTEMPTS", "1")]);
+    let p = build(&cfg, Duration::ZERO).unwrap();
+    for body in bodies_echoing("sk-test-key") {
+        mock.script([Reply::Raw(body.clone())]);
+        let err = p.embed(&["a"]).await.unwrap_err();
+        assert!(matches!(err, ProviderError::InvalidResponse(_)), "{kind} {body}: {err:?}");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("test-key") && shown.contains("[redacted]"), "{kind} {body}: {shown}");
+    }
+    let echo = bodies_echoing("sk-test-key")[0].clone();
+    mock.rule(move |_| Reply::Raw(echo.clone()));
+    let errors = support::dead_letter_errors(&cfg, 2).await;
+    for e in errors {
+        assert!(e.contains("invalid response") && !e.contains("test-key"), "{kind}: {e}");
+    }
+    let seen = mock.seen();
+    assert!(seen.iter().all(|s| s.headers["authorization"] == "Bearer sk-test-key"), "the key was sent");
+}
+
+#[tokio::test]
+async fn openai_key_echoed_in_a_2xx_body_never_reaches_an_error_or_the_dead_letters() {
+    key_in_a_2xx_body_leaves_no_trace("openai").await;
+}
+
+#[tokio::test]
+async fn compatible_key_echoed_in_a_2xx_body_never_reaches_an_error_or_the_dead_letters() {
+    key_in_a_2xx_body_leaves_no_trace("openai-compatible").await;
+}

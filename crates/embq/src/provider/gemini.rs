@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::message::Secrets;
 use super::remote::{self, SignalSink, SinkSlot};
 use super::{Embedded, Provider, ProviderError, RequestCaps};
 use crate::config::{ProviderKind, Secret};
@@ -43,6 +44,8 @@ pub struct GeminiProvider {
     endpoint: String,
     resource: String,
     api_key: Secret,
+    /// What is scrubbed from every error message made from a response.
+    secrets: Secrets,
     model: String,
     dims: usize,
     task_type: String,
@@ -58,6 +61,7 @@ impl GeminiProvider {
             client: remote::client(s.timeout)?,
             endpoint: format!("{base}/v1beta/models/{model}:batchEmbedContents"),
             resource: format!("models/{model}"),
+            secrets: Secrets::new(Some(s.api_key.expose())),
             api_key: s.api_key,
             model,
             dims: s.dimensions,
@@ -137,18 +141,15 @@ impl Provider for GeminiProvider {
         let status = resp.status().as_u16();
         let signals = remote::parse_signals(resp.headers());
         let text = resp.text().await.map_err(remote::transport_error)?;
-        if !(200..300).contains(&status) {
-            let err = remote::triage(status, &text, &signals, texts.len(), Some(self.api_key.expose()));
-            if let ProviderError::RateLimited { retry_after } = &err {
-                // Google's delay sits in the body, not the headers: pass it on to the limiter too.
-                self.sink.send(&remote::RateSignals { retry_after: *retry_after, ..signals });
-            } else {
-                self.sink.send(&signals);
-            }
-            return Err(err);
+        let parse = |b: &str| parse_response(b, texts.len(), self.dims);
+        let result = remote::settle(status, &text, &signals, texts.len(), &self.secrets, parse);
+        if let Err(ProviderError::RateLimited { retry_after }) = &result {
+            // Google's delay sits in the body, not the headers: pass it on to the limiter too.
+            self.sink.send(&remote::RateSignals { retry_after: *retry_after, ..signals });
+        } else {
+            self.sink.send(&signals);
         }
-        self.sink.send(&signals);
-        parse_response(&text, texts.len(), self.dims)
+        result
     }
 }
 

@@ -9,6 +9,7 @@ pub mod gemini;
 #[cfg(feature = "local-model")]
 pub mod local;
 pub mod local_files;
+pub mod message;
 pub mod openai;
 pub mod remote;
 
@@ -85,6 +86,20 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The same error with its message passed through `f` (see [`message::Secrets::error`]).
+    pub fn map_message(self, f: impl FnOnce(&str) -> String) -> Self {
+        match self {
+            Self::RateLimited { .. } => self,
+            Self::QuotaExhausted(m) => Self::QuotaExhausted(f(&m)),
+            Self::TooLarge(m) => Self::TooLarge(f(&m)),
+            Self::Transient(m) => Self::Transient(f(&m)),
+            Self::InvalidInput { index, message } => Self::InvalidInput { index, message: f(&message) },
+            Self::InvalidRequest(m) => Self::InvalidRequest(f(&m)),
+            Self::InvalidResponse(m) => Self::InvalidResponse(f(&m)),
+            Self::Unauthorized(m) => Self::Unauthorized(f(&m)),
+        }
+    }
+
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -155,7 +170,7 @@ pub fn build(cfg: &Config, hash_delay: Duration) -> Result<Arc<dyn Provider>, Bu
         ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
             let settings = openai::OpenAiSettings {
                 kind: cfg.provider,
-                base_url: cfg.openai_base_url.clone().unwrap_or_else(|| "https://api.openai.com".into()),
+                base_url: cfg.openai_base_url.as_ref().map_or("https://api.openai.com", |u| u.expose()).to_string(),
                 api_key: cfg.openai_api_key.clone(),
                 model: cfg.model.clone(),
                 dimensions: cfg.dimensions,
@@ -166,7 +181,7 @@ pub fn build(cfg: &Config, hash_delay: Duration) -> Result<Arc<dyn Provider>, Bu
         }
         ProviderKind::Gemini => {
             let settings = gemini::GeminiSettings {
-                base_url: cfg.gemini_base_url.clone(),
+                base_url: cfg.gemini_base_url.expose().to_string(),
                 api_key: cfg.gemini_api_key.clone().ok_or_else(|| setup("GEMINI_API_KEY is not set".into()))?,
                 model: cfg.model.clone(),
                 dimensions: cfg.dimensions,

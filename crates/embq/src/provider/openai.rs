@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use serde::Deserialize;
 
+use super::message::Secrets;
 use super::remote::{self, SignalSink, SinkSlot};
 use super::{Embedded, Provider, ProviderError, RequestCaps};
 use crate::config::{ProviderKind, Secret};
@@ -52,6 +53,8 @@ pub struct OpenAiProvider {
     client: reqwest::Client,
     endpoint: String,
     api_key: Option<Secret>,
+    /// What is scrubbed from every error message made from a response.
+    secrets: Secrets,
     model: String,
     dims: usize,
     send_dimensions: bool,
@@ -78,6 +81,7 @@ impl OpenAiProvider {
             kind: s.kind,
             client: remote::client(s.timeout)?,
             endpoint,
+            secrets: Secrets::new(s.api_key.as_ref().map(Secret::expose)),
             api_key: s.api_key,
             // Only the text-embedding-3 family accepts `dimensions` (ada-002 rejects it).
             send_dimensions: openai && s.model.starts_with("text-embedding-3"),
@@ -203,11 +207,9 @@ impl Provider for OpenAiProvider {
         let signals = remote::parse_signals(resp.headers());
         self.sink.send(&signals);
         let text = resp.text().await.map_err(remote::transport_error)?;
-        if !(200..300).contains(&status) {
-            let secret = self.api_key.as_ref().map(Secret::expose);
-            return Err(remote::triage(status, &text, &signals, texts.len(), secret));
-        }
-        parse_response(&text, texts.len(), self.dims)
+        remote::settle(status, &text, &signals, texts.len(), &self.secrets, |b| {
+            parse_response(b, texts.len(), self.dims)
+        })
     }
 }
 

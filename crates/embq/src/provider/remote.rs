@@ -11,7 +11,8 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::ProviderError;
+use super::message::Secrets;
+use super::{Embedded, ProviderError};
 
 /// Rate-limit state a provider reported with a response.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -201,33 +202,39 @@ fn parse_error_body(body: &str) -> ErrorBody {
     out
 }
 
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+use crate::redact::clip;
+
+/// A whole answer as the caller's result: a non-2xx through [`triage`], a 2xx through `parse`.
+/// Both kinds of error leave through [`Secrets::error`]: no message quoting the response
+/// (serde_json's quote a wrongly-typed value) escapes unscrubbed or unclipped.
+pub fn settle(
+    status: u16,
+    body: &str,
+    signals: &RateSignals,
+    inputs: usize,
+    secrets: &Secrets,
+    parse: impl FnOnce(&str) -> Result<Embedded, ProviderError>,
+) -> Result<Embedded, ProviderError> {
+    if !(200..300).contains(&status) {
+        return Err(triage(status, body, signals, inputs, secrets));
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    parse(body).map_err(|e| secrets.error(e))
 }
 
 /// Turns a non-2xx answer into what the worker must do. `inputs` is the batch size: an
 /// input the model finds too long is split out of a larger batch first, so that only that
-/// one job is dead-lettered. `secret` is scrubbed from any message that echoes it.
-pub fn triage(status: u16, body: &str, signals: &RateSignals, inputs: usize, secret: Option<&str>) -> ProviderError {
-    let secret = secret.filter(|s| s.len() >= 4);
-    // Scrub the body before it is parsed and clipped: a secret cut in two by the clip
-    // would otherwise survive in part.
-    let scrubbed = secret.filter(|s| body.contains(*s)).map(|s| body.replace(s, "[redacted]"));
-    let b = parse_error_body(scrubbed.as_deref().unwrap_or(body));
+/// one job is dead-lettered. Every one of `secrets` is scrubbed from the message.
+pub fn triage(status: u16, body: &str, signals: &RateSignals, inputs: usize, secrets: &Secrets) -> ProviderError {
+    secrets.error(classify(status, &secrets.scrub(body), signals, inputs))
+}
+
+/// [`triage`] of a body already scrubbed: scrubbed before it is parsed and clipped, since
+/// a secret cut in two by the clip would otherwise survive in part.
+fn classify(status: u16, body: &str, signals: &RateSignals, inputs: usize) -> ProviderError {
+    let b = parse_error_body(body);
     let has = |code: &str| b.codes.iter().any(|c| c == code);
     let lower = b.message.to_ascii_lowercase();
-    let mut message =
-        if b.message.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {}", b.message) };
-    if let Some(s) = secret {
-        message = message.replace(s, "[redacted]");
-    }
+    let message = if b.message.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {}", b.message) };
     let daily_quota = b.quota_ids.iter().any(|q| q.contains("PerDay") || q.contains("per_day"));
     let quota = has("insufficient_quota") || has("billing_hard_limit_reached") || daily_quota;
     let too_big = has("max_tokens_per_request")
@@ -414,19 +421,19 @@ mod tests {
             (424, tei("backend failed", "backend"), &none, 3, "transient"),
         ];
         for (status, body, sig, inputs, want) in cases {
-            let got = triage(status, &body, sig, inputs, None);
+            let got = triage(status, &body, sig, inputs, &Secrets::default());
             assert_eq!(kind(&got), want, "{status} {body}");
         }
         assert_eq!(
-            triage(429, &rate_limit, &retry, 1, None),
+            triage(429, &rate_limit, &retry, 1, &Secrets::default()),
             ProviderError::RateLimited { retry_after: Some(Duration::from_secs(3)) }
         );
         assert_eq!(
-            triage(429, &gemini_429("PerMinute"), &none, 1, None),
+            triage(429, &gemini_429("PerMinute"), &none, 1, &Secrets::default()),
             ProviderError::RateLimited { retry_after: Some(Duration::from_secs(13)) }
         );
         assert_eq!(
-            triage(429, &rate_limit, &reset, 1, None),
+            triage(429, &rate_limit, &reset, 1, &Secrets::default()),
             ProviderError::RateLimited { retry_after: Some(Duration::from_secs(7)) }
         );
     }
@@ -435,9 +442,9 @@ mod tests {
     fn triage_scrubs_an_echoed_secret_and_clips_bodies() {
         let body =
             r#"{"error":{"message":"Incorrect API key provided: sk-live-123456","type":"invalid_request_error"}}"#;
-        let e = triage(401, body, &RateSignals::default(), 1, Some("sk-live-123456"));
+        let e = triage(401, body, &RateSignals::default(), 1, &Secrets::new(Some("sk-live-123456")));
         assert!(!e.to_string().contains("sk-live-123456") && e.to_string().contains("[redacted]"), "{e}");
-        let e = triage(500, &"x".repeat(5000), &RateSignals::default(), 1, None);
-        assert!(e.to_string().len() < 400);
+        let e = triage(500, &"x".repeat(5000), &RateSignals::default(), 1, &Secrets::default());
+        assert!(e.to_string().len() < 250, "{e}");
     }
 }

@@ -120,8 +120,8 @@ fn index_note(o: &IndexOutcome) -> String {
 }
 
 fn options(url: &DatabaseUrl, mode: PoolMode) -> Result<PgConnectOptions, QueueError> {
-    let mut opts = PgConnectOptions::from_str(url.expose())
-        .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {}: {e}", url.redacted())))?
+    let mut opts = PgConnectOptions::from_str(&url.for_driver())
+        .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {}: {}", url.redacted(), url.scrub(&e.to_string()))))?
         // PgBouncer rejects unknown startup parameters; this one is optional.
         .extra_float_digits(None)
         .application_name("embq")
@@ -141,7 +141,9 @@ impl PgQueue {
         let conn = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&opts))
             .await
             .map_err(|_| QueueError::Unavailable(format!("timed out connecting to {}", url.redacted())))?
-            .map_err(|e| QueueError::Unavailable(format!("cannot connect to {}: {e}", url.redacted())))?;
+            .map_err(|e| {
+                QueueError::Unavailable(format!("cannot connect to {}: {}", url.redacted(), url.scrub(&e.to_string())))
+            })?;
         let _ = conn.close().await;
         let session = cfg.pool_mode == PoolMode::Session;
         let pool = PgPoolOptions::new()

@@ -41,7 +41,7 @@ impl SqliteQueue {
     /// Opens (creating if needed) the database file named by a `sqlite:` URL.
     pub async fn connect(url: &str, max_connections: u32, clock: Clock) -> Result<Self, QueueError> {
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {url}: {e}")))?
+            .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {}: {e}", crate::redact::redact_url(url))))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -52,7 +52,7 @@ impl SqliteQueue {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts)
             .await
-            .map_err(|e| QueueError::Unavailable(format!("cannot open {url}: {e}")))?;
+            .map_err(|e| QueueError::Unavailable(format!("cannot open {}: {e}", crate::redact::redact_url(url))))?;
         Ok(Self { pool, clock })
     }
 

@@ -220,3 +220,13 @@ impl Drop for Reaper {
         }
     }
 }
+
+/// Queues `n` jobs, drains a worker over them (give `MAX_ATTEMPTS=1` for a failure to
+/// dead-letter at once) and returns each dead job's `last_error`.
+pub async fn dead_letter_errors(cfg: &Config, n: usize) -> Vec<String> {
+    let q = queue_with(cfg, &jobs(n, |i| format!("text {i}"))).await;
+    let summary = drain(harness(cfg, q.clone(), None), Duration::from_secs(20)).await;
+    assert_eq!(summary.dead, n as u64, "{summary:?}");
+    let dead = q.dead_jobs(n as i64 + 1).await.expect("dead jobs");
+    dead.into_iter().map(|d| d.last_error.unwrap_or_default()).collect()
+}
