@@ -60,6 +60,15 @@ fn malformed_lines_are_reported_by_number_and_nothing_is_queued() {
         (r#"{"source_type":"receipt","source_id":"2","text":""}"#, "line 2: text must not be empty"),
         (r#"{"source_type":"receipt","source_id":"2","text":"x","colour":"red"}"#, "line 2: unknown field `colour`"),
         (r#"{"source_id":"2","text":"x"}"#, "line 2: missing field `source_type`"),
+        (r#"{"source_type":"receipt","source_id":"a\u0000b","text":"x"}"#, "line 2: source_id must not contain NUL"),
+        (
+            r#"{"source_type":"receipt","source_id":"2","text":"x","metadata":{"k":"\u0000"}}"#,
+            "line 2: metadata must not contain NUL",
+        ),
+        (
+            r#"{"source_type":"receipt","source_id":18446744073709551616,"text":"x"}"#,
+            "is not a whole number that fits 64 bits exactly: write it as a string",
+        ),
     ];
     for (bad, want) in cases {
         let input = format!("{GOOD}\n{bad}\n{GOOD}\n");

@@ -528,8 +528,23 @@ async fn sql_enqueue_function_applies_the_same_rules() {
         .await
         .unwrap();
     assert_eq!(id1, id2, "a pending job is replaced, not duplicated");
-    let err = sqlx::query("SELECT embq.enqueue('receipt', '43', '  ')").execute(&mut c).await.unwrap_err();
-    assert!(err.to_string().contains("text must not be empty"), "{err}");
+    // The same limits as the CLI and the library (NewJob::validate).
+    let long_id = "9".repeat(513);
+    let big = format!("{{\"k\": \"{}\"}}", "x".repeat(70_000));
+    for (sql, want) in [
+        ("SELECT embq.enqueue('receipt', '43', '  ')", "text must not be empty"),
+        ("SELECT embq.enqueue('receipt', '43', E'\\t\\n ')", "text must not be empty"),
+        ("SELECT embq.enqueue(E' \\n', '43', 'x')", "source_type must not be empty"),
+        ("SELECT embq.enqueue('receipt', NULL, 'x')", "source_id must not be empty"),
+        (&format!("SELECT embq.enqueue('receipt', '{long_id}', 'x')"), "source_id must be at most 512 bytes"),
+        ("SELECT embq.enqueue('receipt', '43', 'x', p_priority => NULL)", "priority must not be NULL"),
+        (&format!("SELECT embq.enqueue('receipt', '43', 'x', p_metadata => '{big}')"), "bytes of JSON; at most 65536"),
+    ] {
+        let err = sqlx::query(sql).execute(&mut c).await.unwrap_err();
+        assert!(err.to_string().contains(want), "{sql}: {err}");
+    }
+    let long = NewJob { source_id: long_id.clone(), ..job("43", "x", 0) };
+    assert_eq!(long.validate().unwrap_err(), "source_id must be at most 512 bytes", "the library says the same");
     let l = lease("w");
     let j = q.claim(5, &l, LEASE, MODEL).await.unwrap();
     assert_eq!((j.len(), j[0].text.as_str(), j[0].priority), (1, "second", 3));

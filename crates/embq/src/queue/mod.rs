@@ -103,14 +103,22 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D:
         S(String),
         N(serde_json::Number),
     }
-    Ok(match Id::deserialize(d)? {
-        Id::S(s) => s,
-        Id::N(n) => n.to_string(),
-    })
+    match Id::deserialize(d)? {
+        Id::S(s) => Ok(s),
+        // Whole numbers up to 64 bits are exact; anything else went through a float.
+        Id::N(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
+        Id::N(n) => Err(serde::de::Error::custom(format!(
+            "source_id {n} is not a whole number that fits 64 bits exactly: write it as a string"
+        ))),
+    }
 }
 
 /// Longest text accepted, in bytes; longer inputs are refused at enqueue.
 pub const MAX_TEXT_BYTES: usize = 1 << 20;
+/// Longest `source_type`, `source_id` or `content_type`, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest metadata, in bytes of its JSON text.
+pub const MAX_METADATA_BYTES: usize = 64 << 10;
 
 impl NewJob {
     /// Checks the fields a store cannot fix, naming the bad one.
@@ -121,8 +129,25 @@ impl NewJob {
             if value.trim().is_empty() {
                 return Err(format!("{name} must not be empty"));
             }
-            if value.len() > 512 {
-                return Err(format!("{name} must be at most 512 bytes"));
+            if value.len() > MAX_KEY_BYTES {
+                return Err(format!("{name} must be at most {MAX_KEY_BYTES} bytes"));
+            }
+            // PostgreSQL text cannot hold NUL; SQLite could. Both stores refuse it alike.
+            if value.contains('\0') {
+                return Err(format!("{name} must not contain NUL characters"));
+            }
+        }
+        if let Some(m) = &self.metadata {
+            let json = m.to_string();
+            if json.len() > MAX_METADATA_BYTES {
+                return Err(format!(
+                    "metadata is {} bytes of JSON; at most {MAX_METADATA_BYTES} are accepted",
+                    json.len()
+                ));
+            }
+            // jsonb refuses the \u0000 escape.
+            if has_nul(m) {
+                return Err("metadata must not contain NUL characters".into());
             }
         }
         if self.text.trim().is_empty() {
@@ -140,6 +165,16 @@ impl NewJob {
     /// SHA-256 of the text, which decides whether a stored embedding is still current.
     pub fn text_sha256(&self) -> Vec<u8> {
         text_sha256(&self.text)
+    }
+}
+
+/// Whether any string or key inside a JSON value holds a NUL character.
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -545,6 +580,33 @@ mod tests {
         let jobs = vec![job("1", "a"), job("2", "b"), job("1", "c")];
         let kept: Vec<_> = dedupe_keys(&jobs).into_iter().map(|j| j.text.clone()).collect();
         assert_eq!(kept, vec!["b", "c"]);
+    }
+
+    #[test]
+    fn nul_characters_and_oversized_metadata_are_refused_alike_in_every_store() {
+        let mut j = job("1", "ok");
+        j.source_id = "a\0b".into();
+        assert_eq!(j.validate().unwrap_err(), "source_id must not contain NUL characters");
+        let mut j = job("1", "ok");
+        j.metadata = Some(serde_json::json!({ "k": "a\u{0}b" }));
+        assert_eq!(j.validate().unwrap_err(), "metadata must not contain NUL characters");
+        let mut j = job("1", "ok");
+        j.metadata = Some(serde_json::json!({ "k": "x".repeat(MAX_METADATA_BYTES) }));
+        assert!(j.validate().unwrap_err().starts_with("metadata is 65544 bytes"));
+    }
+
+    #[test]
+    fn numeric_ids_stay_exact_or_are_refused() {
+        let id = |raw: &str| {
+            serde_json::from_str::<NewJob>(&format!(r#"{{"source_type":"r","source_id":{raw},"text":"x"}}"#))
+                .map(|j| j.source_id)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(id("9007199254740993").unwrap(), "9007199254740993", "2^53 + 1 is kept exactly");
+        assert_eq!(id("18446744073709551615").unwrap(), "18446744073709551615");
+        assert_eq!(id("-9223372036854775808").unwrap(), "-9223372036854775808");
+        assert!(id("18446744073709551616").unwrap_err().contains("write it as a string"));
+        assert!(id("1.5").unwrap_err().contains("write it as a string"));
     }
 
     #[test]
