@@ -346,6 +346,10 @@ pub struct RawConfig {
     /// none | hnsw: the index `embq migrate` builds on the stored vectors [default: none]
     #[arg(long, env = "VECTOR_INDEX", global = true)]
     pub vector_index: Option<String>,
+    /// How long one-shot commands keep trying to reach the database before exit 69; a worker
+    /// keeps trying, not ready, until it is stopped [default: 10s]
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", global = true)]
+    pub database_connect_timeout: Option<String>,
     /// true lets loopback callers of POST /shutdown omit SHUTDOWN_TOKEN [default: false]
     #[arg(long, env = "SHUTDOWN_LOOPBACK_EXEMPT", global = true)]
     pub shutdown_loopback_exempt: Option<String>,
@@ -434,6 +438,9 @@ pub struct Config {
     pub vector_index: crate::queue::VectorIndex,
     /// Loopback callers of POST /shutdown may omit the token.
     pub shutdown_loopback_exempt: bool,
+    /// How long one-shot commands retry reaching the database.
+    #[serde(serialize_with = "ser_ms")]
+    pub database_connect_timeout: Duration,
 }
 
 // --- issue 3 ---
@@ -822,6 +829,12 @@ impl RawConfig {
             crate::queue::VectorIndex::parse,
         );
 
+        let database_connect_timeout = p.field(
+            "DATABASE_CONNECT_TIMEOUT",
+            &self.database_connect_timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        );
         let shutdown_loopback_exempt =
             p.field("SHUTDOWN_LOOPBACK_EXEMPT", &self.shutdown_loopback_exempt, false, boolean);
 
@@ -866,6 +879,7 @@ impl RawConfig {
             vector_type,
             vector_index,
             shutdown_loopback_exempt,
+            database_connect_timeout,
         })
     }
 }

@@ -284,3 +284,38 @@ async fn secrets_never_reach_logs_errors_or_metrics() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_postgres_is_down_waits_not_ready_then_works() {
+    let pg = support::pg::PrivatePg::start();
+    let url = pg.url();
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(5, "down"));
+    pg.stop();
+    // The one-shot timeout does not apply to a worker: it keeps trying, live but not started.
+    let mut w = Worker::start(&url, &[("DATABASE_CONNECT_TIMEOUT", "100ms"), ("RUST_LOG", "warn")]);
+    w.wait_status("/health", 200, Duration::from_secs(30)).await;
+    assert_eq!(w.status("/startup").await, Some(503));
+    assert_eq!(w.status("/ready").await, Some(503));
+    support::wait_until(Duration::from_secs(30), "three attempts, well past the 100 ms timeout", || async {
+        w.output().matches("database not reachable yet").count() >= 3
+    })
+    .await;
+    assert!(w.alive(), "the worker did not exit: {}", w.output());
+    pg.restart();
+    w.wait_status("/ready", 200, Duration::from_secs(60)).await;
+    support::wait_until(Duration::from_secs(60), "the jobs are done", || async { ready_jobs(&url).await == 0 }).await;
+    w.terminate();
+    // A one-shot command gives up after DATABASE_CONNECT_TIMEOUT with exit 69.
+    pg.stop();
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .env_clear()
+        .envs([("DATABASE_URL", url.as_str()), ("DATABASE_CONNECT_TIMEOUT", "300ms"), ("RUST_LOG", "warn")])
+        .args(["queue", "stats"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database not reachable yet"), "it retried");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

@@ -74,7 +74,26 @@ pub async fn run(mut cfg: Config, args: Args) -> Result<(), CliError> {
         async move { s2.cancelled().await },
     ));
 
-    let queue = crate::queue::connect(&cfg).await?;
+    // A worker started while the database is down keeps trying, live but not ready (the startup
+    // probe decides how long that may last), instead of exiting into a crash loop.
+    let stopping = health.shutdown.clone();
+    let connecting = crate::queue::connect_until(&cfg, |_| !stopping.is_cancelled());
+    let queue = tokio::select! {
+        q = connecting => match q {
+            Ok(q) => q,
+            Err(_) if stopping.is_cancelled() => {
+                info!("shutdown requested before the database could be reached");
+                servers_stop.cancel();
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        },
+        _ = super::signal() => {
+            info!("stopped before the database could be reached");
+            servers_stop.cancel();
+            return Ok(());
+        }
+    };
     // A typed vector column of other dimensions would refuse every batch: refuse to start instead
     // (exit 78, both numbers named). An unmigrated schema is reported by the worker itself.
     match queue.check_vectors().await {

@@ -496,9 +496,30 @@ pub trait JobListener: Send {
     async fn recv(&mut self) -> Result<(), QueueError>;
 }
 
-/// Opens the store named by the configuration.
+/// Opens the store named by the configuration, retrying an unreachable database with back-off
+/// for `DATABASE_CONNECT_TIMEOUT` (one-shot commands).
 pub async fn connect(cfg: &Config) -> Result<Arc<dyn Queue>, QueueError> {
-    connect_with_clock(cfg, &cfg.database_url, Clock::System).await
+    let deadline = std::time::Instant::now() + cfg.database_connect_timeout;
+    connect_until(cfg, |_| std::time::Instant::now() < deadline).await
+}
+
+/// Opens the store, retrying an unreachable database with back-off (200 ms doubling to 10 s)
+/// while `again(error)` says so; other errors (a bad URL) end at once.
+pub async fn connect_until(
+    cfg: &Config,
+    mut again: impl FnMut(&QueueError) -> bool,
+) -> Result<Arc<dyn Queue>, QueueError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match connect_with_clock(cfg, &cfg.database_url, Clock::System).await {
+            Err(e @ QueueError::Unavailable(_)) if again(&e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Opens a store with an explicit URL and clock (tests).
