@@ -182,3 +182,12 @@ async fn key_echoed_in_a_2xx_body_never_reaches_an_error_or_the_dead_letters() {
     }
     assert!(mock.seen().iter().all(|s| s.headers["x-goog-api-key"] == "g-test-key"), "the key was sent");
 }
+
+#[tokio::test]
+async fn an_oversized_gemini_response_is_dropped() {
+    let mock = MockProvider::start(8).await;
+    let p = gemini(&mock, &[]);
+    mock.script([Reply::Streamed(100 << 20)]);
+    let err = p.embed(&["one"]).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::InvalidResponse(m) if m.contains("longer than")), "{err:?}");
+}

@@ -403,3 +403,20 @@ async fn openai_key_echoed_in_a_2xx_body_never_reaches_an_error_or_the_dead_lett
 async fn compatible_key_echoed_in_a_2xx_body_never_reaches_an_error_or_the_dead_letters() {
     key_in_a_2xx_body_leaves_no_trace("openai-compatible").await;
 }
+
+#[tokio::test]
+async fn a_response_longer_than_the_request_can_return_is_dropped_as_it_arrives() {
+    let mock = MockProvider::start(8).await;
+    let p = provider(&mock, &[]);
+    // Chunked, no declared length: counted as it arrives, dropped past the cap (one input at 8
+    // dimensions may return ~256 KiB), never read whole.
+    mock.script([Reply::Streamed(100 << 20)]);
+    let err = p.embed(&["one"]).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::InvalidResponse(m) if m.contains("the response is longer than")), "{err:?}");
+    // A declared length beyond the cap is refused before reading.
+    mock.script([Reply::Raw(" ".repeat(2 << 20))]);
+    let err = p.embed(&["one"]).await.unwrap_err();
+    assert!(matches!(&err, ProviderError::InvalidResponse(m) if m.contains("the response declares")), "{err:?}");
+    // A normal answer still fits.
+    assert_eq!(p.embed(&["one", "two"]).await.unwrap().vectors.len(), 2);
+}

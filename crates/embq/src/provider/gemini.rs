@@ -140,7 +140,7 @@ impl Provider for GeminiProvider {
             .map_err(remote::transport_error)?;
         let status = resp.status().as_u16();
         let signals = remote::parse_signals(resp.headers());
-        let text = resp.text().await.map_err(remote::transport_error)?;
+        let text = remote::read_body(resp, remote::body_limit(texts.len(), self.dims)).await?;
         let parse = |b: &str| parse_response(b, texts.len(), self.dims);
         let result = remote::settle(status, &text, &signals, texts.len(), &self.secrets, parse);
         if let Err(ProviderError::RateLimited { retry_after }) = &result {

@@ -206,7 +206,7 @@ impl Provider for OpenAiProvider {
         let status = resp.status().as_u16();
         let signals = remote::parse_signals(resp.headers());
         self.sink.send(&signals);
-        let text = resp.text().await.map_err(remote::transport_error)?;
+        let text = remote::read_body(resp, remote::body_limit(texts.len(), self.dims)).await?;
         remote::settle(status, &text, &signals, texts.len(), &self.secrets, |b| {
             parse_response(b, texts.len(), self.dims)
         })

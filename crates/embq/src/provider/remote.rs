@@ -99,6 +99,34 @@ pub fn transport_error(e: reqwest::Error) -> ProviderError {
     ProviderError::Transient(format!("{what}: {}", e.without_url()))
 }
 
+/// The longest response body a request of `inputs` texts at `dims` dimensions can legitimately
+/// return: each value as JSON text takes at most ~25 bytes (sign, digits, exponent, comma), plus
+/// room per input and for the envelope or an error body.
+pub fn body_limit(inputs: usize, dims: usize) -> usize {
+    (256 << 10) + inputs.saturating_mul(dims.saturating_mul(32).saturating_add(1024))
+}
+
+/// Reads a response body, failing as soon as it passes `limit` bytes, whether or not it
+/// declared its length (chunked bodies are counted as they arrive).
+pub async fn read_body(mut resp: reqwest::Response, limit: usize) -> Result<String, ProviderError> {
+    let too_long = |what: String| {
+        ProviderError::InvalidResponse(format!(
+            "{what}; a request of this size returns at most {limit} bytes, so the response was dropped"
+        ))
+    };
+    if let Some(n) = resp.content_length().filter(|n| *n > limit as u64) {
+        return Err(too_long(format!("the response declares {n} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_long(format!("the response is longer than {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| ProviderError::InvalidResponse("the response body is not UTF-8".into()))
+}
+
 /// Reads the rate-limit headers of a response.
 pub fn parse_signals(headers: &HeaderMap) -> RateSignals {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);

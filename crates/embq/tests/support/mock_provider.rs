@@ -44,6 +44,8 @@ pub enum Reply {
     BrokenOff,
     /// A complete 200 whose JSON body is cut in half (framing intact, JSON invalid).
     Truncated,
+    /// A 200 of this many bytes (whitespace), chunked, with no declared length.
+    Streamed(usize),
 }
 
 /// A request as the mock saw it.
@@ -379,6 +381,14 @@ async fn handle(s: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, bod
             (200, extra, json!({"data": data, "usage": {"prompt_tokens": tokens}}).to_string())
         }
         Reply::Raw(b) => (200, extra, b),
+        Reply::Streamed(n) => {
+            s.seen.lock().unwrap().push(Seen { path, headers, body, inputs, tokens, at: Instant::now(), status: 200 });
+            let chunk = Bytes::from(vec![b' '; 64 << 10]);
+            let chunks = (0..n.div_ceil(64 << 10)).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+            let mut resp = axum::body::Body::from_stream(futures::stream::iter(chunks)).into_response();
+            resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            return resp;
+        }
         Reply::Status(code, h, b) => (code, h, b),
         Reply::Truncated => {
             let full = embed_body(&s, &body, &inputs, tokens, gemini, 0);
