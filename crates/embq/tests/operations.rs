@@ -319,3 +319,24 @@ async fn a_worker_started_while_postgres_is_down_waits_not_ready_then_works() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("database not reachable yet"), "it retried");
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_sqlite_enqueue_never_locks_out_a_running_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(200, "warm"));
+    let w = Worker::start(&url, &[("BATCH_SIZE", "100")]);
+    w.wait_status("/ready", 200, Duration::from_secs(30)).await;
+    // 60,000 jobs while the worker claims and writes: the enqueue commits every 20,000 jobs.
+    let input = jsonl(60_000, "bulk");
+    let url2 = url.clone();
+    let out = tokio::task::spawn_blocking(move || cli(&url2, &["enqueue"], &input)).await.unwrap();
+    assert!(out.contains("queued 60000 jobs"), "{out}");
+    support::wait_until(Duration::from_secs(240), "the backlog drained", || async { ready_jobs(&url).await == 0 })
+        .await;
+    let (_, metrics) = w.get(w.metrics, "/metrics").await.expect("metrics");
+    let log = w.terminate();
+    assert!(!log.contains("locked"), "a worker saw the write lock: {log}");
+    assert!(metrics.lines().any(|l| l == "embedding_worker_errors_total{kind=\"database\"} 0"), "{metrics}");
+}

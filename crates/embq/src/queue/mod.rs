@@ -443,7 +443,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn check_schema(&self) -> Result<(), QueueError>;
     /// Cheap round trip to see whether the database answers.
     async fn ping(&self) -> Result<(), QueueError>;
-    /// Adds jobs atomically (all or none); a key with a pending job gets its text replaced.
+    /// Adds jobs (validated first, all or none); a key with a pending job gets its text replaced.
+    /// PostgreSQL writes them in one transaction, SQLite in transactions of 20,000 jobs.
     /// `progress` is called with the number of jobs written so far.
     async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError>;
     /// Leases up to `limit` ready jobs, highest priority first, then oldest; jobs whose text and
