@@ -28,9 +28,11 @@ use crate::provider::{Provider, ProviderError};
 use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome, Queue, QueueError, WorkerInfo};
 
 mod requests;
+mod rescue;
 mod store_results;
 
 use requests::embed_jobs;
+use rescue::RescueGate;
 use store_results::store_results;
 
 /// Errors that stop the worker.
@@ -208,9 +210,9 @@ impl Worker {
             // Rate-limit headers of every response feed the budget (issue 3).
             ctx.provider.set_signal_sink(Arc::new(LimiterSink(l.clone())));
         }
-        if !startup(&ctx, &soft).await? {
+        let Some(waited_for_database) = startup(&ctx, &soft).await? else {
             return Ok(ctx.counters.summary());
-        }
+        };
         info!(worker_id = %ctx.health.worker_id, provider = ctx.provider.kind().as_str(),
               model = ctx.provider.model(), "worker started");
 
@@ -221,7 +223,8 @@ impl Worker {
         if let Some(rss) = memory::rss_bytes() {
             ctx.health.set_memory_over(guard.update(rss));
         }
-        let maintenance = tokio::spawn(maintain(ctx.clone(), stop_maintenance.clone(), guard));
+        let gate = RescueGate::new(ctx.cfg.lease_duration(), waited_for_database, Instant::now());
+        let maintenance = tokio::spawn(maintain(ctx.clone(), stop_maintenance.clone(), guard, gate));
         let listener = tokio::spawn(listen(ctx.clone(), wake.clone(), stop_maintenance.clone()));
 
         let tracker = TaskTracker::new();
@@ -250,9 +253,11 @@ impl Worker {
     }
 }
 
-/// Waits for the database and checks the schema; false if shut down while waiting.
-async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<bool, WorkerError> {
+/// Waits for the database and checks the schema: `None` if shut down while waiting, else
+/// whether it had to wait for the database.
+async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<Option<bool>, WorkerError> {
     let mut delay = Duration::from_millis(200);
+    let mut waited = false;
     loop {
         match ctx.queue.check_schema().await {
             Ok(()) => break,
@@ -261,9 +266,10 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<bool, WorkerErro
                 ctx.health.set_db_ok(false);
                 ctx.metrics.error(e.kind());
                 warn!(error = %e, "database not reachable yet; retrying");
+                waited = true;
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = soft.cancelled() => return Ok(false),
+                    _ = soft.cancelled() => return Ok(None),
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -275,7 +281,7 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<bool, WorkerErro
         warn!(error = %e, "first heartbeat failed");
     }
     ctx.health.set_started();
-    Ok(true)
+    Ok(Some(waited))
 }
 
 fn worker_info(ctx: &Ctx, state: &str) -> WorkerInfo {
@@ -640,7 +646,7 @@ fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
 }
 
 /// Heartbeats, lease rescue, queue gauges and the memory guard, until stopped.
-async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Guard) {
+async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Guard, mut gate: RescueGate) {
     let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat_interval);
     let mut rescue = tokio::time::interval(ctx.cfg.rescue_interval());
     let mut stats = tokio::time::interval(Duration::from_secs(10));
@@ -655,15 +661,22 @@ async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Gua
                 let state = if ctx.health.draining() { "draining" } else { "running" };
                 let leases = ctx.live.tokens();
                 match ctx.queue.heartbeat(&worker_info(&ctx, state), &leases, ctx.cfg.lease_duration()).await {
-                    Ok(_) => ctx.health.set_db_ok(true),
+                    Ok(_) => {
+                        ctx.health.set_db_ok(true);
+                        if gate.database_ok(Instant::now()) {
+                            info!(hold = ?ctx.cfg.lease_duration(),
+                                  "database reachable again; expired leases are swept once their owners had a heartbeat to renew them");
+                        }
+                    }
                     Err(e) => {
+                        gate.database_lost();
                         ctx.health.set_db_ok(false);
                         ctx.metrics.error(e.kind());
                         warn!(error = %e, "heartbeat failed");
                     }
                 }
             }
-            _ = rescue.tick() => match ctx.queue.rescue_expired(ctx.cfg.retry.max_attempts.get()).await {
+            _ = rescue.tick(), if gate.may_sweep(Instant::now()) => match ctx.queue.rescue_expired(ctx.cfg.retry.max_attempts.get()).await {
                 Ok(r) if r.requeued + r.dead > 0 => {
                     ctx.metrics.lease_reclaims.inc_by(r.requeued + r.dead);
                     info!(requeued = r.requeued, dead = r.dead, "reclaimed jobs whose worker stopped heartbeating");

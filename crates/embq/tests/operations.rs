@@ -33,6 +33,11 @@ impl Drop for Worker {
 
 impl Worker {
     fn start(url: &str, envs: &[(&str, &str)]) -> Self {
+        Self::start_with(url, envs, &[])
+    }
+
+    /// `embq worker` with extra arguments.
+    fn start_with(url: &str, envs: &[(&str, &str)], args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("worker.log");
         let (health, metrics) = (support::free_port(), support::free_port());
@@ -46,6 +51,7 @@ impl Worker {
             .env("HEARTBEAT_INTERVAL", "500")
             .envs(envs.iter().copied())
             .arg("worker")
+            .args(args)
             .stdout(Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).expect("log file")))
             .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
             .spawn()
@@ -113,11 +119,14 @@ fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("q.db").display())
 }
 
-async fn ready_jobs(url: &str) -> u64 {
+async fn stats(url: &str) -> Value {
     let url = url.to_string();
     let out = tokio::task::spawn_blocking(move || cli(&url, &["queue", "stats", "--json"], "")).await.unwrap();
-    let v: Value = serde_json::from_str(&out).expect("stats JSON");
-    v["ready"].as_u64().unwrap_or(u64::MAX)
+    serde_json::from_str(&out).expect("stats JSON")
+}
+
+async fn ready_jobs(url: &str) -> u64 {
+    stats(url).await["ready"].as_u64().unwrap_or(u64::MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,4 +348,49 @@ async fn a_large_sqlite_enqueue_never_locks_out_a_running_worker() {
     let log = w.terminate();
     assert!(!log.contains("locked"), "a worker saw the write lock: {log}");
     assert!(metrics.lines().any(|l| l == "embedding_worker_errors_total{kind=\"database\"} 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_that_expires_leases_spends_no_attempt() {
+    let pg = support::pg::PrivatePg::start();
+    let url = pg.url();
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(6, "outage"));
+    // One attempt only: a lease rescued as if its worker had crashed would dead-letter the job.
+    let envs = [("MAX_ATTEMPTS", "1"), ("BATCH_SIZE", "10"), ("RUST_LOG", "info")];
+    // A holds the six jobs in a slow provider call across the outage; B only sweeps leases.
+    let mut a = Worker::start_with(&url, &envs, &["--hash-delay-ms", "8000"]);
+    let b_envs = [envs.as_slice(), &[("ENABLE_QUEUE_PROCESSING", "false")]].concat();
+    let mut b = Worker::start(&url, &b_envs);
+    support::wait_until(Duration::from_secs(30), "A holds all six jobs", || async {
+        stats(&url).await["running"].as_u64() == Some(6)
+    })
+    .await;
+    b.wait_status("/ready", 200, Duration::from_secs(30)).await;
+
+    pg.stop();
+    // A heartbeat fails after the pool's 10 s wait for a connection: by then the 750 ms
+    // leases have expired (the provider call has ended too, and its result waits).
+    support::wait_until(Duration::from_secs(60), "both workers missed a heartbeat", || async {
+        a.output().contains("heartbeat failed") && b.output().contains("heartbeat failed")
+    })
+    .await;
+    pg.restart();
+    support::wait_until(Duration::from_secs(60), "the six jobs are done", || async {
+        let s = stats(&url).await;
+        s["done"].as_u64() == Some(6) || s["dead"].as_u64() > Some(0)
+    })
+    .await;
+    let s = stats(&url).await;
+    assert_eq!(
+        (s["done"].as_u64(), s["dead"].as_u64()),
+        (Some(6), Some(0)),
+        "{s}\nA: {}\nB: {}",
+        a.output(),
+        b.output()
+    );
+    assert!(a.alive() && b.alive());
+    let (a_log, b_log) = (a.terminate(), b.terminate());
+    assert!(!a_log.contains("reclaimed") && !b_log.contains("reclaimed"), "no lease was rescued:\n{a_log}\n{b_log}");
+    assert!(b_log.contains("database reachable again"), "{b_log}");
 }
