@@ -67,7 +67,7 @@ embedding_provider_request_duration_seconds
 OPTIONAL_VARS = {
     "OPENAI_BASE_URL": "only for openai-compatible servers; unset means the public API",
     "GEMINI_BASE_URL": "unset means Google's public endpoint",
-    "DB_MAX_CONNECTIONS": "the worker sizes its pool from MAX_CONCURRENT_JOBS when unset",
+    "DB_MAX_CONNECTIONS": "the worker sizes its pool from what it needs (3 + min(MAX_CONCURRENT_JOBS, 3)) when unset",
 }
 
 # Secret-backed variables: name -> (secret, key). Nothing else may come from

@@ -215,7 +215,7 @@ pub struct RawConfig {
     /// session | transaction [default: transaction when the port is 6543, else session]
     #[arg(long, env = "DATABASE_POOL_MODE", global = true)]
     pub database_pool_mode: Option<String>,
-    /// Maximum database connections per process [default: MAX_CONCURRENT_JOBS + 3]
+    /// Maximum pooled database connections per process [default: 3 + min(MAX_CONCURRENT_JOBS, 3)]
     #[arg(long, env = "DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<String>,
     /// Poll interval in ms when no notification arrives (jittered ±10%) [default: 5000]
@@ -642,7 +642,7 @@ impl RawConfig {
         let db_max_connections = p.field(
             "DB_MAX_CONNECTIONS",
             &self.db_max_connections,
-            (max_concurrent_jobs.get() as u32).saturating_add(3),
+            default_pool_size(max_concurrent_jobs.get()),
             |v| bounded(1, 10_000)(v).map(|n| n as u32),
         );
         let poll_interval =
@@ -871,7 +871,39 @@ impl RawConfig {
     }
 }
 
+/// What a worker's pool needs at most: two claims at once, one maintenance statement
+/// (heartbeat, lease sweep, stats) and up to three batches recording results; more batches
+/// wait their turn for a connection, which takes milliseconds.
+fn default_pool_size(max_concurrent_jobs: usize) -> u32 {
+    3 + max_concurrent_jobs.min(3) as u32
+}
+
+/// The database connections one worker process opens at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Connections {
+    /// The pool (DB_MAX_CONNECTIONS).
+    pub pool: u32,
+    /// The LISTEN session (PostgreSQL, session mode or DATABASE_LISTEN_URL).
+    pub listen: u32,
+    /// The fleet rate budget's own pool (RATE_LIMIT_SCOPE=fleet with a remote provider).
+    pub fleet_budget: u32,
+    /// All of them.
+    pub total: u32,
+}
+
 impl Config {
+    /// The database connections one worker opens at most: replicas × `total` must stay below
+    /// the server's `max_connections`.
+    pub fn connections(&self) -> Connections {
+        let postgres = !self.database_url.is_sqlite();
+        let listen = u32::from(postgres && (self.pool_mode == PoolMode::Session || self.database_listen_url.is_some()));
+        let remote =
+            matches!(self.provider, ProviderKind::Openai | ProviderKind::Gemini | ProviderKind::OpenaiCompatible);
+        let fleet_budget = if postgres && remote && self.rate_limit_scope == RateLimitScope::Fleet { 2 } else { 0 };
+        let pool = self.db_max_connections;
+        Connections { pool, listen, fleet_budget, total: pool + listen + fleet_budget }
+    }
+
     /// How long a claim stays valid without a heartbeat: 1.5 heartbeats, so one late
     /// heartbeat does not lose a lease, while a dead worker's jobs return within two.
     pub fn lease_duration(&self) -> Duration {
@@ -927,6 +959,26 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(25));
         assert_eq!(c.provider, ProviderKind::Hash);
         assert_eq!(c.dimensions, 384);
+    }
+
+    #[test]
+    fn the_pool_is_sized_by_what_a_worker_needs_not_by_its_concurrency() {
+        let pg = "postgres://u@127.0.0.1:5432/db";
+        let pool = |jobs: &str| raw(&[("DATABASE_URL", pg), ("MAX_CONCURRENT_JOBS", jobs)]).validate().unwrap();
+        assert_eq!(pool("1").db_max_connections, 4);
+        assert_eq!(pool("3").db_max_connections, 6);
+        // 32 concurrent batches no longer ask for 35 connections each.
+        let c = pool("32");
+        assert_eq!(c.db_max_connections, 6);
+        assert_eq!(c.connections(), Connections { pool: 6, listen: 1, fleet_budget: 0, total: 7 });
+        let fleet = raw(&[("DATABASE_URL", pg), ("EMBEDDING_PROVIDER", "openai"), ("OPENAI_API_KEY", "sk-x")]);
+        let mut fleet = fleet;
+        fleet.rate_limit_scope = Some("fleet".into());
+        assert_eq!(fleet.validate().unwrap().connections().total, 9);
+        // A transaction pooler gets no LISTEN session; SQLite counts its pool only.
+        let pooled = raw(&[("DATABASE_URL", "postgres://u@127.0.0.1:6543/db")]).validate().unwrap();
+        assert_eq!(pooled.connections().listen, 0);
+        assert_eq!(RawConfig::default().validate().unwrap().connections().listen, 0);
     }
 
     #[test]

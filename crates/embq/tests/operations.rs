@@ -394,3 +394,35 @@ async fn a_database_outage_that_expires_leases_spends_no_attempt() {
     assert!(!a_log.contains("reclaimed") && !b_log.contains("reclaimed"), "no lease was rescued:\n{a_log}\n{b_log}");
     assert!(b_log.contains("database reachable again"), "{b_log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_refuses_connections_gets_a_clear_warning_and_loses_nothing() {
+    use sqlx::Connection;
+    // A role allowed two connections: LISTEN takes one, the pool of six gets one.
+    let admin_db = support::pg::fresh_pg_db().await;
+    let db = url::Url::parse(&admin_db).unwrap().path().trim_start_matches('/').to_string();
+    let role = format!("r_{db}");
+    let mut c = sqlx::PgConnection::connect(&support::pg::pg_admin_url()).await.expect("admin");
+    for ddl in [format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 2"), format!("ALTER DATABASE {db} OWNER TO {role}")]
+    {
+        sqlx::query(&ddl).execute(&mut c).await.expect(&ddl);
+    }
+    let mut u = url::Url::parse(&admin_db).unwrap();
+    u.set_username(&role).unwrap();
+    let url = u.to_string();
+    cli(&url, &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(300, "limited"));
+    let w = Worker::start(&url, &[("RUST_LOG", "warn")]);
+    // Stats through the superuser: the role has no connection to spare.
+    support::wait_until(Duration::from_secs(120), "the backlog drained and the refusal explained", || async {
+        let s = stats(&admin_db).await;
+        s["done"].as_u64() == Some(300) && w.output().contains("the database refuses more connections")
+    })
+    .await;
+    let s = stats(&admin_db).await;
+    assert_eq!((s["dead"].as_u64(), s["scheduled"].as_u64()), (Some(0), Some(0)), "{s}");
+    let log = w.terminate();
+    let warning = log.lines().find(|l| l.contains("refuses more connections")).unwrap_or_default();
+    assert!(warning.contains("DB_MAX_CONNECTIONS") && warning.contains("maxReplicas"), "{warning}");
+    assert!(warning.contains("too many connections"), "the server's own words are kept: {warning}");
+}

@@ -207,10 +207,19 @@ async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(),
         Command::Queue(cmd) => queue::run(cfg, cmd).await,
         Command::Dlq(cmd) => dlq::run(cfg, cmd).await,
         Command::Config(ConfigCmd::Check { json }) => {
+            let c = cfg.connections();
             let text = if json {
-                serde_json::to_string_pretty(&cfg).map_err(|e| CliError::Other(e.to_string()))?
+                let mut v = serde_json::to_value(&cfg).map_err(|e| CliError::Other(e.to_string()))?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("database_connections_per_worker".into(), serde_json::json!(c));
+                }
+                serde_json::to_string_pretty(&v).map_err(|e| CliError::Other(e.to_string()))?
             } else {
-                format!("{cfg:#?}")
+                format!(
+                    "{cfg:#?}\ndatabase connections per worker: {} (pool {} + LISTEN {} + fleet budget {}); \
+                     replicas x {} must stay below the server's max_connections",
+                    c.total, c.pool, c.listen, c.fleet_budget, c.total
+                )
             };
             println!("{text}");
             println!("configuration is valid");

@@ -66,11 +66,27 @@ pub(crate) fn classify_sqlx(e: sqlx::Error) -> QueueError {
         return QueueError::Unavailable(format!("{msg} ({hint})"));
     }
     match &e {
+        sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_connection_refusal) => {
+            QueueError::Unavailable(format!("{msg} ({TOO_MANY_CONNECTIONS})"))
+        }
         sqlx::Error::Database(db) if fault_of(db.as_ref()) == Some(DbFault::Refusal) => {
             QueueError::Rejected(db.message().to_string())
         }
         _ => QueueError::Unavailable(msg),
     }
+}
+
+/// What to do when the server refuses a new connection: the fleet asks for more than it allows.
+pub(crate) const TOO_MANY_CONNECTIONS: &str = "the database refuses more connections: each worker \
+    opens up to the count `embq config check` prints (DB_MAX_CONNECTIONS, plus LISTEN and the fleet \
+    budget); keep replicas × that count below the server's max_connections (or the role's \
+    CONNECTION LIMIT): lower DB_MAX_CONNECTIONS or the HPA's maxReplicas, or connect through a \
+    pooler. Backing off";
+
+/// SQLSTATE 53300 too_many_connections (the server's max_connections, a role's or a
+/// database's CONNECTION LIMIT) and 53400 configuration_limit_exceeded.
+fn is_connection_refusal(sqlstate: &str) -> bool {
+    matches!(sqlstate, "53300" | "53400")
 }
 
 /// Cached statements that vanish or collide mean a transaction-mode pooler sits in front of a

@@ -32,6 +32,9 @@ pub const CHANNEL: &str = "embq_jobs";
 /// Rows per INSERT when enqueueing; all chunks share one transaction.
 const ENQUEUE_CHUNK: usize = 5000;
 
+/// How long a statement waits for a pooled connection before it fails as an outage.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Queue store on PostgreSQL.
 pub struct PgQueue {
     pool: PgPool,
@@ -159,7 +162,7 @@ impl PgQueue {
             })
             .max_connections(cfg.db_max_connections)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(opts.clone());
         let listen = match (&cfg.database_listen_url, cfg.pool_mode) {
@@ -182,7 +185,38 @@ impl PgQueue {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {
-        Ok(self.pool.begin().await?)
+        match self.pool.begin().await {
+            Ok(tx) => Ok(tx),
+            Err(e) => Err(self.acquire_failed(e).await),
+        }
+    }
+
+    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, QueueError> {
+        match self.pool.acquire().await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(self.acquire_failed(e).await),
+        }
+    }
+
+    /// The pool waits out refused and failed connects until its timeout and then says only
+    /// that it timed out: one direct connection finds out why.
+    async fn acquire_failed(&self, e: sqlx::Error) -> QueueError {
+        if !matches!(e, sqlx::Error::PoolTimedOut) {
+            return e.into();
+        }
+        let opts = self.pool.connect_options();
+        match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&opts)).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                QueueError::Unavailable(format!(
+                    "every one of the pool's {} connections (DB_MAX_CONNECTIONS) stayed busy for {} s",
+                    self.pool.options().get_max_connections(),
+                    ACQUIRE_TIMEOUT.as_secs()
+                ))
+            }
+            Ok(Err(direct)) => direct.into(),
+            Err(_) => QueueError::Unavailable("timed out connecting to the database".into()),
+        }
     }
 
     /// A transaction for a statement whose estimate may cross `jit_above_cost` (see NO_JIT):
@@ -391,7 +425,7 @@ impl Queue for PgQueue {
 
     async fn create_index(&self) -> Result<IndexOutcome, QueueError> {
         // CREATE INDEX CONCURRENTLY cannot run inside a transaction: a connection of its own.
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         if !self.persistent {
             sqlx::Executor::execute(&mut *conn, NO_JIT_HERE.trim_start_matches("SET LOCAL ")).await.ok();
         }
@@ -439,7 +473,7 @@ impl Queue for PgQueue {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.acquire().await?;
         conn.ping().await?;
         Ok(())
     }
