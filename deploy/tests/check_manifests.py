@@ -47,6 +47,7 @@ RATE_LIMIT_SCOPE PROVIDER_TIMEOUT MODEL_CACHE_DIR DATABASE_POOL_MODE
 DB_MAX_CONNECTIONS WORKER_ID DATABASE_URL DATABASE_LISTEN_URL OPENAI_API_KEY
 GEMINI_API_KEY SHUTDOWN_TOKEN OPENAI_MAX_TOKENS_PER_REQUEST OPENAI_MAX_TOKENS_PER_INPUT
 GEMINI_BASE_URL VECTOR_TYPE VECTOR_INDEX SHUTDOWN_LOOPBACK_EXEMPT DATABASE_CONNECT_TIMEOUT
+MAX_PROVIDER_PAUSE
 """.split()
 ASSUMED_METRICS = """
 worker_uptime_seconds worker_memory_usage_bytes embedding_jobs_processed_total
@@ -59,7 +60,7 @@ embedding_queue_oldest_ready_age_seconds embedding_queue_running_jobs
 embedding_inflight_jobs embedding_batch_size_jobs
 embedding_provider_requests_total embedding_provider_tokens_total
 embedding_provider_rate_limited_total embedding_rate_limit_wait_seconds_total
-embedding_worker_ready embedding_provider_parked
+embedding_worker_ready embedding_provider_parked embedding_provider_paused_seconds
 embedding_provider_request_duration_seconds
 """.split()
 

@@ -300,6 +300,9 @@ pub struct RawConfig {
     /// Whole-request timeout of a provider call [default: 60s]
     #[arg(long, env = "PROVIDER_TIMEOUT", global = true)]
     pub provider_timeout: Option<String>,
+    /// Longest pause a provider's Retry-After or rate-limit reset may impose, 1s–24h [default: 5m]
+    #[arg(long, env = "MAX_PROVIDER_PAUSE", global = true)]
+    pub max_provider_pause: Option<String>,
     /// Most inputs per request [default: 2048 for openai, 32 for openai-compatible (TEI's default)]
     #[arg(long, env = "OPENAI_MAX_INPUTS_PER_REQUEST", global = true)]
     pub openai_max_inputs_per_request: Option<String>,
@@ -406,6 +409,9 @@ pub struct Config {
     /// Whole-request timeout of a provider call.
     #[serde(serialize_with = "ser_ms")]
     pub provider_timeout: Duration,
+    /// Longest pause a provider may impose on the budget; a longer hint is cut to this.
+    #[serde(serialize_with = "ser_ms")]
+    pub max_provider_pause: Duration,
     /// Per-request caps of the openai / openai-compatible provider.
     pub request_caps: crate::provider::RequestCaps,
     /// Gemini taskType.
@@ -742,6 +748,14 @@ impl RawConfig {
         // --- issue 3: providers, tokens and rate limits ---
         let provider_timeout =
             p.field("PROVIDER_TIMEOUT", &self.provider_timeout, Duration::from_secs(60), nonzero_duration);
+        let max_provider_pause =
+            p.field("MAX_PROVIDER_PAUSE", &self.max_provider_pause, crate::limiter::DEFAULT_MAX_PAUSE, |v| {
+                let d = parse_duration(v)?;
+                if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) {
+                    return Err("must be between 1s and 24h".into());
+                }
+                Ok(d)
+            });
         let base_caps = match provider {
             ProviderKind::OpenaiCompatible => crate::provider::openai::COMPATIBLE_CAPS,
             _ => crate::provider::openai::OPENAI_CAPS,
@@ -857,6 +871,7 @@ impl RawConfig {
             log_format,
             worker_id,
             provider_timeout,
+            max_provider_pause,
             request_caps,
             gemini_task_type,
             gemini_base_url,
@@ -1072,6 +1087,7 @@ mod tests {
             gemini_task_type: Some("GUESSING".into()),
             openai_max_inputs_per_request: Some("0".into()),
             provider_timeout: Some("0".into()),
+            max_provider_pause: Some("86401s".into()),
             ..Default::default()
         };
         let text = bad.validate().unwrap_err().to_string();
@@ -1081,6 +1097,7 @@ mod tests {
             "GEMINI_TASK_TYPE: must be one of",
             "OPENAI_MAX_INPUTS_PER_REQUEST",
             "PROVIDER_TIMEOUT",
+            "MAX_PROVIDER_PAUSE: must be between 1s and 24h",
         ] {
             assert!(text.contains(var), "{var} missing in {text}");
         }

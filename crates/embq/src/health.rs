@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+/// A provider pause at least this long makes the worker not ready (it stops claiming);
+/// the short pauses of routine 429s do not flap readiness.
+pub const PAUSE_NOT_READY: Duration = Duration::from_secs(10);
+
 /// Shared health flags.
 #[derive(Debug)]
 pub struct Health {
@@ -18,6 +22,8 @@ pub struct Health {
     db_ok: AtomicBool,
     schema_ok: AtomicBool,
     provider_parked: AtomicBool,
+    /// When the provider's pause ends, in ms since `started` (0: no pause).
+    paused_until_ms: AtomicU64,
     memory_over: AtomicBool,
     processing_enabled: bool,
     inflight: AtomicI64,
@@ -55,7 +61,7 @@ pub struct Checks {
     pub database: &'static str,
     /// ok | mismatch
     pub schema: &'static str,
-    /// ok | parked
+    /// ok | paused (a Retry-After or an exhausted budget) | parked (quota exhausted)
     pub provider: &'static str,
     /// ok | over_limit
     pub memory: &'static str,
@@ -77,6 +83,7 @@ impl Health {
             db_ok: AtomicBool::new(false),
             schema_ok: AtomicBool::new(false),
             provider_parked: AtomicBool::new(false),
+            paused_until_ms: AtomicU64::new(0),
             memory_over: AtomicBool::new(false),
             processing_enabled,
             inflight: AtomicI64::new(0),
@@ -126,6 +133,16 @@ impl Health {
     pub fn set_provider_parked(&self, parked: bool) {
         self.provider_parked.store(parked, Ordering::Relaxed);
     }
+    /// Records the provider's pause: how long it lasts from now (`None`: no pause).
+    pub fn set_provider_paused(&self, left: Option<Duration>) {
+        let until = left.map_or(0, |d| self.elapsed_ms().saturating_add(d.as_millis() as u64).max(1));
+        self.paused_until_ms.store(until, Ordering::Relaxed);
+    }
+    /// How long the provider's pause lasts from now.
+    pub fn provider_paused_for(&self) -> Option<Duration> {
+        let until = self.paused_until_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(until.saturating_sub(self.elapsed_ms()))).filter(|d| !d.is_zero())
+    }
     /// Records memory pressure.
     pub fn set_memory_over(&self, over: bool) {
         self.memory_over.store(over, Ordering::Relaxed);
@@ -164,6 +181,11 @@ impl Health {
         if self.provider_parked.load(Ordering::Relaxed) {
             r.push("provider parked: quota exhausted");
         }
+        if self.provider_paused_for().is_some_and(|d| d >= PAUSE_NOT_READY) {
+            r.push(
+                "provider paused (Retry-After or an exhausted rate budget; `embq budget resume` ends a fleet pause)",
+            );
+        }
         if self.draining() {
             r.push("draining");
         }
@@ -193,7 +215,11 @@ impl Health {
                 startup: flag(self.started(), "started", "starting"),
                 database: flag(self.db_ok.load(Ordering::Relaxed), "ok", "unavailable"),
                 schema: flag(self.schema_ok.load(Ordering::Relaxed), "ok", "mismatch"),
-                provider: flag(self.provider_parked.load(Ordering::Relaxed), "parked", "ok"),
+                provider: if self.provider_parked.load(Ordering::Relaxed) {
+                    "parked"
+                } else {
+                    flag(self.provider_paused_for().is_some(), "paused", "ok")
+                },
                 memory: flag(self.memory_over.load(Ordering::Relaxed), "over_limit", "ok"),
                 lifecycle: flag(self.draining(), "draining", "running"),
                 loop_: flag(live, "ok", "stalled"),
@@ -229,6 +255,21 @@ mod tests {
         assert!(!h.can_claim());
         // Liveness ignores dependencies.
         assert!(h.live());
+    }
+
+    #[test]
+    fn a_long_provider_pause_stops_claiming_a_short_one_does_not() {
+        let h = ready_health();
+        h.set_provider_paused(Some(Duration::from_secs(2)));
+        assert!(h.can_claim(), "a routine 429 pause keeps the worker ready");
+        assert_eq!(h.report().checks.provider, "paused");
+        h.set_provider_paused(Some(Duration::from_secs(300)));
+        assert!(!h.can_claim());
+        assert!(h.not_ready_reasons()[0].starts_with("provider paused"), "{:?}", h.not_ready_reasons());
+        assert!(h.provider_paused_for().is_some_and(|d| d > Duration::from_secs(290)));
+        h.set_provider_paused(None);
+        assert!(h.can_claim());
+        assert_eq!(h.report().checks.provider, "ok");
     }
 
     #[test]

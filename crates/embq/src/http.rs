@@ -49,11 +49,16 @@ async fn health_handler(State(s): State<HealthState>) -> Response {
 
 async fn ready_handler(State(s): State<HealthState>) -> Response {
     let reasons = s.health.not_ready_reasons();
-    if reasons.is_empty() {
-        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    let (code, mut body) = if reasons.is_empty() {
+        (StatusCode::OK, json!({"status": "ready"}))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not ready", "reasons": reasons}))).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready", "reasons": reasons}))
+    };
+    // A pause shows even while short enough to leave the worker ready.
+    if let Some(left) = s.health.provider_paused_for() {
+        body["provider_paused_seconds"] = json!((left.as_secs_f64() * 10.0).ceil() / 10.0);
     }
+    (code, Json(body)).into_response()
 }
 
 async fn startup_handler(State(s): State<HealthState>) -> Response {

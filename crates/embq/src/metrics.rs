@@ -136,6 +136,8 @@ pub struct Metrics {
     pub provider_request_seconds: Histogram,
     /// embedding_provider_parked
     pub provider_parked: Gauge,
+    /// embedding_provider_paused_seconds
+    pub provider_paused_seconds: GaugeF,
     /// embedding_overlong_inputs_total{kind="truncated|rejected"} (issue 3)
     pub overlong_inputs: Family<KindLabel, Counter>,
 }
@@ -178,6 +180,7 @@ impl Metrics {
             rate_limit_wait_seconds: Family::default(),
             provider_request_seconds: Histogram::new(duration_buckets()),
             provider_parked: Gauge::default(),
+            provider_paused_seconds: GaugeF::default(),
             overlong_inputs: Family::default(),
             registry: Registry::default(),
         };
@@ -274,6 +277,11 @@ impl Metrics {
             "embedding_provider_parked",
             "1 while the provider is parked (quota exhausted)",
             m.provider_parked.clone(),
+        );
+        r.register(
+            "embedding_provider_paused_seconds",
+            "Seconds left of the provider's pause (Retry-After or an exhausted rate budget; 0: none)",
+            m.provider_paused_seconds.clone(),
         );
         r.register(
             "embedding_overlong_inputs",

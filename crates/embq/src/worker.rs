@@ -151,6 +151,7 @@ impl Worker {
             Arc::new(Limiter::from_config(&cfg).unwrap_or_else(|e| {
                 warn!(error = %e, "fleet rate budget unavailable: budgeting per worker");
                 Limiter::local(cfg.max_requests_per_minute.get(), cfg.max_tokens_per_minute.get())
+                    .with_max_pause(cfg.max_provider_pause)
             }))
         });
         // --- end issue 3 ---
@@ -226,6 +227,7 @@ impl Worker {
         let gate = RescueGate::new(ctx.cfg.lease_duration(), waited_for_database, Instant::now());
         let maintenance = tokio::spawn(maintain(ctx.clone(), stop_maintenance.clone(), guard, gate));
         let listener = tokio::spawn(listen(ctx.clone(), wake.clone(), stop_maintenance.clone()));
+        let pause = tokio::spawn(watch_pause(ctx.clone(), stop_maintenance.clone()));
 
         let tracker = TaskTracker::new();
         claim_loop(&ctx, &tracker, &wake, self.drain_when_idle).await;
@@ -244,6 +246,7 @@ impl Worker {
         stop_maintenance.cancel();
         let _ = maintenance.await;
         let _ = listener.await;
+        let _ = pause.await;
         let summary = ctx.counters.summary();
         if let Err(e) = ctx.queue.worker_stopped(&worker_info(&ctx, "stopped")).await {
             warn!(error = %e, "could not mark the worker stopped");
@@ -709,6 +712,24 @@ async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Gua
                 }
             }
         }
+    }
+}
+
+/// Shows the provider's pause (this worker's, or any worker's on a fleet budget) in `/ready`
+/// and `embedding_provider_paused_seconds`, once a second; a task of its own so a slow
+/// budget store never delays a heartbeat.
+async fn watch_pause(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let Some(limiter) = ctx.limiter.clone() else { return };
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let left = limiter.paused_for().await;
+        ctx.health.set_provider_paused(left);
+        ctx.metrics.provider_paused_seconds.set(left.map_or(0.0, |d| d.as_secs_f64()));
     }
 }
 

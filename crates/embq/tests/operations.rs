@@ -95,9 +95,14 @@ impl Worker {
 }
 
 fn cli(url: &str, args: &[&str], stdin: &str) -> String {
+    cli_env(url, &[], args, stdin)
+}
+
+fn cli_env(url: &str, envs: &[(&str, &str)], args: &[&str], stdin: &str) -> String {
     let mut c = Command::new(BIN)
         .env_clear()
         .env("DATABASE_URL", url)
+        .envs(envs.iter().copied())
         .env("RUST_LOG", "warn")
         .args(args)
         .stdin(Stdio::piped())
@@ -425,4 +430,69 @@ async fn a_server_that_refuses_connections_gets_a_clear_warning_and_loses_nothin
     let warning = log.lines().find(|l| l.contains("refuses more connections")).unwrap_or_default();
     assert!(warning.contains("DB_MAX_CONNECTIONS") && warning.contains("maxReplicas"), "{warning}");
     assert!(warning.contains("too many connections"), "the server's own words are kept: {warning}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_long_retry_after_is_capped_shown_and_resumable() {
+    use support::mock_provider::{MockProvider, Reply};
+    let mock = MockProvider::start(8).await;
+    let body = serde_json::json!({"error": {"message": "Rate limit reached for requests", "type": "requests",
+        "code": "rate_limit_exceeded", "param": null}});
+    mock.script([Reply::Status(429, vec![("retry-after", "86400".to_string())], body.to_string())]);
+    let url = support::pg::fresh_pg_db().await;
+    cli_env(&url, &[("EMBEDDING_DIMENSIONS", "8")], &["migrate"], "");
+    cli(&url, &["enqueue"], &jsonl(20, "pause"));
+    let w = Worker::start(
+        &url,
+        &[
+            ("EMBEDDING_PROVIDER", "openai"),
+            ("OPENAI_API_KEY", "sk-test-pause"),
+            ("OPENAI_BASE_URL", mock.url.as_str()),
+            ("EMBEDDING_DIMENSIONS", "8"),
+            ("RATE_LIMIT_SCOPE", "fleet"),
+            ("MAX_REQUESTS_PER_MINUTE", "60000"),
+            ("MAX_TOKENS_PER_MINUTE", "10000000"),
+            ("MAX_CONCURRENT_JOBS", "1"),
+            ("MAX_PROVIDER_PAUSE", "1h"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    // The day the provider asked for is cut to MAX_PROVIDER_PAUSE, and every surface shows it.
+    support::wait_until(Duration::from_secs(30), "/ready reports the pause", || async {
+        matches!(w.get(w.health, "/ready").await, Some((503, b)) if b.contains("provider paused"))
+    })
+    .await;
+    let (_, ready) = w.get(w.health, "/ready").await.unwrap();
+    let left = serde_json::from_str::<Value>(&ready).unwrap()["provider_paused_seconds"].as_f64().unwrap_or(0.0);
+    assert!((3000.0..=3600.0).contains(&left), "capped at an hour: {ready}");
+    support::wait_until(Duration::from_secs(10), "the gauge shows the pause", || async {
+        let Some((_, m)) = w.get(w.metrics, "/metrics").await else { return false };
+        m.lines()
+            .find_map(|l| l.strip_prefix("embedding_provider_paused_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| (3000.0..=3600.0).contains(&v))
+    })
+    .await;
+    let s = stats(&url).await;
+    let pause = &s["provider_pauses"][0];
+    assert!(pause["budget"].as_str().is_some_and(|b| b.starts_with("openai:")), "{s}");
+    assert!(pause["seconds_left"].as_f64().is_some_and(|v| (3000.0..=3600.0).contains(&v)), "{s}");
+    assert!(!s.to_string().contains("sk-test-pause"), "the key never shows: {s}");
+    assert_eq!(mock.seen().len(), 1, "nothing else was sent while paused");
+    assert!(w.output().contains("longer than MAX_PROVIDER_PAUSE"), "{}", w.output());
+
+    // `embq budget resume` ends it: the worker is ready and sends again within seconds.
+    let out = cli(&url, &["budget", "resume"], "");
+    assert!(out.contains("resumed openai:"), "{out}");
+    w.wait_status("/ready", 200, Duration::from_secs(10)).await;
+    support::wait_until(Duration::from_secs(30), "the 15 jobs not released are done", || async {
+        stats(&url).await["done"].as_u64() == Some(15)
+    })
+    .await;
+    let s = stats(&url).await;
+    // The throttled batch was returned to the queue, due within the capped pause.
+    assert_eq!((s["scheduled"].as_u64(), s["dead"].as_u64()), (Some(5), Some(0)), "{s}");
+    assert_eq!(s["provider_pauses"], serde_json::json!([]));
+    assert!(cli(&url, &["budget", "resume"], "").contains("no fleet budget is paused"));
+    w.terminate();
 }

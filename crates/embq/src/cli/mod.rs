@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand. Each returns a typed error that
 //! `main` maps to a message and an exit code.
 
+mod budget;
 mod demo;
 mod dlq;
 mod enqueue;
@@ -46,6 +47,9 @@ pub enum Command {
     /// Inspect the queue.
     #[command(subcommand)]
     Queue(queue::Cmd),
+    /// End a provider's pause of the fleet rate budgets.
+    #[command(subcommand)]
+    Budget(budget::Cmd),
     /// Inspect and repair the dead-letter queue.
     #[command(subcommand)]
     Dlq(dlq::Cmd),
@@ -205,6 +209,7 @@ async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(),
         Command::Index(cmd) => migrate::index(cfg, cmd).await,
         Command::Enqueue(args) => enqueue::run(cfg, args).await,
         Command::Queue(cmd) => queue::run(cfg, cmd).await,
+        Command::Budget(cmd) => budget::run(cfg, cmd).await,
         Command::Dlq(cmd) => dlq::run(cfg, cmd).await,
         Command::Config(ConfigCmd::Check { json }) => {
             let c = cfg.connections();

@@ -31,8 +31,11 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
     match cmd {
         Cmd::Stats { json: as_json } => {
             let s = q.stats().await?;
+            let pauses = super::budget::pauses(&cfg).await?;
             if as_json {
-                println!("{}", json(&s)?);
+                let mut v = serde_json::to_value(&s).map_err(|e| CliError::Other(e.to_string()))?;
+                v["provider_pauses"] = serde_json::to_value(&pauses).map_err(|e| CliError::Other(e.to_string()))?;
+                println!("{}", json(&v)?);
                 return Ok(());
             }
             println!("ready       {}", s.ready);
@@ -48,6 +51,12 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
             }
             for (prio, n) in &s.ready_by_priority {
                 println!("  priority {prio:>4}: {n} ready");
+            }
+            for p in &pauses {
+                println!(
+                    "provider paused: budget {} for {:.0}s more (`embq budget resume` ends it now)",
+                    p.budget, p.seconds_left
+                );
             }
         }
         Cmd::Workers { json: as_json } => {

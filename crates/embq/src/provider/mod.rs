@@ -100,6 +100,15 @@ impl ProviderError {
         }
     }
 
+    /// The same error with a throttle's `retry_after` at most `max` (MAX_PROVIDER_PAUSE): a
+    /// provider cannot hold jobs back longer than the operator allows.
+    pub fn with_pause_at_most(self, max: Duration) -> Self {
+        match self {
+            Self::RateLimited { retry_after } => Self::RateLimited { retry_after: retry_after.map(|d| d.min(max)) },
+            other => other,
+        }
+    }
+
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {

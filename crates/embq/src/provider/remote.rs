@@ -43,6 +43,17 @@ impl RateSignals {
             .max();
         self.retry_after.into_iter().chain(exhausted).max().filter(|d| !d.is_zero())
     }
+
+    /// These signals with every wait at most `max` (MAX_PROVIDER_PAUSE).
+    pub fn capped(self, max: Duration) -> Self {
+        let cap = |d: Option<Duration>| d.map(|d| d.min(max));
+        Self {
+            retry_after: cap(self.retry_after),
+            reset_requests: cap(self.reset_requests),
+            reset_tokens: cap(self.reset_tokens),
+            ..self
+        }
+    }
 }
 
 /// Where a provider sends the signals it reads (the limiter).
@@ -334,6 +345,25 @@ mod tests {
         ] {
             assert_eq!(parse_go_duration(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn capped_signals_pause_no_longer_than_allowed() {
+        let day = Duration::from_secs(86_400);
+        let max = Duration::from_secs(300);
+        let s = RateSignals {
+            retry_after: Some(day),
+            remaining_tokens: Some(0),
+            reset_tokens: Some(day),
+            reset_requests: Some(Duration::from_secs(2)),
+            ..RateSignals::default()
+        };
+        let c = s.capped(max);
+        assert_eq!(c.pause(), Some(max));
+        assert_eq!(c.reset_requests, Some(Duration::from_secs(2)), "short waits are kept");
+        assert_eq!(c.remaining_tokens, Some(0));
+        let e = ProviderError::RateLimited { retry_after: Some(day) }.with_pause_at_most(max);
+        assert_eq!(e, ProviderError::RateLimited { retry_after: Some(max) });
     }
 
     #[test]

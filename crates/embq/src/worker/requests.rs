@@ -125,6 +125,8 @@ async fn send<'a>(
             }
         }
         Some(Err(err)) => {
+            // Neither the budget nor the released jobs wait longer than MAX_PROVIDER_PAUSE.
+            let err = err.with_pause_at_most(ctx.cfg.max_provider_pause);
             count_request(ctx, provider, status_class(&err));
             ctx.metrics.error(err.kind());
             warn!(error = %err, inputs = jobs.len(), "provider call failed");

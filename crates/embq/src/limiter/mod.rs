@@ -41,6 +41,9 @@ use crate::config::{Config, ProviderKind};
 use crate::provider::{RateSignals, SignalSink};
 use crate::redact;
 
+mod pauses;
+pub use pauses::{fleet_pauses, resume_fleet, FleetPause};
+
 /// Errors of a shared budget store.
 #[derive(Debug, thiserror::Error)]
 pub enum LimiterError {
@@ -308,6 +311,11 @@ impl BudgetState {
         grew
     }
 
+    /// Seconds of the provider's pause left at `now`, if any.
+    pub fn paused_for(&self, now: f64) -> Option<f64> {
+        Some(self.paused_until - now).filter(|&left| left > 0.0)
+    }
+
     /// Requests and tokens available now in the buckets.
     pub fn levels(&mut self, now: f64) -> (f64, f64) {
         self.refill(now);
@@ -344,6 +352,8 @@ pub trait Budget: Send + Sync + 'static {
     async fn correct(&self, delta: i64) -> Result<(), LimiterError>;
     /// Pauses the budget for every task sharing it.
     async fn pause(&self, d: Duration) -> Result<(), LimiterError>;
+    /// How long the provider's pause lasts from now, if one is on.
+    async fn paused_for(&self) -> Result<Option<Duration>, LimiterError>;
     /// Caps the levels at the provider's remaining budgets.
     async fn clamp(&self, remaining_requests: Option<u64>, remaining_tokens: Option<u64>) -> Result<(), LimiterError>;
     /// Applies one response's report (learn, clamp, pause); true if the budget grew.
@@ -397,6 +407,9 @@ impl Budget for LocalBudget {
     async fn pause(&self, d: Duration) -> Result<(), LimiterError> {
         self.with(|s, now| s.pause(now, d.as_secs_f64()));
         Ok(())
+    }
+    async fn paused_for(&self) -> Result<Option<Duration>, LimiterError> {
+        Ok(self.with(|s, now| s.paused_for(now)).map(Duration::from_secs_f64))
     }
     async fn clamp(&self, req: Option<u64>, tok: Option<u64>) -> Result<(), LimiterError> {
         self.with(|s, now| s.clamp(now, req.map(|r| r as f64), tok.map(|t| t as f64)));
@@ -525,6 +538,21 @@ impl Budget for PgBudget {
     async fn pause(&self, d: Duration) -> Result<(), LimiterError> {
         self.adjust(0.0, &RateSignals { retry_after: Some(d), ..RateSignals::default() }).await.map(drop)
     }
+    async fn paused_for(&self) -> Result<Option<Duration>, LimiterError> {
+        if self.degraded() {
+            return self.fallback.paused_for().await;
+        }
+        let left: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM paused_until - now())::float8 FROM embq.rate_budgets
+             WHERE key = $1 AND paused_until > now()",
+        )
+        .persistent(false)
+        .bind(&self.key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.fail(e))?;
+        Ok(left.filter(|s| s.is_finite() && *s > 0.0).map(Duration::from_secs_f64))
+    }
     async fn clamp(&self, req: Option<u64>, tok: Option<u64>) -> Result<(), LimiterError> {
         let r = RateSignals { remaining_requests: req, remaining_tokens: tok, ..RateSignals::default() };
         self.adjust(0.0, &r).await.map(drop)
@@ -552,9 +580,18 @@ pub fn budget_key(cfg: &Config) -> String {
 /// How long a 429 without any hint pauses the provider.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(2);
 
+/// How long a provider may pause the budget at most unless MAX_PROVIDER_PAUSE says otherwise.
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// The longest a waiting caller sleeps before asking the budget again: a pause cleared by
+/// `embq budget resume` (or a budget grown elsewhere) is noticed within this.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// The worker's handle on its budget: waits for budget, applies corrections and signals.
 pub struct Limiter {
     budget: Arc<dyn Budget>,
+    /// The longest pause a provider's signal may impose (MAX_PROVIDER_PAUSE).
+    max_pause: Duration,
     /// Callers in this process take turns in arrival order (tokio's mutex is fair), so a
     /// large request is not starved by small ones and only one caller polls a shared store.
     turn: tokio::sync::Mutex<()>,
@@ -565,7 +602,36 @@ pub struct Limiter {
 impl Limiter {
     /// A limiter over any budget store.
     pub fn new(budget: Arc<dyn Budget>) -> Self {
-        Self { budget, turn: tokio::sync::Mutex::new(()), grew: tokio::sync::Notify::new() }
+        Self {
+            budget,
+            max_pause: DEFAULT_MAX_PAUSE,
+            turn: tokio::sync::Mutex::new(()),
+            grew: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Caps every pause a provider asks for at `max`.
+    pub fn with_max_pause(mut self, max: Duration) -> Self {
+        self.max_pause = max;
+        self
+    }
+
+    /// `asked` capped at the longest allowed pause, saying so when it was longer.
+    fn allowed(&self, asked: Duration) -> Duration {
+        if asked > self.max_pause {
+            warn!(
+                asked_secs = asked.as_secs(),
+                pausing_secs = self.max_pause.as_secs(),
+                "the provider asked for a pause longer than MAX_PROVIDER_PAUSE; pausing that long, then probing again"
+            );
+        }
+        asked.min(self.max_pause)
+    }
+
+    /// How long the provider's pause lasts from now, if one is on (any worker's, for a
+    /// fleet budget); `None` also when the budget store cannot say.
+    pub async fn paused_for(&self) -> Option<Duration> {
+        self.budget.paused_for().await.ok().flatten()
     }
 
     /// An in-process budget of `rpm` requests and `tpm` tokens per minute.
@@ -576,12 +642,13 @@ impl Limiter {
     /// The configured budgets, in the configured scope.
     pub fn from_config(cfg: &Config) -> Result<Self, LimiterError> {
         let rates = Rates::per_minute(cfg.max_requests_per_minute.get(), cfg.max_tokens_per_minute.get());
-        Ok(match cfg.rate_limit_scope {
+        let limiter = match cfg.rate_limit_scope {
             crate::config::RateLimitScope::Worker => Self::new(Arc::new(LocalBudget::new(rates))),
             crate::config::RateLimitScope::Fleet => {
                 Self::new(Arc::new(PgBudget::connect(&cfg.database_url.for_driver(), budget_key(cfg), rates)?))
             }
-        })
+        };
+        Ok(limiter.with_max_pause(cfg.max_provider_pause))
     }
 
     /// Waits until one request of `tokens` tokens is admitted; returns how long it waited.
@@ -595,7 +662,7 @@ impl Limiter {
                 Ok(Grant::Granted) => return started.elapsed(),
                 Ok(Grant::Wait(d)) => {
                     tokio::select! {
-                        _ = tokio::time::sleep(d.max(Duration::from_millis(1))) => {}
+                        _ = tokio::time::sleep(d.clamp(Duration::from_millis(1), RECHECK)) => {}
                         // The provider said it holds more than we knew: ask again now.
                         _ = self.grew.notified() => {}
                     }
@@ -621,7 +688,7 @@ impl Limiter {
 
     /// A 429: pause the provider for every task sharing this budget.
     pub async fn throttled(&self, retry_after: Option<Duration>) {
-        let d = retry_after.unwrap_or(DEFAULT_PAUSE);
+        let d = self.allowed(retry_after.unwrap_or(DEFAULT_PAUSE));
         if let Err(e) = self.budget.pause(d).await {
             warn!(error = %e, "could not record the provider's pause");
         }
@@ -629,7 +696,10 @@ impl Limiter {
 
     /// Applies the signals of one response.
     pub async fn apply(&self, s: &RateSignals) {
-        match self.budget.report(s).await {
+        if let Some(asked) = s.pause() {
+            self.allowed(asked);
+        }
+        match self.budget.report(&s.capped(self.max_pause)).await {
             Ok(true) => self.grew.notify_waiters(),
             Ok(false) => {}
             Err(e) => debug!(error = %e, "provider rate signals not applied"),
@@ -713,6 +783,24 @@ mod tests {
         s.pause(8.0, 10.0);
         s.pause(9.0, 1.0);
         assert!((s.try_take(9.0, 1.0).unwrap_err() - 9.0).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_provider_signal_pauses_longer_than_max_provider_pause() {
+        let day = Duration::from_secs(86_400);
+        let limiter = Limiter::local(6000, 6_000_000).with_max_pause(Duration::from_secs(5));
+        assert_eq!(limiter.paused_for().await, None);
+        limiter.throttled(Some(day)).await;
+        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(5)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(limiter.paused_for().await, None);
+        let exhausted =
+            RateSignals { remaining_requests: Some(0), reset_requests: Some(day), ..RateSignals::default() };
+        limiter.apply(&exhausted).await;
+        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(5)));
+        // The next request goes out when the capped pause ends, not tomorrow.
+        let waited = limiter.acquire(1).await;
+        assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(7), "{waited:?}");
     }
 
     #[test]
