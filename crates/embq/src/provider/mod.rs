@@ -1,7 +1,7 @@
 //! Embedding providers behind one trait, and the errors they report.
 //!
 //! A provider turns a batch of texts into vectors. Its errors are named by what
-//! the queue must do next; [`crate::outcome::classify`] turns them into job outcomes.
+//! the queue must do next; [`crate::outcome::decide`] turns them into job outcomes.
 
 mod hash;
 // --- issue 3: real providers ---

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::{classify_all, count_request, status_class, Ctx};
+use super::batch::{count_request, status_class};
+use super::Ctx;
 use crate::batching::{self, PlanCaps};
 use crate::metrics::{KindLabel, ProviderLabel};
+use crate::outcome::{self, Decision};
 use crate::provider::ProviderError;
 use crate::queue::{ClaimedJob, Outcome};
 use crate::tokens::OverlongInput;
@@ -104,10 +106,12 @@ async fn send<'a>(
         _ = ctx.hard.cancelled() => None,
     };
     ctx.metrics.provider_request_seconds.observe(call_started.elapsed().as_secs_f64());
-    let jobs: Vec<&ClaimedJob> = request.iter().map(|i| i.job).collect();
-    match result {
-        None => release(&request, Duration::ZERO, out),
-        Some(Ok(embedded)) => {
+    let Some(result) = result else {
+        release(&request, Duration::ZERO, out);
+        return None;
+    };
+    let result = match result {
+        Ok(embedded) => {
             count_request(ctx, provider, "2xx");
             let used = embedded.tokens.unwrap_or(reserved);
             ctx.metrics.provider_tokens.get_or_create(&ProviderLabel { provider }).inc_by(used);
@@ -115,21 +119,21 @@ async fn send<'a>(
             if let Some(limiter) = &ctx.limiter {
                 limiter.correct(reserved, used).await;
             }
-            match crate::vector::validate(&embedded.vectors, jobs.len(), ctx.provider.dimensions()) {
-                Ok(()) => out.extend(jobs.iter().zip(embedded.vectors).map(|(j, v)| (j.id, Outcome::Done(v)))),
+            match crate::vector::validate(&embedded.vectors, request.len(), ctx.provider.dimensions()) {
+                Ok(()) => Ok(embedded.vectors),
                 Err(why) => {
                     ctx.metrics.error("invalid_response");
                     warn!(error = %why, "provider returned unusable vectors");
-                    classify_all(ctx, &jobs, &ProviderError::InvalidResponse(why), out);
+                    Err(ProviderError::InvalidResponse(why))
                 }
             }
         }
-        Some(Err(err)) => {
+        Err(err) => {
             // Neither the budget nor the released jobs wait longer than MAX_PROVIDER_PAUSE.
             let err = err.with_pause_at_most(ctx.cfg.max_provider_pause);
             count_request(ctx, provider, status_class(&err));
             ctx.metrics.error(err.kind());
-            warn!(error = %err, inputs = jobs.len(), "provider call failed");
+            warn!(error = %err, inputs = request.len(), "provider call failed");
             if let Some(limiter) = &ctx.limiter {
                 match &err {
                     // The whole provider waits, not only this task.
@@ -138,20 +142,19 @@ async fn send<'a>(
                     _ => limiter.correct(reserved, 0).await,
                 }
             }
-            match err {
-                ProviderError::TooLarge(_) if request.len() > 1 => return Some(batching::halves(&request)),
-                ProviderError::TooLarge(message) => {
-                    let err = ProviderError::InvalidInput { index: 0, message };
-                    classify_all(ctx, &jobs, &err, out);
-                }
-                ProviderError::QuotaExhausted(_) => {
-                    park(ctx);
-                    classify_all(ctx, &jobs, &err, out);
-                }
-                _ => classify_all(ctx, &jobs, &err, out),
-            }
+            Err(err)
         }
-    }
+    };
+    let attempts: Vec<u32> = request.iter().map(|i| i.job.attempt).collect();
+    let outcomes = match outcome::decide(result, &attempts, &ctx.cfg.retry, &mut rand::thread_rng()) {
+        Decision::Split => return Some(batching::halves(&request)),
+        Decision::Park(outcomes) => {
+            park(ctx);
+            outcomes
+        }
+        Decision::Jobs(outcomes) => outcomes,
+    };
+    out.extend(request.iter().map(|i| i.job.id).zip(outcomes));
     None
 }
 
