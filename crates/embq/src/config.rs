@@ -296,7 +296,6 @@ pub struct RawConfig {
     /// This worker's id in the workers table and leases [default: host-pid-random]
     #[arg(long, env = "WORKER_ID", global = true)]
     pub worker_id: Option<String>,
-    // --- issue 3: providers, tokens and rate limits ---
     /// Whole-request timeout of a provider call [default: 60s]
     #[arg(long, env = "PROVIDER_TIMEOUT", global = true)]
     pub provider_timeout: Option<String>,
@@ -328,7 +327,6 @@ pub struct RawConfig {
     /// Where `embq model fetch` puts the local model [default: $XDG_CACHE_HOME/embq/models or ~/.cache/embq/models]
     #[arg(long, env = "MODEL_CACHE_DIR", global = true)]
     pub model_cache_dir: Option<String>,
-    // --- end issue 3 ---
     /// auto | vector | halfvec | real[]: how PostgreSQL stores vectors; auto picks pgvector's
     /// vector(N) (halfvec(N) above 2000 dimensions) when the extension can be used [default: auto]
     #[arg(long, env = "VECTOR_TYPE", global = true)]
@@ -405,7 +403,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Worker id.
     pub worker_id: String,
-    // --- issue 3: providers, tokens and rate limits ---
     /// Whole-request timeout of a provider call.
     #[serde(serialize_with = "ser_ms")]
     pub provider_timeout: Duration,
@@ -424,7 +421,6 @@ pub struct Config {
     pub rate_limit_scope: RateLimitScope,
     /// The local model's cache directory.
     pub model_cache_dir: std::path::PathBuf,
-    // --- end issue 3 ---
     /// How PostgreSQL stores vectors.
     pub vector_type: crate::queue::VectorStorage,
     /// The index `embq migrate` builds on the stored vectors.
@@ -436,7 +432,6 @@ pub struct Config {
     pub database_connect_timeout: Duration,
 }
 
-// --- issue 3 ---
 /// Whether the per-minute budgets hold per process or for every worker sharing the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -474,7 +469,6 @@ fn http_url(v: &str) -> Result<HttpUrl, String> {
     }
     Ok(HttpUrl(v.trim_end_matches('/').to_string()))
 }
-// --- end issue 3 ---
 
 /// When and how often a failed job is tried again.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -745,7 +739,6 @@ impl RawConfig {
             Ok(v.to_string())
         });
         let worker_id = if worker_id.is_empty() { default_worker_id() } else { worker_id };
-        // --- issue 3: providers, tokens and rate limits ---
         let provider_timeout =
             p.field("PROVIDER_TIMEOUT", &self.provider_timeout, Duration::from_secs(60), nonzero_duration);
         let max_provider_pause =
@@ -816,7 +809,6 @@ impl RawConfig {
         let model_cache_dir = p.field("MODEL_CACHE_DIR", &self.model_cache_dir, default_model_cache_dir(), |v| {
             Ok(std::path::PathBuf::from(v))
         });
-        // --- end issue 3 ---
         let vector_type = p.field(
             "VECTOR_TYPE",
             &self.vector_type,
@@ -1062,7 +1054,6 @@ mod tests {
         assert_eq!(c.pool_mode, PoolMode::Session);
     }
 
-    // --- issue 3 ---
     #[test]
     fn provider_settings_have_defaults_and_name_their_variable() {
         let c = RawConfig::default().validate().unwrap();
@@ -1102,7 +1093,6 @@ mod tests {
             assert!(text.contains(var), "{var} missing in {text}");
         }
     }
-    // --- end issue 3 ---
 
     #[test]
     fn lease_is_one_and_a_half_heartbeats() {

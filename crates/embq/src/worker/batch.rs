@@ -21,7 +21,7 @@ pub(super) async fn process_batch(ctx: &Ctx, lease: &Lease, jobs: Vec<ClaimedJob
     async {
         let mut outcomes: Vec<(i64, Outcome)> = Vec::with_capacity(jobs.len());
         let todo: Vec<&ClaimedJob> = jobs.iter().collect();
-        // Token-aware requests under the rate limit (issue 3).
+        // Token-aware requests under the rate limit.
         embed_jobs(ctx, provider, &todo, &mut outcomes).await;
         hold_drain_for_releases(ctx, &outcomes);
         let report = store_results(ctx, lease, &jobs, outcomes).await;

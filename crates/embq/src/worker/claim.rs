@@ -163,12 +163,11 @@ async fn claim_into(
         start_held(ctx, tracker, slots, held);
         let backlog = got == want;
         extra = if backlog && unchanged.len() * 2 >= got { (extra.max(batch) * 2).min(UNCHANGED_CLAIM_MAX) } else { 0 };
-        // --- issue 3: ENABLE_BATCH_OPTIMIZATION grows batches toward the provider's cap while
+        // ENABLE_BATCH_OPTIMIZATION grows batches toward the provider's cap while
         // claims come back full (a backlog), and returns to BATCH_SIZE when they do not.
         if ctx.cfg.enable_batch_optimization {
             batch = if backlog { (batch * 2).min(ctx.provider.max_inputs().max(1)) } else { base_batch };
         }
-        // --- end issue 3 ---
         if backlog {
             // A full claim means a backlog: fetch again at once instead of waiting for the poll.
             continue;

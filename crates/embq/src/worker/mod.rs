@@ -65,12 +65,10 @@ struct Ctx {
     released_until: Mutex<Option<Instant>>,
     /// Leases of the batches held or running; heartbeats extend only these.
     live: Arc<LiveLeases>,
-    // --- issue 3 ---
     /// The provider's budget; `None` for providers that spend none (hash, local).
     limiter: Option<Arc<Limiter>>,
     /// Set while the provider is parked (quota exhausted).
     parked: Arc<std::sync::atomic::AtomicBool>,
-    // --- end issue 3 ---
 }
 
 /// A configured worker, ready to run.
@@ -88,7 +86,7 @@ impl Worker {
         health: Arc<Health>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        // --- issue 3: metered providers wait for their RPM/TPM budget ---
+        // Metered providers wait for their RPM/TPM budget
         let limiter = provider.metered().then(|| {
             Arc::new(Limiter::from_config(&cfg).unwrap_or_else(|e| {
                 warn!(error = %e, "fleet rate budget unavailable: budgeting per worker");
@@ -96,7 +94,6 @@ impl Worker {
                     .with_max_pause(cfg.max_provider_pause)
             }))
         });
-        // --- end issue 3 ---
         metrics.init_provider(provider.kind().as_str());
         let ctx = Ctx {
             cfg,
@@ -122,7 +119,6 @@ impl Worker {
         self
     }
 
-    // --- issue 3 ---
     /// Uses this limiter instead of the configured one (tests share one between workers).
     /// Ignored for providers that spend no budget.
     pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
@@ -133,7 +129,6 @@ impl Worker {
         }
         self
     }
-    // --- end issue 3 ---
 
     /// Live counters.
     pub fn counters(&self) -> Arc<Counters> {
@@ -150,7 +145,7 @@ impl Worker {
         let ctx = self.ctx;
         let soft = ctx.health.shutdown.clone();
         if let Some(l) = &ctx.limiter {
-            // Rate-limit headers of every response feed the budget (issue 3).
+            // Rate-limit headers of every response feed the budget.
             ctx.provider.set_signal_sink(Arc::new(LimiterSink(l.clone())));
         }
         let Some(waited_for_database) = startup(&ctx, &soft).await? else {
