@@ -139,7 +139,30 @@ def worker_lists(assume):
             sys.exit(f"check_manifests: `embq {' '.join(args)}` printed nothing")
         return names
 
+    global WORKER_BIN
+    WORKER_BIN = binary
     return run("config", "vars"), run("metrics", "names"), f"the worker binary {binary}"
+
+
+WORKER_BIN = None
+
+
+def check_config_accepted(c, where, config):
+    """The worker itself validates the ConfigMap (units on durations, ranges), secrets stubbed."""
+    if WORKER_BIN is None or config is None:
+        return
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **config.get("data", {})}
+    env.update({
+        "DATABASE_URL": "postgres://embq@127.0.0.1:5432/embq",
+        "OPENAI_API_KEY": "sk-placeholder",
+        "GEMINI_API_KEY": "placeholder",
+        "SHUTDOWN_TOKEN": "placeholder",
+    })
+    out = subprocess.run([str(WORKER_BIN), "config", "check"], env=env, capture_output=True, text=True, timeout=60)
+    c.check(
+        out.returncode == 0,
+        f"{where}: `embq config check` refuses the ConfigMap: {out.stderr.strip()[:400]}",
+    )
 
 
 # --- rendering and lookup --------------------------------------------------------
@@ -693,8 +716,8 @@ def check_seed_contract(c, docs):
         c.check("replicas" not in deploy[0]["spec"], f"{where}: spec.replicas fights the HPA on every apply")
     config = find(docs, "ConfigMap", "embedding-worker-config")
     seed = {
-        "QUEUE_POLL_INTERVAL": "5000", "MAX_CONCURRENT_JOBS": "3", "BATCH_SIZE": "5",
-        "HEARTBEAT_INTERVAL": "30000", "MAX_REQUESTS_PER_MINUTE": "60",
+        "QUEUE_POLL_INTERVAL": "5s", "MAX_CONCURRENT_JOBS": "3", "BATCH_SIZE": "5",
+        "HEARTBEAT_INTERVAL": "30s", "MAX_REQUESTS_PER_MINUTE": "60",
         "MAX_TOKENS_PER_MINUTE": "100000", "BACKOFF_MULTIPLIER": "2",
         "MEMORY_LIMIT_MB": "1024", "CPU_LIMIT_CORES": "1.0",
     }
@@ -702,7 +725,7 @@ def check_seed_contract(c, docs):
         for key, value in seed.items():
             c.check(
                 config[0]["data"].get(key) == value,
-                f"{where}: ConfigMap {key}={config[0]['data'].get(key)!r}, the seed says {value!r}",
+                f"{where}: ConfigMap {key}={config[0]['data'].get(key)!r}, expected the seed's {value!r} (durations with their unit)",
             )
 
 
@@ -815,6 +838,7 @@ def main():
             # The canary overlay reuses the fleet's ConfigMap.
             config = base_config
         check_namespaces(c, overlay, docs, namespace)
+        check_config_accepted(c, overlay, config)
         for d in deployments:
             check_worker_deployment(c, overlay, d, config, vars_read)
         for d in find(docs, "Deployment"):

@@ -17,8 +17,8 @@ fn embq(url: &str, envs: &[(&str, &str)]) -> Command {
     c.env_clear()
         .env("DATABASE_URL", url)
         .env("RUST_LOG", "error")
-        .env("HEARTBEAT_INTERVAL", "500")
-        .env("QUEUE_POLL_INTERVAL", "200")
+        .env("HEARTBEAT_INTERVAL", "500ms")
+        .env("QUEUE_POLL_INTERVAL", "200ms")
         .env("BATCH_SIZE", "50")
         .env("MAX_CONCURRENT_JOBS", "4")
         // A job may be in flight in several killed workers; that must never dead-letter it here.

@@ -129,7 +129,7 @@ fn unreachable_database_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let s = Sandbox::new();
     let url = format!("postgres://embq:hunter2secret@127.0.0.1:{port}/embq");
-    let out = s.run(&[("DATABASE_URL", &url), ("DATABASE_CONNECT_TIMEOUT", "0")], &["queue", "stats"], "");
+    let out = s.run(&[("DATABASE_URL", &url), ("DATABASE_CONNECT_TIMEOUT", "0ms")], &["queue", "stats"], "");
     assert_eq!(out.status.code(), Some(69));
     let err = text(&out.stderr);
     assert!(err.contains("cannot connect to postgres://embq:"), "{err}");
@@ -141,7 +141,7 @@ fn unreachable_database_error_shows_no_password_of_any_form() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let s = Sandbox::new();
     let url = format!("postgres://u:hunter2@127.0.0.1:{port}/db?password=hunter3&sslpassword=hunter4");
-    let out = s.run(&[("DATABASE_URL", &url), ("DATABASE_CONNECT_TIMEOUT", "0")], &["queue", "stats"], "");
+    let out = s.run(&[("DATABASE_URL", &url), ("DATABASE_CONNECT_TIMEOUT", "0ms")], &["queue", "stats"], "");
     assert_eq!(out.status.code(), Some(69));
     let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(all.contains("cannot connect to postgres://u:[redacted]@127.0.0.1"), "{all}");
@@ -260,7 +260,7 @@ fn in_json_log_mode_the_fatal_error_is_a_json_line_too() {
             &[
                 ("LOG_FORMAT", "json"),
                 ("DATABASE_URL", "postgres://embq@127.0.0.1:1/nowhere"),
-                ("DATABASE_CONNECT_TIMEOUT", "0"),
+                ("DATABASE_CONNECT_TIMEOUT", "0ms"),
             ],
             69,
         ),

@@ -138,7 +138,7 @@ async fn a_worker_never_sends_more_than_100_texts_per_call() {
         ("BATCH_SIZE", "500"),
         ("MAX_REQUESTS_PER_MINUTE", "60000"),
         ("MAX_TOKENS_PER_MINUTE", "10000000"),
-        ("QUEUE_POLL_INTERVAL", "50"),
+        ("QUEUE_POLL_INTERVAL", "50ms"),
     ]);
     let q = support::queue_with(&cfg, &support::jobs(250, |i| format!("text {i}"))).await;
     let summary = support::drain(support::harness(&cfg, q, None), Duration::from_secs(30)).await;
@@ -171,7 +171,7 @@ async fn key_echoed_in_a_2xx_body_never_reaches_an_error_or_the_dead_letters() {
         ("GEMINI_BASE_URL", mock.url.as_str()),
         ("EMBEDDING_DIMENSIONS", "8"),
         ("MAX_ATTEMPTS", "1"),
-        ("QUEUE_POLL_INTERVAL", "50"),
+        ("QUEUE_POLL_INTERVAL", "50ms"),
         ("MAX_REQUESTS_PER_MINUTE", "60000"),
         ("MAX_TOKENS_PER_MINUTE", "10000000"),
     ]);

@@ -125,7 +125,7 @@ async fn pg_cfgs(mock: &MockProvider, workers: usize, rpm: u32, tpm: u32, batch:
                 ("MAX_TOKENS_PER_MINUTE", &tpm),
                 ("BATCH_SIZE", &batch),
                 ("MAX_CONCURRENT_JOBS", "3"),
-                ("QUEUE_POLL_INTERVAL", "50"),
+                ("QUEUE_POLL_INTERVAL", "50ms"),
                 ("DB_MAX_CONNECTIONS", "6"),
                 ("WORKER_ID", &id),
             ])

@@ -50,7 +50,7 @@ async fn search_latency_at_100k_vectors() {
             ("EMBEDDING_DIMENSIONS", "384"),
             ("BATCH_SIZE", "500"),
             ("MAX_CONCURRENT_JOBS", "4"),
-            ("QUEUE_POLL_INTERVAL", "50"),
+            ("QUEUE_POLL_INTERVAL", "50ms"),
         ],
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);

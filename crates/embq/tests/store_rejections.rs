@@ -38,7 +38,7 @@ fn worker_config(url: &str, max_attempts: &str) -> Config {
             ("MAX_ATTEMPTS", max_attempts),
             ("RETRY_BASE_DELAY", "10ms"),
             ("RETRY_MAX_DELAY", "20ms"),
-            ("QUEUE_POLL_INTERVAL", "50"),
+            ("QUEUE_POLL_INTERVAL", "50ms"),
         ],
     )
 }

@@ -26,7 +26,7 @@ async fn app() -> App {
     let url = support::pg::fresh_supabase_db().await;
     let cfg = support::config_at(
         &url,
-        &[("EMBEDDING_DIMENSIONS", DIMS), ("QUEUE_POLL_INTERVAL", "50"), ("MAX_ATTEMPTS", "1")],
+        &[("EMBEDDING_DIMENSIONS", DIMS), ("QUEUE_POLL_INTERVAL", "50ms"), ("MAX_ATTEMPTS", "1")],
     );
     let q = embq::queue::connect(&cfg).await.expect("open store");
     q.migrate().await.expect("migrate as the database owner");
@@ -292,7 +292,7 @@ async fn destinations_are_checked_against_the_catalog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_registered_after_vectors_were_stored_adopts_them() {
     let url = support::pg::fresh_supabase_db().await;
-    let cfg = support::config_at(&url, &[("EMBEDDING_DIMENSIONS", "8"), ("QUEUE_POLL_INTERVAL", "50")]);
+    let cfg = support::config_at(&url, &[("EMBEDDING_DIMENSIONS", "8"), ("QUEUE_POLL_INTERVAL", "50ms")]);
     let q = support::queue_with(&cfg, &support::jobs(3, |i| format!("note {i}"))).await;
     support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(60)).await;
     let mut owner = PgConnection::connect(&url).await.unwrap();

@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 const BIN: &str = env!("CARGO_BIN_EXE_embq");
 
 fn cfg(url: &str, dims: &str, extra: &[(&str, &str)]) -> Config {
-    let mut pairs = vec![("EMBEDDING_DIMENSIONS", dims), ("QUEUE_POLL_INTERVAL", "50")];
+    let mut pairs = vec![("EMBEDDING_DIMENSIONS", dims), ("QUEUE_POLL_INTERVAL", "50ms")];
     pairs.extend_from_slice(extra);
     support::config_at(url, &pairs)
 }

@@ -147,7 +147,7 @@ async fn sigkill_mid_batch_loses_nothing_and_does_nothing_twice() {
     let n = 600;
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(n).path()));
     // A slow provider makes sure the victim is mid-batch when it dies.
-    let settings = [("BATCH_SIZE", "20"), ("MAX_CONCURRENT_JOBS", "3"), ("HEARTBEAT_INTERVAL", "400")];
+    let settings = [("BATCH_SIZE", "20"), ("MAX_CONCURRENT_JOBS", "3"), ("HEARTBEAT_INTERVAL", "400ms")];
     let mut victim =
         support::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "300"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
@@ -184,7 +184,7 @@ async fn sigterm_drains_in_flight_batches_and_exits_zero() {
     run_ok(embq(&url, &[]).arg("migrate"));
     run_ok(embq(&url, &[]).arg("enqueue").arg(write_jobs(300).path()));
     // Each batch takes 2 s but the drain allows only 500 ms: in-flight jobs must be released unspent.
-    let settings = [("BATCH_SIZE", "10"), ("MAX_CONCURRENT_JOBS", "2"), ("DRAIN_TIMEOUT", "500")];
+    let settings = [("BATCH_SIZE", "10"), ("MAX_CONCURRENT_JOBS", "2"), ("DRAIN_TIMEOUT", "500ms")];
     let mut w =
         support::Reaper(embq(&url, &settings).args(["worker", "--hash-delay-ms", "2000"]).spawn().expect("spawn"));
     let mut c = PgConnection::connect(&url).await.unwrap();
@@ -227,7 +227,8 @@ async fn sigterm_drains_in_flight_batches_and_exits_zero() {
 async fn notify_wakes_an_idle_worker_long_before_the_poll_interval() {
     let url = support::pg::fresh_pg_db().await;
     run_ok(embq(&url, &[]).arg("migrate"));
-    let mut w = support::Reaper(embq(&url, &[("QUEUE_POLL_INTERVAL", "60000")]).arg("worker").spawn().expect("spawn"));
+    let mut w =
+        support::Reaper(embq(&url, &[("QUEUE_POLL_INTERVAL", "60000ms")]).arg("worker").spawn().expect("spawn"));
     // Wait until the worker registered (so it listens), then enqueue through SQL.
     support::wait_until(Duration::from_secs(20), "worker registered", || {
         let url = url.clone();

@@ -63,7 +63,7 @@ async fn drain(url: &str, q: Arc<dyn Queue>, p: Arc<Scripted>, extra: &[(&str, &
         ("RETRY_BASE_DELAY", "1ms"),
         ("RETRY_MAX_DELAY", "5ms"),
         ("MAX_ATTEMPTS", "3"),
-        ("QUEUE_POLL_INTERVAL", "10"),
+        ("QUEUE_POLL_INTERVAL", "10ms"),
         ("BATCH_SIZE", "4"),
     ];
     settings.extend_from_slice(extra);
@@ -169,7 +169,7 @@ async fn wrong_dimensions_are_never_stored() {
             ("RETRY_BASE_DELAY", "1ms"),
             ("RETRY_MAX_DELAY", "2ms"),
             ("MAX_ATTEMPTS", "2"),
-            ("QUEUE_POLL_INTERVAL", "10"),
+            ("QUEUE_POLL_INTERVAL", "10ms"),
         ],
     );
     let w = Worker::new(

@@ -17,7 +17,7 @@ pub struct RawConfig {
     /// Maximum pooled database connections per process [default: 3 + min(MAX_CONCURRENT_JOBS, 3)]
     #[arg(long, env = "DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<String>,
-    /// Poll interval in ms when no notification arrives (jittered ±10%) [default: 5000]
+    /// Poll interval when no notification arrives (jittered ±10%), with its unit [default: 5s]
     #[arg(long, env = "QUEUE_POLL_INTERVAL", global = true)]
     pub queue_poll_interval: Option<String>,
     /// Batches processed at once by one worker [default: 3]
@@ -26,7 +26,7 @@ pub struct RawConfig {
     /// Jobs per provider request [default: 5]
     #[arg(long, env = "BATCH_SIZE", global = true)]
     pub batch_size: Option<String>,
-    /// Heartbeat interval in ms; leases last 1.5 heartbeats [default: 30000]
+    /// Heartbeat interval, with its unit; leases last 1.5 heartbeats [default: 30s]
     #[arg(long, env = "HEARTBEAT_INTERVAL", global = true)]
     pub heartbeat_interval: Option<String>,
     /// Provider requests-per-minute budget [default: 60]
@@ -38,10 +38,10 @@ pub struct RawConfig {
     /// Growth factor of the retry delay per attempt [default: 2]
     #[arg(long, env = "BACKOFF_MULTIPLIER", global = true)]
     pub backoff_multiplier: Option<String>,
-    /// First retry delay (ms, or with a unit: 500ms, 2s, 1m) [default: 1000]
+    /// First retry delay, with its unit (500ms, 2s, 1m) [default: 1s]
     #[arg(long, env = "RETRY_BASE_DELAY", global = true)]
     pub retry_base_delay: Option<String>,
-    /// Longest retry delay [default: 3600000 = 1h]
+    /// Longest retry delay [default: 1h]
     #[arg(long, env = "RETRY_MAX_DELAY", global = true)]
     pub retry_max_delay: Option<String>,
     /// Attempts before a job is dead-lettered [default: 5]
@@ -86,7 +86,7 @@ pub struct RawConfig {
     /// Bearer token that POST /shutdown requires from non-loopback callers
     #[arg(long, env = "SHUTDOWN_TOKEN", global = true, hide_env_values = true)]
     pub shutdown_token: Option<String>,
-    /// How long in-flight batches may finish after a shutdown request [default: 25000 = 25s]
+    /// How long in-flight batches may finish after a shutdown request [default: 25s]
     #[arg(long, env = "DRAIN_TIMEOUT", global = true)]
     pub drain_timeout: Option<String>,
     /// json | text [default: text]

@@ -16,6 +16,7 @@ fn raw(pairs: &[(&str, &str)]) -> RawConfig {
             "OPENAI_API_KEY" => r.openai_api_key = v,
             "EMBEDDING_PROVIDER" => r.embedding_provider = v,
             "DRAIN_TIMEOUT" => r.drain_timeout = v,
+            "QUEUE_POLL_INTERVAL" => r.queue_poll_interval = v,
             "BACKOFF_MULTIPLIER" => r.backoff_multiplier = v,
             "ENABLE_QUEUE_PROCESSING" => r.enable_queue_processing = v,
             "SHUTDOWN_TOKEN" => r.shutdown_token = v,
@@ -77,14 +78,17 @@ fn every_problem_is_reported_with_its_variable() {
 }
 
 #[test]
-fn durations_accept_ms_and_units() {
-    for (input, ms) in [("1500", 1500), ("250ms", 250), ("2s", 2000), ("1.5s", 1500), ("1m", 60_000), ("1h", 3_600_000)]
-    {
+fn durations_need_their_unit() {
+    for (input, ms) in [("250ms", 250), ("2s", 2000), ("1.5s", 1500), ("1m", 60_000), ("1h", 3_600_000)] {
         assert_eq!(parse_duration(input).unwrap(), Duration::from_millis(ms), "{input}");
     }
-    for bad in ["", "abc", "5d", "-1", "1e400"] {
+    for bad in ["", "abc", "-1", "1e400", "100000000000h"] {
         assert!(parse_duration(bad).is_err(), "{bad}");
     }
+    // A bare number meant milliseconds to the worker and seconds to the controller.
+    let err = raw(&[("DRAIN_TIMEOUT", "30"), ("QUEUE_POLL_INTERVAL", "5000")]).validate().unwrap_err().to_string();
+    assert!(err.contains("DRAIN_TIMEOUT: \"30\" has no unit: write a number with its unit, such as 500ms"), "{err}");
+    assert!(err.contains("QUEUE_POLL_INTERVAL: \"5000\" has no unit"), "{err}");
 }
 
 #[test]

@@ -105,23 +105,14 @@ fn boolean(v: &str) -> Result<bool, String> {
     }
 }
 
-/// Parses a duration: a bare number is milliseconds; `ms`, `s`, `m`, `h` suffixes are accepted.
+/// Parses a duration with its unit (`500ms`, `30s`, `5m`; see [`embq_duration`]), at most
+/// 10^12 ms so every later conversion stays exact.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let v = v.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: f64 = num.parse().map_err(|_| "must be milliseconds or a duration such as 500ms, 2s, 1m".to_string())?;
-    let ms = match unit.trim() {
-        "" | "ms" => n,
-        "s" => n * 1e3,
-        "m" => n * 60e3,
-        "h" => n * 3600e3,
-        _ => return Err("unknown unit (use ms, s, m or h)".into()),
-    };
-    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
-        return Err("out of range".into());
+    let d = embq_duration::parse(v).map_err(|e| e.to_string())?;
+    if d > Duration::from_millis(1_000_000_000_000) {
+        return Err("out of range (at most 10^12 ms)".into());
     }
-    Ok(Duration::from_micros((ms * 1e3) as u64))
+    Ok(d)
 }
 
 fn nonzero_duration(v: &str) -> Result<Duration, String> {

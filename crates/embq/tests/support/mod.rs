@@ -79,7 +79,7 @@ pub fn openai_config(dir: &tempfile::TempDir, mock_url: &str, extra: &[(&str, &s
         ("PROVIDER_TIMEOUT", "2s"),
         ("MAX_REQUESTS_PER_MINUTE", "60000"),
         ("MAX_TOKENS_PER_MINUTE", "10000000"),
-        ("QUEUE_POLL_INTERVAL", "50"),
+        ("QUEUE_POLL_INTERVAL", "50ms"),
         ("RETRY_BASE_DELAY", "10ms"),
     ];
     pairs.extend_from_slice(extra);
