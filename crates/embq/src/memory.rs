@@ -1,7 +1,9 @@
 //! Memory accounting: RSS from the OS and live heap bytes from a counting allocator.
 //!
 //! The allocator wraps the system allocator with two relaxed atomic updates per call,
-//! which is what `heapUsed`/`heapTotal` in `worker_memory_usage_bytes` report.
+//! which is what `heapUsed`/`heapTotal` in `worker_memory_usage_bytes` report. The binary
+//! installs it (`#[global_allocator]` in `main.rs`); a program using the library chooses its
+//! own allocator, and then the heap figures read 0.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,9 +48,6 @@ fn grow(n: usize) {
     let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
 
 /// Bytes currently allocated on the heap.
 pub fn heap_used() -> u64 {
@@ -109,6 +108,10 @@ mod tests {
         assert!(g.update(850));
         assert!(!g.update(799));
     }
+
+    // The unit-test binary counts like the embq binary does.
+    #[global_allocator]
+    static COUNTING: CountingAlloc = CountingAlloc;
 
     #[test]
     fn counters_track_allocations() {
