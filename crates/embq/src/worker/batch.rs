@@ -8,8 +8,6 @@ use tracing::{info, info_span, warn, Instrument};
 use super::requests::embed_jobs;
 use super::store_results::store_results;
 use super::Ctx;
-use crate::metrics::{ProviderLabel, RequestLabel};
-use crate::provider::ProviderError;
 use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome};
 
 /// Embeds one batch and records the outcome of every job in it.
@@ -44,22 +42,6 @@ fn hold_drain_for_releases(ctx: &Ctx, outcomes: &[(i64, Outcome)]) {
         let due = Instant::now() + after;
         let mut until = ctx.released_until.lock().unwrap_or_else(|p| p.into_inner());
         *until = Some(until.map_or(due, |u| u.max(due)));
-    }
-}
-
-pub(super) fn status_class(err: &ProviderError) -> &'static str {
-    match err {
-        ProviderError::RateLimited { .. } => "429",
-        ProviderError::Transient(_) => "5xx",
-        ProviderError::InvalidResponse(_) => "2xx",
-        _ => "4xx",
-    }
-}
-
-pub(super) fn count_request(ctx: &Ctx, provider: &'static str, status_class: &'static str) {
-    ctx.metrics.provider_requests.get_or_create(&RequestLabel { provider, status_class }).inc();
-    if status_class == "429" {
-        ctx.metrics.provider_rate_limited.get_or_create(&ProviderLabel { provider }).inc();
     }
 }
 

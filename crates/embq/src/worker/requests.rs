@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::batch::{count_request, status_class};
 use super::Ctx;
 use crate::batching::{self, PlanCaps};
-use crate::metrics::{KindLabel, ProviderLabel};
+use crate::metrics::{KindLabel, ProviderLabel, RequestLabel};
 use crate::outcome::{self, Decision};
 use crate::provider::ProviderError;
 use crate::queue::{ClaimedJob, Outcome};
@@ -178,4 +177,22 @@ fn park(ctx: &Ctx) {
         metrics.provider_parked.set(0);
         parked.store(false, Ordering::SeqCst);
     });
+}
+
+/// The `status_class` label of a failed request.
+fn status_class(err: &ProviderError) -> &'static str {
+    match err {
+        ProviderError::RateLimited { .. } => "429",
+        ProviderError::Transient(_) => "5xx",
+        ProviderError::InvalidResponse(_) => "2xx",
+        _ => "4xx",
+    }
+}
+
+/// Counts one provider request (and a 429 as throttled).
+fn count_request(ctx: &Ctx, provider: &'static str, status_class: &'static str) {
+    ctx.metrics.provider_requests.get_or_create(&RequestLabel { provider, status_class }).inc();
+    if status_class == "429" {
+        ctx.metrics.provider_rate_limited.get_or_create(&ProviderLabel { provider }).inc();
+    }
 }
