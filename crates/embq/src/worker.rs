@@ -25,7 +25,7 @@ use crate::memory;
 use crate::metrics::{Metrics, ProviderLabel, RequestLabel};
 use crate::outcome;
 use crate::provider::{Provider, ProviderError};
-use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome, Queue, QueueError, WorkerInfo};
+use crate::queue::{ClaimedJob, FinishReport, Lease, Outcome, Queue, QueueError, WorkerInfo, WorkerState};
 
 mod requests;
 mod rescue;
@@ -248,7 +248,7 @@ impl Worker {
         let _ = listener.await;
         let _ = pause.await;
         let summary = ctx.counters.summary();
-        if let Err(e) = ctx.queue.worker_stopped(&worker_info(&ctx, "stopped")).await {
+        if let Err(e) = ctx.queue.worker_stopped(&worker_info(&ctx, WorkerState::Stopped)).await {
             warn!(error = %e, "could not mark the worker stopped");
         }
         info!(processed = summary.processed, failed = summary.failed, dead = summary.dead, "worker stopped");
@@ -280,14 +280,14 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<Option<bool>, Wo
     }
     ctx.health.set_db_ok(true);
     ctx.health.set_schema_ok(true);
-    if let Err(e) = ctx.queue.heartbeat(&worker_info(ctx, "running"), &[], ctx.cfg.lease_duration()).await {
+    if let Err(e) = ctx.queue.heartbeat(&worker_info(ctx, WorkerState::Running), &[], ctx.cfg.lease_duration()).await {
         warn!(error = %e, "first heartbeat failed");
     }
     ctx.health.set_started();
     Ok(Some(waited))
 }
 
-fn worker_info(ctx: &Ctx, state: &str) -> WorkerInfo {
+fn worker_info(ctx: &Ctx, state: WorkerState) -> WorkerInfo {
     let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     WorkerInfo {
         id: ctx.health.worker_id.clone(),
@@ -297,7 +297,7 @@ fn worker_info(ctx: &Ctx, state: &str) -> WorkerInfo {
         in_flight: ctx.health.inflight(),
         processed: ctx.counters.processed.load(Ordering::Relaxed) as i64,
         failed: ctx.counters.failed.load(Ordering::Relaxed) as i64,
-        state: state.to_string(),
+        state,
     }
 }
 
@@ -661,7 +661,7 @@ async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Gua
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = heartbeat.tick() => {
-                let state = if ctx.health.draining() { "draining" } else { "running" };
+                let state = if ctx.health.draining() { WorkerState::Draining } else { WorkerState::Running };
                 let leases = ctx.live.tokens();
                 match ctx.queue.heartbeat(&worker_info(&ctx, state), &leases, ctx.cfg.lease_duration()).await {
                     Ok(_) => {

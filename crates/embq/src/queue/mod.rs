@@ -13,9 +13,12 @@ mod pg_index;
 mod pg_layout;
 mod pgvector;
 mod postgres;
+mod rows;
 mod schema;
 mod search;
 mod sqlite;
+mod state;
+mod stats;
 
 pub use pg_index::{IndexOutcome, HNSW_INDEX};
 pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
@@ -23,6 +26,7 @@ pub use postgres::PgQueue;
 pub use schema::SCHEMA_VERSION;
 pub use search::{scan, Search, SearchHit, SearchMethod};
 pub use sqlite::SqliteQueue;
+pub use state::{JobState, UnknownState, WorkerState};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -328,7 +332,7 @@ pub enum DeadSelection {
 }
 
 /// A worker's row in the workers table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct WorkerInfo {
     /// Worker id.
     pub id: String,
@@ -344,12 +348,12 @@ pub struct WorkerInfo {
     pub processed: i64,
     /// Jobs failed since start.
     pub failed: i64,
-    /// running | draining | stopped.
-    pub state: String,
+    /// What the worker is doing.
+    pub state: WorkerState,
 }
 
 /// A stored embedding, for search.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct StoredEmbedding {
     /// Source type.
     pub source_type: String,
@@ -359,7 +363,8 @@ pub struct StoredEmbedding {
     pub content_type: String,
     /// Model.
     pub model: String,
-    /// The vector.
+    /// The vector (PostgreSQL reads its `embedding` column as `real[]`).
+    #[sqlx(rename = "embedding")]
     pub vector: Vec<f32>,
     /// The text it was made from, while its job is kept.
     pub text: Option<String>,

@@ -11,18 +11,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgConnection, Postgres, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, FromRow, PgConnection, Postgres, Transaction};
 
 use super::pg_column::{migrate_column, ColumnPlan};
 use super::pg_index::{create_hnsw, IndexOutcome};
 use super::pg_layout::{Layout, CANCEL_MISSING_SQL};
 use super::pgvector::{text_literal, VectorBatch, VectorIndex, VectorStorage};
+use super::rows::{ClaimedRow, DeadRow};
 use super::schema::{self, SCHEMA_VERSION};
 use super::search::{scan, Search, SearchHit, SearchMethod};
+use super::stats::{fold_stats, StatRow};
 use super::{
     clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener,
-    Lease, MigrateOptions, MigrateReport, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError, QueueStats,
-    RescueReport, StoredEmbedding, WorkerInfo,
+    JobState, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError,
+    QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
 };
 use crate::config::{Config, DatabaseUrl, PoolMode};
 
@@ -58,6 +60,8 @@ struct VectorSettings {
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+type QueryAs<'q, T> = sqlx::query::QueryAs<'q, Postgres, T, PgArguments>;
+type QueryScalar<'q, T> = sqlx::query::QueryScalar<'q, Postgres, T, PgArguments>;
 
 /// PostgreSQL JIT-compiles any plan it estimates above `jit_above_cost` (large claims, the
 /// queue-stats scan): 16 % of the server's CPU while draining an unchanged backlog went to LLVM,
@@ -184,6 +188,19 @@ impl PgQueue {
         sqlx::query(sql).persistent(self.persistent)
     }
 
+    /// A statement whose rows decode as `T`.
+    fn q_as<'q, T: for<'r> FromRow<'r, PgRow>>(&self, sql: &'q str) -> QueryAs<'q, T> {
+        sqlx::query_as(sql).persistent(self.persistent)
+    }
+
+    /// A statement whose rows are one column of `T`.
+    fn q_scalar<'q, T>(&self, sql: &'q str) -> QueryScalar<'q, T>
+    where
+        (T,): for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_scalar(sql).persistent(self.persistent)
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {
         match self.pool.begin().await {
             Ok(tx) => Ok(tx),
@@ -278,8 +295,9 @@ impl PgQueue {
         let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
         let delays: Vec<f64> = items.iter().map(|i| i.1.as_secs_f64()).collect();
         let errors: Vec<Option<String>> = items.iter().map(|i| i.2.map(clip_error)).collect();
-        let rows = self
-            .q("UPDATE embq.jobs j
+        let states: Vec<JobState> = self
+            .q_scalar(
+                "UPDATE embq.jobs j
                 SET state = CASE WHEN EXISTS (
                         SELECT 1 FROM embq.jobs p
                         WHERE p.source_type = j.source_type AND p.source_id = j.source_id
@@ -292,7 +310,8 @@ impl PgQueue {
                     updated_at = COALESCE($1::timestamptz, now())
                 FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS i(id, delay, err)
                 WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $6
-                RETURNING j.state")
+                RETURNING j.state",
+            )
             .bind(self.now())
             .bind(ids)
             .bind(delays)
@@ -301,8 +320,8 @@ impl PgQueue {
             .bind(lease.token.clone())
             .fetch_all(&mut **tx)
             .await?;
-        let superseded = rows.iter().filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "superseded")).count();
-        Ok(((rows.len() - superseded) as u64, superseded as u64))
+        let superseded = states.iter().filter(|s| **s == JobState::Superseded).count();
+        Ok(((states.len() - superseded) as u64, superseded as u64))
     }
 
     /// The nearest rows of a write-back destination's own table, with the text each was embedded from.
@@ -313,14 +332,14 @@ impl PgQueue {
         k: i64,
     ) -> Result<Search, QueueError> {
         let mut tx = self.begin().await?;
-        let near: Vec<(String, f64)> = sqlx::query_as(&d.search_sql())
+        let near: Vec<NearRow> = sqlx::query_as(&d.search_sql())
             .persistent(false)
             .bind(text_literal(query))
             .bind(k)
             .fetch_all(&mut *tx)
             .await?;
-        let ids: Vec<&str> = near.iter().map(|n| n.0.as_str()).collect();
-        let meta: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        let ids: Vec<&str> = near.iter().map(|n| n.source_id.as_str()).collect();
+        let meta: Vec<KeyRow> = sqlx::query_as(
             "SELECT e.source_id, e.model, j.text FROM embq.embeddings e LEFT JOIN embq.jobs j ON j.id = e.job_id
               WHERE e.source_type = $1 AND e.content_type = $2 AND e.source_id = ANY($3)",
         )
@@ -333,15 +352,15 @@ impl PgQueue {
         tx.commit().await?;
         let hits = near
             .into_iter()
-            .map(|(source_id, distance)| {
-                let m = meta.iter().find(|m| m.0 == source_id);
+            .map(|n| {
+                let m = meta.iter().find(|m| m.source_id == n.source_id);
                 SearchHit {
                     source_type: d.source_type.clone(),
                     content_type: d.content_type.clone(),
-                    model: m.map(|m| m.1.clone()).unwrap_or_default(),
-                    text: m.and_then(|m| m.2.clone()),
-                    score: 1.0 - distance,
-                    source_id,
+                    model: m.map(|m| m.model.clone()).unwrap_or_default(),
+                    text: m.and_then(|m| m.text.clone()),
+                    score: 1.0 - n.distance,
+                    source_id: n.source_id,
                 }
             })
             .collect();
@@ -357,6 +376,31 @@ impl PgQueue {
     }
 }
 
+/// What the finish statement reports.
+#[derive(FromRow)]
+struct FinishRow {
+    /// Jobs marked done.
+    done: i64,
+    /// Jobs whose write-back row is gone; the column exists only with destinations.
+    #[sqlx(default)]
+    missing: Vec<i64>,
+}
+
+/// One of a destination's nearest rows.
+#[derive(FromRow)]
+struct NearRow {
+    source_id: String,
+    distance: f64,
+}
+
+/// What embq knows of a destination row's key: the model and text of its vector.
+#[derive(FromRow)]
+struct KeyRow {
+    source_id: String,
+    model: String,
+    text: Option<String>,
+}
+
 struct PgJobListener(PgListener);
 
 #[async_trait]
@@ -365,19 +409,6 @@ impl JobListener for PgJobListener {
         self.0.recv().await?;
         Ok(())
     }
-}
-
-fn claimed(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
-    Ok(ClaimedJob {
-        id: row.try_get("id")?,
-        source_type: row.try_get("source_type")?,
-        source_id: row.try_get("source_id")?,
-        content_type: row.try_get("content_type")?,
-        text: row.try_get("text")?,
-        attempt: row.try_get::<i32, _>("attempts")?.max(0) as u32,
-        priority: row.try_get("priority")?,
-        unchanged: row.try_get("unchanged")?,
-    })
 }
 
 #[async_trait]
@@ -493,8 +524,9 @@ impl Queue for PgQueue {
             let sh: Vec<Vec<u8>> = chunk.iter().map(|j| j.text_sha256()).collect();
             let pr: Vec<i32> = chunk.iter().map(|j| j.priority).collect();
             let md: Vec<Option<String>> = chunk.iter().map(|j| j.metadata.as_ref().map(|m| m.to_string())).collect();
-            let rows = sqlx::query(
-                "INSERT INTO embq.jobs AS j
+            let inserted: Vec<bool> = self
+                .q_scalar(
+                    "INSERT INTO embq.jobs AS j
                     (source_type, source_id, content_type, text, text_sha256, priority, metadata,
                      run_at, created_at, updated_at)
                  SELECT u.st, u.si, u.ct, u.tx, u.sh, u.pr, u.md::jsonb, c.n, c.n, c.n
@@ -506,20 +538,19 @@ impl Queue for PgQueue {
                      priority = EXCLUDED.priority, metadata = EXCLUDED.metadata, attempts = 0,
                      run_at = EXCLUDED.run_at, updated_at = EXCLUDED.updated_at, last_error = NULL
                  RETURNING (xmax = 0) AS inserted",
-            )
-            .persistent(self.persistent)
-            .bind(st)
-            .bind(si)
-            .bind(ct)
-            .bind(tx_)
-            .bind(sh)
-            .bind(pr)
-            .bind(md)
-            .bind(self.now())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                if r.try_get::<bool, _>(0)? {
+                )
+                .bind(st)
+                .bind(si)
+                .bind(ct)
+                .bind(tx_)
+                .bind(sh)
+                .bind(pr)
+                .bind(md)
+                .bind(self.now())
+                .fetch_all(&mut *tx)
+                .await?;
+            for new in inserted {
+                if new {
                     report.inserted += 1;
                 } else {
                     report.replaced += 1;
@@ -547,8 +578,8 @@ impl Queue for PgQueue {
         // one round trip and binds it in the next, and a transaction pooler may route those two
         // to different server connections unless a transaction pins them together.
         let mut tx = self.begin_without_jit().await?;
-        let rows = self
-            .q(CLAIM_SQL)
+        let rows: Vec<ClaimedRow> = self
+            .q_as(CLAIM_SQL)
             .bind(self.now())
             .bind(limit as i64)
             .bind(lease.owner.clone())
@@ -558,7 +589,7 @@ impl Queue for PgQueue {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut jobs = rows.iter().map(claimed).collect::<Result<Vec<_>, _>>()?;
+        let mut jobs: Vec<ClaimedJob> = rows.into_iter().map(ClaimedJob::from).collect();
         jobs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.id));
         Ok(jobs)
     }
@@ -581,7 +612,7 @@ impl Queue for PgQueue {
             let ids: Vec<i64> = g.done.iter().map(|d| d.0).collect();
             let vectors = VectorBatch { vectors: &g.done, dims, encoding: layout.encoding };
             let mut q = self
-                .q(&layout.finish_sql)
+                .q_as::<FinishRow>(&layout.finish_sql)
                 .bind(self.now())
                 .bind(ids)
                 .bind(lease.token.clone())
@@ -594,20 +625,12 @@ impl Queue for PgQueue {
                 q = q.bind(st).bind(ct);
             }
             let row = q.fetch_one(&mut *tx).await?;
-            report.stored = row.try_get::<i64, _>("done")? as u64;
-            if !layout.destinations.is_empty() {
-                let missing: Vec<i64> = row.try_get("missing")?;
-                if !missing.is_empty() {
-                    let cancelled: i64 = self
-                        .q(CANCEL_MISSING_SQL)
-                        .bind(self.now())
-                        .bind(missing)
-                        .fetch_one(&mut *tx)
-                        .await?
-                        .try_get("cancelled")?;
-                    report.cancelled = cancelled as u64;
-                    report.stored = report.stored.saturating_sub(report.cancelled);
-                }
+            report.stored = row.done as u64;
+            if !row.missing.is_empty() {
+                let cancelled: i64 =
+                    self.q_scalar(CANCEL_MISSING_SQL).bind(self.now()).bind(row.missing).fetch_one(&mut *tx).await?;
+                report.cancelled = cancelled as u64;
+                report.stored = report.stored.saturating_sub(report.cancelled);
             }
         }
         if !g.unchanged.is_empty() {
@@ -687,7 +710,7 @@ impl Queue for PgQueue {
             .bind(w.in_flight)
             .bind(w.processed)
             .bind(w.failed)
-            .bind(w.state.clone())
+            .bind(w.state)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -696,8 +719,9 @@ impl Queue for PgQueue {
 
     async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError> {
         let mut tx = self.begin().await?;
-        let rows = self
-            .q("UPDATE embq.jobs j
+        let states: Vec<JobState> = self
+            .q_scalar(
+                "UPDATE embq.jobs j
                 SET state = CASE
                         WHEN j.attempts >= $2 THEN 'dead'
                         WHEN EXISTS (SELECT 1 FROM embq.jobs p
@@ -714,43 +738,30 @@ impl Queue for PgQueue {
                     lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
                     updated_at = COALESCE($1::timestamptz, now())
                 WHERE j.state = 'running' AND j.lease_expires_at < COALESCE($1::timestamptz, now())
-                RETURNING j.state")
+                RETURNING j.state",
+            )
             .bind(self.now())
             .bind(max_attempts as i32)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut r = RescueReport::default();
-        for row in rows {
-            match row.try_get::<String, _>(0)?.as_str() {
-                "dead" => r.dead += 1,
-                _ => r.requeued += 1,
-            }
-        }
-        Ok(r)
+        let dead = states.iter().filter(|s| **s == JobState::Dead).count() as u64;
+        Ok(RescueReport { requeued: states.len() as u64 - dead, dead })
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let mut tx = self.begin_without_jit().await?;
-        let rows = self
-            .q("SELECT state, (run_at <= COALESCE($1::timestamptz, now())) AS due, priority, count(*) AS n,
+        let rows: Vec<StatRow> = self
+            .q_as(
+                "SELECT state, (run_at <= COALESCE($1::timestamptz, now())) AS due, priority, count(*) AS n,
                     EXTRACT(EPOCH FROM (COALESCE($1::timestamptz, now()) - min(run_at)))::float8 AS age
-                FROM embq.jobs GROUP BY 1, 2, 3")
+                FROM embq.jobs GROUP BY 1, 2, 3",
+            )
             .bind(self.now())
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        let mut rows_out = Vec::with_capacity(rows.len());
-        for r in rows {
-            rows_out.push(StatRow {
-                state: r.try_get("state")?,
-                due: r.try_get("due")?,
-                priority: r.try_get("priority")?,
-                count: r.try_get::<i64, _>("n")? as u64,
-                age: r.try_get("age")?,
-            });
-        }
-        Ok(fold_stats(rows_out))
+        Ok(fold_stats(rows))
     }
 
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
@@ -772,28 +783,17 @@ impl Queue for PgQueue {
 
     async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError> {
         let mut tx = self.begin().await?;
-        let rows = self
-            .q("SELECT id, source_type, source_id, content_type, attempts, last_error,
+        let rows: Vec<DeadRow<DateTime<Utc>>> = self
+            .q_as(
+                "SELECT id, source_type, source_id, content_type, attempts, last_error,
                     COALESCE(finished_at, updated_at) AS failed_at
-                FROM embq.jobs WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT $1")
+                FROM embq.jobs WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT $1",
+            )
             .bind(limit)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadJob {
-                    id: r.try_get("id")?,
-                    source_type: r.try_get("source_type")?,
-                    source_id: r.try_get("source_id")?,
-                    content_type: r.try_get("content_type")?,
-                    attempts: r.try_get::<i32, _>("attempts")?.max(0) as u32,
-                    last_error: r.try_get("last_error")?,
-                    failed_at: r.try_get("failed_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows.into_iter().map(DeadJob::from).collect())
     }
 
     async fn retry_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
@@ -806,8 +806,9 @@ impl Queue for PgQueue {
             .await?;
         // Per key only the newest dead job can become pending; older ones and those
         // overtaken by a pending job are superseded.
-        let rows = self
-            .q("WITH sel AS (
+        let states: Vec<JobState> = self
+            .q_scalar(
+                "WITH sel AS (
                     SELECT id, row_number() OVER (
                         PARTITION BY source_type, source_id, content_type ORDER BY id DESC) AS rn
                     FROM embq.jobs WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))
@@ -821,14 +822,15 @@ impl Queue for PgQueue {
                     attempts = 0, run_at = COALESCE($2::timestamptz, now()), finished_at = NULL,
                     updated_at = COALESCE($2::timestamptz, now())
                 FROM sel WHERE j.id = sel.id
-                RETURNING j.state")
+                RETURNING j.state",
+            )
             .bind(ids)
             .bind(self.now())
             .fetch_all(&mut *tx)
             .await?;
         self.q("SELECT pg_notify('embq_jobs', '')").execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(rows.iter().filter(|r| r.try_get::<String, _>(0).is_ok_and(|s| s == "ready")).count() as u64)
+        Ok(states.iter().filter(|s| **s == JobState::Ready).count() as u64)
     }
 
     async fn purge_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
@@ -859,52 +861,28 @@ impl Queue for PgQueue {
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
         let mut tx = self.begin().await?;
-        let rows = self
-            .q("SELECT id, host, pid, version, in_flight, processed, failed, state FROM embq.workers ORDER BY id")
+        let workers = self
+            .q_as("SELECT id, host, pid, version, in_flight, processed, failed, state FROM embq.workers ORDER BY id")
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerInfo {
-                    id: r.try_get("id")?,
-                    host: r.try_get("host")?,
-                    pid: r.try_get("pid")?,
-                    version: r.try_get("version")?,
-                    in_flight: r.try_get("in_flight")?,
-                    processed: r.try_get("processed")?,
-                    failed: r.try_get("failed")?,
-                    state: r.try_get("state")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(workers)
     }
 
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
         let mut tx = self.begin().await?;
-        let rows: Vec<(String, String, String, String, Vec<f32>, Option<String>)> = sqlx::query_as(
-            "SELECT e.source_type, e.source_id, e.content_type, e.model, e.embedding::real[], j.text
+        let stored: Vec<StoredEmbedding> = self
+            .q_as(
+                "SELECT e.source_type, e.source_id, e.content_type, e.model, e.embedding::real[], j.text
                FROM embq.embeddings e LEFT JOIN embq.jobs j ON j.id = e.job_id
               WHERE e.model = $1 AND e.embedding IS NOT NULL LIMIT $2",
-        )
-        .persistent(self.persistent)
-        .bind(model)
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+            )
+            .bind(model)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|(source_type, source_id, content_type, model, vector, text)| StoredEmbedding {
-                source_type,
-                source_id,
-                content_type,
-                model,
-                vector,
-                text,
-            })
-            .collect())
+        Ok(stored)
     }
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
@@ -914,42 +892,6 @@ impl Queue for PgQueue {
         l.listen(CHANNEL).await.ok()?;
         Some(Box::new(PgJobListener(l)))
     }
-}
-
-/// One group of the stats query, shared by both stores.
-pub(super) struct StatRow {
-    pub state: String,
-    pub due: bool,
-    pub priority: i32,
-    pub count: u64,
-    pub age: Option<f64>,
-}
-
-/// Folds grouped counts into [`QueueStats`].
-pub(super) fn fold_stats(rows: Vec<StatRow>) -> QueueStats {
-    let mut s = QueueStats::default();
-    let mut by_prio = std::collections::BTreeMap::new();
-    for r in rows {
-        match (r.state.as_str(), r.due) {
-            ("ready", true) => {
-                s.ready += r.count;
-                *by_prio.entry(r.priority).or_insert(0) += r.count;
-                if let Some(age) = r.age {
-                    let age = age.max(0.0);
-                    s.oldest_ready_age_seconds = Some(s.oldest_ready_age_seconds.map_or(age, |a: f64| a.max(age)));
-                }
-            }
-            ("ready", false) => s.scheduled += r.count,
-            ("running", _) => s.running += r.count,
-            ("done", _) => s.done += r.count,
-            ("dead", _) => s.dead += r.count,
-            ("superseded", _) => s.superseded += r.count,
-            ("cancelled", _) => s.cancelled += r.count,
-            _ => {}
-        }
-    }
-    s.ready_by_priority = by_prio.into_iter().rev().collect();
-    s
 }
 
 #[cfg(test)]

@@ -8,17 +8,17 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, TimeZone, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{FromRow, Sqlite, Transaction};
 
-use super::postgres::{fold_stats, StatRow};
+use super::rows::{ClaimedRow, DeadRow};
 use super::schema::{self, SCHEMA_VERSION};
 use super::search::{scan, Search, SearchMethod};
+use super::stats::{fold_stats, StatRow};
 use super::{
     clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, IndexOutcome,
-    JobListener, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError,
-    QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+    JobListener, JobState, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, OutcomeGroups, Progress, Queue,
+    QueueError, QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
 };
 use crate::vector;
 
@@ -89,7 +89,7 @@ impl SqliteQueue {
         after: Duration,
         error: Option<&str>,
         refund: bool,
-    ) -> Result<Option<String>, QueueError> {
+    ) -> Result<Option<JobState>, QueueError> {
         let now = self.now_ms();
         let sql = format!(
             "UPDATE jobs SET state = {REQUEUE_STATE},
@@ -99,7 +99,7 @@ impl SqliteQueue {
              WHERE id = ?5 AND state = 'running' AND lease_token = ?6
              RETURNING state"
         );
-        let row = sqlx::query(&sql)
+        let state = sqlx::query_scalar(&sql)
             .bind(refund)
             .bind(now.saturating_add(ms(after)))
             .bind(error.map(clip_error))
@@ -108,7 +108,7 @@ impl SqliteQueue {
             .bind(&lease.token)
             .fetch_optional(&mut **tx)
             .await?;
-        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
+        Ok(state)
     }
 
     fn selection_clause(which: &DeadSelection) -> Result<String, QueueError> {
@@ -121,10 +121,6 @@ impl SqliteQueue {
             }
         })
     }
-}
-
-fn to_time(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
 #[async_trait]
@@ -266,7 +262,7 @@ impl Queue for SqliteQueue {
         }
         let now = self.now_ms();
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(
+        let rows: Vec<ClaimedRow> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
                  lease_expires_at = ?3, updated_at = ?4
              WHERE id IN (SELECT id FROM jobs WHERE state = 'ready' AND run_at <= ?4
@@ -291,21 +287,7 @@ impl Queue for SqliteQueue {
         .bind(model)
         .fetch_all(&mut *tx)
         .await?;
-        let mut jobs = rows
-            .iter()
-            .map(|r| {
-                Ok(ClaimedJob {
-                    id: r.try_get("id")?,
-                    source_type: r.try_get("source_type")?,
-                    source_id: r.try_get("source_id")?,
-                    content_type: r.try_get("content_type")?,
-                    text: r.try_get("text")?,
-                    attempt: r.try_get::<i64, _>("attempts")?.max(0) as u32,
-                    priority: r.try_get("priority")?,
-                    unchanged: r.try_get("unchanged")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let mut jobs: Vec<ClaimedJob> = rows.into_iter().map(ClaimedJob::from).collect();
         // Unchanged jobs are done right here, in the same write transaction (so nothing the
         // claim compared against can change in between): no finish round trip for them.
         let unchanged: Vec<i64> = jobs.iter().filter(|j| j.unchanged).map(|j| j.id).collect();
@@ -338,7 +320,7 @@ impl Queue for SqliteQueue {
         let mut report = FinishReport::default();
         let mut tx = self.begin().await?;
         for (id, v) in &g.done {
-            let done = sqlx::query(
+            let done: Option<DoneKey> = sqlx::query_as(
                 "UPDATE jobs SET state = 'done', finished_at = ?1, updated_at = ?1, last_error = NULL,
                      lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
                  WHERE id = ?2 AND state = 'running' AND lease_token = ?3
@@ -349,7 +331,7 @@ impl Queue for SqliteQueue {
             .bind(&lease.token)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = done else { continue };
+            let Some(key) = done else { continue };
             report.stored += 1;
             sqlx::query(
                 "INSERT INTO embeddings AS e (source_type, source_id, content_type, model, dimensions, embedding,
@@ -360,13 +342,13 @@ impl Queue for SqliteQueue {
                      text_sha256 = excluded.text_sha256, job_id = excluded.job_id, updated_at = excluded.updated_at
                  WHERE e.job_id <= excluded.job_id",
             )
-            .bind(row.try_get::<String, _>(0)?)
-            .bind(row.try_get::<String, _>(1)?)
-            .bind(row.try_get::<String, _>(2)?)
+            .bind(key.source_type)
+            .bind(key.source_id)
+            .bind(key.content_type)
             .bind(model)
             .bind(v.len() as i64)
             .bind(vector::to_le_bytes(v))
-            .bind(row.try_get::<Vec<u8>, _>(3)?)
+            .bind(key.text_sha256)
             .bind(id)
             .bind(now)
             .execute(&mut *tx)
@@ -400,15 +382,15 @@ impl Queue for SqliteQueue {
             report.dead += r.rows_affected();
         }
         for (id, after, err) in &g.retry {
-            match self.requeue(&mut tx, lease, *id, *after, Some(err), false).await?.as_deref() {
-                Some("superseded") => report.superseded += 1,
+            match self.requeue(&mut tx, lease, *id, *after, Some(err), false).await? {
+                Some(JobState::Superseded) => report.superseded += 1,
                 Some(_) => report.retried += 1,
                 None => {}
             }
         }
         for (id, after) in &g.released {
-            match self.requeue(&mut tx, lease, *id, *after, None, true).await?.as_deref() {
-                Some("superseded") => report.superseded += 1,
+            match self.requeue(&mut tx, lease, *id, *after, None, true).await? {
+                Some(JobState::Superseded) => report.superseded += 1,
                 Some(_) => report.released += 1,
                 None => {}
             }
@@ -449,7 +431,7 @@ impl Queue for SqliteQueue {
         .bind(w.in_flight)
         .bind(w.processed)
         .bind(w.failed)
-        .bind(&w.state)
+        .bind(w.state)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -471,38 +453,23 @@ impl Queue for SqliteQueue {
              WHERE state = 'running' AND lease_expires_at < ?2
              RETURNING state"
         );
-        let rows = sqlx::query(&sql).bind(max_attempts as i64).bind(now).fetch_all(&mut *tx).await?;
+        let states: Vec<JobState> =
+            sqlx::query_scalar(&sql).bind(max_attempts as i64).bind(now).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let mut r = RescueReport::default();
-        for row in rows {
-            match row.try_get::<String, _>(0)?.as_str() {
-                "dead" => r.dead += 1,
-                _ => r.requeued += 1,
-            }
-        }
-        Ok(r)
+        let dead = states.iter().filter(|s| **s == JobState::Dead).count() as u64;
+        Ok(RescueReport { requeued: states.len() as u64 - dead, dead })
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         let now = self.now_ms();
-        let rows = sqlx::query(
+        let rows: Vec<StatRow> = sqlx::query_as(
             "SELECT state, run_at <= ?1 AS due, priority, count(*) AS n, (?1 - min(run_at)) / 1000.0 AS age
              FROM jobs GROUP BY 1, 2, 3",
         )
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(StatRow {
-                state: r.try_get("state")?,
-                due: r.try_get("due")?,
-                priority: r.try_get::<i64, _>("priority")? as i32,
-                count: r.try_get::<i64, _>("n")? as u64,
-                age: r.try_get("age")?,
-            });
-        }
-        Ok(fold_stats(out))
+        Ok(fold_stats(rows))
     }
 
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
@@ -517,7 +484,7 @@ impl Queue for SqliteQueue {
     }
 
     async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError> {
-        let rows = sqlx::query(
+        let rows: Vec<DeadRow<i64>> = sqlx::query_as(
             "SELECT id, source_type, source_id, content_type, attempts, last_error,
                  COALESCE(finished_at, updated_at) AS failed_at
              FROM jobs WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT ?1",
@@ -525,20 +492,7 @@ impl Queue for SqliteQueue {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeadJob {
-                    id: r.try_get("id")?,
-                    source_type: r.try_get("source_type")?,
-                    source_id: r.try_get("source_id")?,
-                    content_type: r.try_get("content_type")?,
-                    attempts: r.try_get::<i64, _>("attempts")?.max(0) as u32,
-                    last_error: r.try_get("last_error")?,
-                    failed_at: to_time(r.try_get("failed_at")?),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        Ok(rows.into_iter().map(DeadJob::from).collect())
     }
 
     async fn retry_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
@@ -556,8 +510,8 @@ impl Queue for SqliteQueue {
         );
         let mut ready = 0;
         for id in ids {
-            let state: String = sqlx::query_scalar(&sql).bind(now).bind(id).fetch_one(&mut *tx).await?;
-            if state == "ready" {
+            let state: JobState = sqlx::query_scalar(&sql).bind(now).bind(id).fetch_one(&mut *tx).await?;
+            if state == JobState::Ready {
                 ready += 1;
             }
         }
@@ -590,29 +544,16 @@ impl Queue for SqliteQueue {
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
-        let rows =
-            sqlx::query("SELECT id, host, pid, version, in_flight, processed, failed, state FROM workers ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerInfo {
-                    id: r.try_get("id")?,
-                    host: r.try_get("host")?,
-                    pid: r.try_get("pid")?,
-                    version: r.try_get("version")?,
-                    in_flight: r.try_get("in_flight")?,
-                    processed: r.try_get("processed")?,
-                    failed: r.try_get("failed")?,
-                    state: r.try_get("state")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
+        let workers = sqlx::query_as(
+            "SELECT id, host, pid, version, in_flight, processed, failed, state FROM workers ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(workers)
     }
 
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
-        let rows = sqlx::query(
+        let rows: Vec<BlobEmbedding> = sqlx::query_as(
             "SELECT e.source_type, e.source_id, e.content_type, e.model, e.embedding, j.text
                FROM embeddings e LEFT JOIN jobs j ON j.id = e.job_id WHERE e.model = ?1 LIMIT ?2",
         )
@@ -620,23 +561,46 @@ impl Queue for SqliteQueue {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let blob: Vec<u8> = r.try_get("embedding")?;
-                Ok(StoredEmbedding {
-                    source_type: r.try_get("source_type")?,
-                    source_id: r.try_get("source_id")?,
-                    content_type: r.try_get("content_type")?,
-                    model: r.try_get("model")?,
-                    vector: vector::from_le_bytes(&blob)
-                        .map_err(|e| QueueError::Invalid(format!("stored vector is corrupt: {e}")))?,
-                    text: r.try_get("text")?,
-                })
-            })
-            .collect()
+        rows.into_iter().map(StoredEmbedding::try_from).collect()
     }
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
         None
+    }
+}
+
+/// The key and text hash of a job the finish just marked done.
+#[derive(FromRow)]
+struct DoneKey {
+    source_type: String,
+    source_id: String,
+    content_type: String,
+    text_sha256: Vec<u8>,
+}
+
+/// A stored embedding as SQLite keeps it: the vector as a little-endian f32 blob.
+#[derive(FromRow)]
+struct BlobEmbedding {
+    source_type: String,
+    source_id: String,
+    content_type: String,
+    model: String,
+    embedding: Vec<u8>,
+    text: Option<String>,
+}
+
+impl TryFrom<BlobEmbedding> for StoredEmbedding {
+    type Error = QueueError;
+
+    fn try_from(r: BlobEmbedding) -> Result<Self, QueueError> {
+        Ok(Self {
+            vector: vector::from_le_bytes(&r.embedding)
+                .map_err(|e| QueueError::Invalid(format!("stored vector is corrupt: {e}")))?,
+            source_type: r.source_type,
+            source_id: r.source_id,
+            content_type: r.content_type,
+            model: r.model,
+            text: r.text,
+        })
     }
 }
