@@ -8,10 +8,6 @@
 //! write-back row is gone) ends as `cancelled`.
 
 mod errors;
-mod pg_column;
-mod pg_index;
-mod pg_layout;
-mod pgvector;
 mod postgres;
 mod rows;
 mod schema;
@@ -20,9 +16,7 @@ mod sqlite;
 mod state;
 mod stats;
 
-pub use pg_index::{IndexOutcome, HNSW_INDEX};
-pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
-pub use postgres::PgQueue;
+pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};
 pub use schema::SCHEMA_VERSION;
 pub use search::{scan, Search, SearchHit, SearchMethod};
 pub use sqlite::SqliteQueue;

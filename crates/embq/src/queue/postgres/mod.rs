@@ -13,10 +13,19 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, FromRow, PgConnection, Postgres, Transaction};
 
-use super::pg_column::{migrate_column, ColumnPlan};
-use super::pg_index::{create_hnsw, IndexOutcome};
-use super::pg_layout::{Layout, CANCEL_MISSING_SQL};
-use super::pgvector::{text_literal, VectorBatch, VectorIndex, VectorStorage};
+mod column;
+mod index;
+mod layout;
+mod pgvector;
+
+pub use index::{IndexOutcome, HNSW_INDEX};
+pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
+
+use column::{migrate_column, ColumnPlan};
+use index::create_hnsw;
+use layout::{Layout, CANCEL_MISSING_SQL};
+use pgvector::{text_literal, VectorBatch};
+
 use super::rows::{ClaimedRow, DeadRow};
 use super::schema::{self, SCHEMA_VERSION};
 use super::search::{scan, Search, SearchHit, SearchMethod};
@@ -260,7 +269,7 @@ impl PgQueue {
             }
         }
         let mut tx = self.begin().await?;
-        let layout = Arc::new(super::pg_layout::load(&mut tx).await?);
+        let layout = Arc::new(layout::load(&mut tx).await?);
         tx.commit().await?;
         *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), layout.clone()));
         Ok(layout)
@@ -325,12 +334,7 @@ impl PgQueue {
     }
 
     /// The nearest rows of a write-back destination's own table, with the text each was embedded from.
-    async fn search_destination(
-        &self,
-        d: &super::pg_layout::Destination,
-        query: &[f32],
-        k: i64,
-    ) -> Result<Search, QueueError> {
+    async fn search_destination(&self, d: &layout::Destination, query: &[f32], k: i64) -> Result<Search, QueueError> {
         let mut tx = self.begin().await?;
         let near: Vec<NearRow> = sqlx::query_as(&d.search_sql())
             .persistent(false)
@@ -896,12 +900,12 @@ impl Queue for PgQueue {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pg_layout::finish_sql;
-    use super::super::pgvector::Encoding;
+    use super::layout::finish_sql;
+    use super::pgvector::Encoding;
     use super::CLAIM_SQL;
 
     /// The pgbench ceiling of `scripts/bench-drain.sh`.
-    const CEILING: &str = include_str!("../../../../scripts/bench/claim-finish.sql");
+    const CEILING: &str = include_str!("../../../../../scripts/bench/claim-finish.sql");
 
     /// Drops `--` comments and pgbench meta-commands, and collapses whitespace.
     fn normalise(sql: &str) -> String {
