@@ -1,4 +1,13 @@
-//! The PostgreSQL store (production; Supabase is PostgreSQL).
+//! The PostgreSQL store (production; Supabase is PostgreSQL): [`PgQueue`], its connection pool,
+//! and the [`Queue`] implementation, which hands each operation to the file named after it:
+//!
+//! - `enqueue.rs`: adding jobs; `claim.rs`: the claim statement; `finish.rs`: storing results,
+//!   retries and releases; `maintenance.rs`: heartbeats, the expired-lease sweep, stats, workers;
+//!   `dead_letters.rs`: dead jobs; `search.rs`: nearest vectors; `listen.rs`: LISTEN/NOTIFY;
+//!   `migrate.rs`: schema and vector-column migrations.
+//! - Vector storage: `pgvector.rs` (column types, the binary encoding of a batch), `column.rs`
+//!   (the column `migrate` settles, `--reembed`, `embq.search`), `layout.rs` (write-back
+//!   destinations and the statement that stores a batch), `index.rs` (HNSW).
 //!
 //! Every operation runs in an explicit transaction and, behind a transaction-mode
 //! pooler, uses unnamed statements only: PgBouncer/Supavisor may hand each
@@ -10,38 +19,35 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, FromRow, PgConnection, Postgres, Transaction};
 
+#[cfg(test)]
+mod bench_ceiling;
+mod claim;
 mod column;
+mod dead_letters;
+mod enqueue;
+mod finish;
 mod index;
 mod layout;
+mod listen;
+mod maintenance;
+mod migrate;
 mod pgvector;
+mod search;
 
 pub use index::{IndexOutcome, HNSW_INDEX};
 pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
 
-use column::{migrate_column, ColumnPlan};
-use index::create_hnsw;
-use layout::{Layout, CANCEL_MISSING_SQL};
-use pgvector::{text_literal, VectorBatch};
+use layout::Layout;
 
-use super::rows::{ClaimedRow, DeadRow};
-use super::schema::{self, SCHEMA_VERSION};
-use super::search::{scan, Search, SearchHit, SearchMethod};
-use super::stats::{fold_stats, StatRow};
+use super::search::Search;
 use super::{
-    clip_error, dedupe_keys, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener,
-    JobState, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, OutcomeGroups, Progress, Queue, QueueError,
-    QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+    ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener, Lease, MigrateOptions,
+    MigrateReport, NewJob, Outcome, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
 };
 use crate::config::{Config, DatabaseUrl, PoolMode};
-
-/// The NOTIFY channel workers LISTEN on.
-pub const CHANNEL: &str = "embq_jobs";
-
-/// Rows per INSERT when enqueueing; all chunks share one transaction.
-const ENQUEUE_CHUNK: usize = 5000;
 
 /// How long a statement waits for a pooled connection before it fails as an outage.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +58,7 @@ pub struct PgQueue {
     clock: Clock,
     /// False behind a transaction pooler: statements are not kept on the server.
     persistent: bool,
+    /// Where workers LISTEN; `None` behind a transaction pooler without `DATABASE_LISTEN_URL`.
     listen: Option<PgConnectOptions>,
     /// The vector storage the configuration asks for (`embq migrate`, the start-up check).
     vectors: VectorSettings,
@@ -79,62 +86,10 @@ const NO_JIT: &str = "SET jit = off";
 /// The same, for one transaction (through a transaction pooler).
 const NO_JIT_HERE: &str = "SET LOCAL jit = off";
 
-/// Claims up to $2 ready jobs under lease ($3 owner, $4 token, $5 seconds) and completes at once
-/// those whose text already has a vector from model $6. `scripts/bench/claim-finish.sql` runs
-/// the same statement as the pgbench ceiling; a test keeps the two in step.
-const CLAIM_SQL: &str = "WITH picked AS (
-        SELECT id FROM embq.jobs
-        WHERE state = 'ready' AND run_at <= COALESCE($1::timestamptz, now())
-        ORDER BY priority DESC, id
-        LIMIT $2
-        FOR UPDATE SKIP LOCKED
-    ), checked AS MATERIALIZED (
-        -- MATERIALIZED: inlined, the flag's two probes ran again for each of its seven uses below.
-        SELECT p.id, EXISTS (SELECT 1 FROM embq.embeddings e
-                WHERE e.source_type = j.source_type AND e.source_id = j.source_id
-                  AND e.content_type = j.content_type AND e.model = $6
-                  AND e.text_sha256 = j.text_sha256)
-            -- An older job for the key still running stores its text's vector later: this one
-            -- is then embedded, so the newest text's vector wins (its job id is higher).
-            AND NOT EXISTS (SELECT 1 FROM embq.jobs r
-                WHERE r.source_type = j.source_type AND r.source_id = j.source_id
-                  AND r.content_type = j.content_type AND r.state = 'running' AND r.id < j.id) AS unchanged
-        FROM picked p JOIN embq.jobs j ON j.id = p.id
-    )
-    -- Unchanged jobs are done right here: one row version and no second round trip.
-    UPDATE embq.jobs j
-    SET state = CASE WHEN c.unchanged THEN 'done' ELSE 'running' END,
-        attempts = j.attempts + 1,
-        lease_owner = CASE WHEN c.unchanged THEN NULL ELSE $3 END,
-        lease_token = CASE WHEN c.unchanged THEN NULL ELSE $4 END,
-        lease_expires_at = CASE WHEN c.unchanged THEN NULL
-            ELSE COALESCE($1::timestamptz, now()) + make_interval(secs => $5) END,
-        finished_at = CASE WHEN c.unchanged THEN COALESCE($1::timestamptz, now()) ELSE j.finished_at END,
-        last_error = CASE WHEN c.unchanged THEN NULL ELSE j.last_error END,
-        updated_at = COALESCE($1::timestamptz, now())
-    FROM checked c
-    WHERE j.id = c.id
-    RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
-        c.unchanged";
-
 /// How long the vector layout (column type, destinations) read from the catalog is trusted.
 const LAYOUT_TTL: Duration = Duration::from_secs(30);
 
-/// Most stored vectors a client-side search reads (real[] columns, where PostgreSQL cannot rank them).
-const SCAN_LIMIT: i64 = 1_000_000;
-
-/// What building the index did, for the operator.
-fn index_note(o: &IndexOutcome) -> String {
-    match o {
-        IndexOutcome::Present => "the HNSW index embq.embeddings_embedding_hnsw_idx is in place".into(),
-        IndexOutcome::Built { replaced_invalid, took } => format!(
-            "built the HNSW index embq.embeddings_embedding_hnsw_idx in {} ms (CONCURRENTLY: writes went on){}",
-            took.as_millis(),
-            if *replaced_invalid { ", replacing an interrupted build" } else { "" }
-        ),
-    }
-}
-
+/// Connection options for `url`; behind a transaction pooler no statement is cached on the server.
 fn options(url: &DatabaseUrl, mode: PoolMode) -> Result<PgConnectOptions, QueueError> {
     let mut opts = PgConnectOptions::from_str(&url.for_driver())
         .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {}: {}", url.redacted(), url.scrub(&e.to_string()))))?
@@ -193,6 +148,7 @@ impl PgQueue {
         Ok(Self { pool, clock, persistent: session, listen, vectors, layout: std::sync::RwLock::default() })
     }
 
+    /// A statement, kept prepared on the server only where that is safe (see `persistent`).
     fn q<'q>(&self, sql: &'q str) -> Query<'q> {
         sqlx::query(sql).persistent(self.persistent)
     }
@@ -210,6 +166,7 @@ impl PgQueue {
         sqlx::query_scalar(sql).persistent(self.persistent)
     }
 
+    /// A transaction from the pool; a pool timeout is explained (see `acquire_failed`).
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, QueueError> {
         match self.pool.begin().await {
             Ok(tx) => Ok(tx),
@@ -217,6 +174,7 @@ impl PgQueue {
         }
     }
 
+    /// A pooled connection, outside any transaction.
     async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, QueueError> {
         match self.pool.acquire().await {
             Ok(c) => Ok(c),
@@ -256,6 +214,7 @@ impl PgQueue {
         Ok(tx)
     }
 
+    /// The test clock's time for SQL; `None` means the database's own `now()`.
     fn now(&self) -> Option<DateTime<Utc>> {
         self.clock.sql_now()
     }
@@ -274,197 +233,20 @@ impl PgQueue {
         *self.layout.write().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), layout.clone()));
         Ok(layout)
     }
-
-    async fn schema_version(&self, tx: &mut Transaction<'static, Postgres>) -> Result<Option<i32>, QueueError> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('embq.schema_version') IS NOT NULL")
-            .persistent(self.persistent)
-            .fetch_one(&mut **tx)
-            .await?;
-        if !exists {
-            return Ok(None);
-        }
-        Ok(sqlx::query_scalar("SELECT max(version) FROM embq.schema_version")
-            .persistent(self.persistent)
-            .fetch_one(&mut **tx)
-            .await?)
-    }
-
-    /// Moves running jobs back to ready, or to superseded when a newer pending job exists.
-    /// Shared by retry and release, which differ only in attempts and error.
-    async fn requeue(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        lease: &Lease,
-        items: &[(i64, Duration, Option<&str>)],
-        refund_attempt: bool,
-    ) -> Result<(u64, u64), QueueError> {
-        if items.is_empty() {
-            return Ok((0, 0));
-        }
-        let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
-        let delays: Vec<f64> = items.iter().map(|i| i.1.as_secs_f64()).collect();
-        let errors: Vec<Option<String>> = items.iter().map(|i| i.2.map(clip_error)).collect();
-        let states: Vec<JobState> = self
-            .q_scalar(
-                "UPDATE embq.jobs j
-                SET state = CASE WHEN EXISTS (
-                        SELECT 1 FROM embq.jobs p
-                        WHERE p.source_type = j.source_type AND p.source_id = j.source_id
-                          AND p.content_type = j.content_type AND p.state = 'ready')
-                    THEN 'superseded' ELSE 'ready' END,
-                    attempts = CASE WHEN $5 THEN j.attempts - 1 ELSE j.attempts END,
-                    run_at = COALESCE($1::timestamptz, now()) + make_interval(secs => i.delay),
-                    last_error = COALESCE(i.err, j.last_error),
-                    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
-                    updated_at = COALESCE($1::timestamptz, now())
-                FROM unnest($2::bigint[], $3::float8[], $4::text[]) AS i(id, delay, err)
-                WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $6
-                RETURNING j.state",
-            )
-            .bind(self.now())
-            .bind(ids)
-            .bind(delays)
-            .bind(errors)
-            .bind(refund_attempt)
-            .bind(lease.token.clone())
-            .fetch_all(&mut **tx)
-            .await?;
-        let superseded = states.iter().filter(|s| **s == JobState::Superseded).count();
-        Ok(((states.len() - superseded) as u64, superseded as u64))
-    }
-
-    /// The nearest rows of a write-back destination's own table, with the text each was embedded from.
-    async fn search_destination(&self, d: &layout::Destination, query: &[f32], k: i64) -> Result<Search, QueueError> {
-        let mut tx = self.begin().await?;
-        let near: Vec<NearRow> = sqlx::query_as(&d.search_sql())
-            .persistent(false)
-            .bind(text_literal(query))
-            .bind(k)
-            .fetch_all(&mut *tx)
-            .await?;
-        let ids: Vec<&str> = near.iter().map(|n| n.source_id.as_str()).collect();
-        let meta: Vec<KeyRow> = sqlx::query_as(
-            "SELECT e.source_id, e.model, j.text FROM embq.embeddings e LEFT JOIN embq.jobs j ON j.id = e.job_id
-              WHERE e.source_type = $1 AND e.content_type = $2 AND e.source_id = ANY($3)",
-        )
-        .persistent(false)
-        .bind(&d.source_type)
-        .bind(&d.content_type)
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let hits = near
-            .into_iter()
-            .map(|n| {
-                let m = meta.iter().find(|m| m.source_id == n.source_id);
-                SearchHit {
-                    source_type: d.source_type.clone(),
-                    content_type: d.content_type.clone(),
-                    model: m.map(|m| m.model.clone()).unwrap_or_default(),
-                    text: m.and_then(|m| m.text.clone()),
-                    score: 1.0 - n.distance,
-                    source_id: n.source_id,
-                }
-            })
-            .collect();
-        Ok(Search { method: SearchMethod::Destination(d.display.clone()), hits })
-    }
-
-    /// Ids of dead jobs the selection names.
-    fn selection_ids(which: &DeadSelection) -> Option<Vec<i64>> {
-        match which {
-            DeadSelection::All => None,
-            DeadSelection::Ids(ids) => Some(ids.clone()),
-        }
-    }
-}
-
-/// What the finish statement reports.
-#[derive(FromRow)]
-struct FinishRow {
-    /// Jobs marked done.
-    done: i64,
-    /// Jobs whose write-back row is gone; the column exists only with destinations.
-    #[sqlx(default)]
-    missing: Vec<i64>,
-}
-
-/// One of a destination's nearest rows.
-#[derive(FromRow)]
-struct NearRow {
-    source_id: String,
-    distance: f64,
-}
-
-/// What embq knows of a destination row's key: the model and text of its vector.
-#[derive(FromRow)]
-struct KeyRow {
-    source_id: String,
-    model: String,
-    text: Option<String>,
-}
-
-struct PgJobListener(PgListener);
-
-#[async_trait]
-impl JobListener for PgJobListener {
-    async fn recv(&mut self) -> Result<(), QueueError> {
-        self.0.recv().await?;
-        Ok(())
-    }
 }
 
 #[async_trait]
 impl Queue for PgQueue {
     async fn migrate_with(&self, opts: MigrateOptions) -> Result<MigrateReport, QueueError> {
-        let mut tx = self.begin().await?;
-        // Several pods may run `embq migrate` at once; one applies, the others wait and find it done.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('embq.migrate'))")
-            .persistent(false)
-            .execute(&mut *tx)
-            .await?;
-        let current = self.schema_version(&mut tx).await?.unwrap_or(0);
-        if current > SCHEMA_VERSION {
-            return Err(schema::check_version(Some(current)).err().unwrap_or_else(|| {
-                QueueError::Schema(format!("schema version {current} is newer than this binary's"))
-            }));
-        }
-        for (i, script) in schema::POSTGRES.iter().enumerate().skip(current as usize) {
-            let version = i as i32 + 1;
-            // The column starts as real[]; its type is settled below, from the configuration.
-            let sql = script.replace("__VECTOR_TYPE__", "real[]");
-            sqlx::Executor::execute(&mut *tx, sql.as_str())
-                .await
-                .map_err(|e| QueueError::Schema(format!("migration {version} failed: {e}")))?;
-            sqlx::query("INSERT INTO embq.schema_version (version) VALUES ($1)")
-                .persistent(false)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let plan = ColumnPlan { storage: self.vectors.storage, dims: self.vectors.dims, reembed: opts.reembed };
-        let mut notes = migrate_column(&mut tx, plan, &self.vectors.model).await?;
-        tx.commit().await?;
-        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = None;
-        if self.vectors.index == VectorIndex::Hnsw {
-            notes.push(index_note(&self.create_index().await?));
-        }
-        Ok(MigrateReport { version: SCHEMA_VERSION, notes })
+        migrate::migrate_with(self, opts).await
     }
 
     async fn check_vectors(&self) -> Result<(), QueueError> {
-        *self.layout.write().unwrap_or_else(|p| p.into_inner()) = None;
-        self.layout().await?.check_dims(self.vectors.dims)
+        migrate::check_vectors(self).await
     }
 
     async fn create_index(&self) -> Result<IndexOutcome, QueueError> {
-        // CREATE INDEX CONCURRENTLY cannot run inside a transaction: a connection of its own.
-        let mut conn = self.acquire().await?;
-        if !self.persistent {
-            sqlx::Executor::execute(&mut *conn, NO_JIT_HERE.trim_start_matches("SET LOCAL ")).await.ok();
-        }
-        create_hnsw(&mut conn).await
+        migrate::create_index(self).await
     }
 
     async fn search(
@@ -474,37 +256,11 @@ impl Queue for PgQueue {
         k: usize,
         source_type: Option<&str>,
     ) -> Result<Search, QueueError> {
-        let layout = self.layout().await?;
-        let k = i64::try_from(k).unwrap_or(i64::MAX);
-        if let Some(d) = source_type.and_then(|st| layout.destinations.iter().find(|d| d.source_type == st)) {
-            return self.search_destination(d, query, k).await;
-        }
-        let Some(cast) = layout.search_cast() else {
-            let stored = self.embeddings(model, SCAN_LIMIT).await?;
-            let stored = stored.into_iter().filter(|e| source_type.is_none_or(|st| e.source_type == st));
-            return Ok(Search { method: SearchMethod::ClientScan, hits: scan(stored, query, k as usize) });
-        };
-        let mut tx = self.begin().await?;
-        let rows: Vec<SearchHit> = sqlx::query_as(&format!(
-            "SELECT source_type, source_id, content_type, model, similarity AS score, text
-               FROM embq.search($1::text::{cast}, $2::int, $3, $4)"
-        ))
-        .persistent(false)
-        .bind(text_literal(query))
-        .bind(k.min(i64::from(i32::MAX)) as i32)
-        .bind(model)
-        .bind(source_type)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Search { method: SearchMethod::Database, hits: rows })
+        search::search(self, query, model, k, source_type).await
     }
 
     async fn check_schema(&self) -> Result<(), QueueError> {
-        let mut tx = self.begin().await?;
-        let v = self.schema_version(&mut tx).await?;
-        tx.commit().await?;
-        schema::check_version(v)
+        migrate::check_schema(self).await
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
@@ -514,58 +270,7 @@ impl Queue for PgQueue {
     }
 
     async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError> {
-        for (i, j) in jobs.iter().enumerate() {
-            j.validate().map_err(|e| QueueError::Invalid(format!("job {}: {e}", i + 1)))?;
-        }
-        let jobs = dedupe_keys(jobs);
-        let mut report = EnqueueReport::default();
-        let mut tx = self.begin().await?;
-        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
-            let st: Vec<&str> = chunk.iter().map(|j| j.source_type.as_str()).collect();
-            let si: Vec<&str> = chunk.iter().map(|j| j.source_id.as_str()).collect();
-            let ct: Vec<&str> = chunk.iter().map(|j| j.content_type.as_str()).collect();
-            let tx_: Vec<&str> = chunk.iter().map(|j| j.text.as_str()).collect();
-            let sh: Vec<Vec<u8>> = chunk.iter().map(|j| j.text_sha256()).collect();
-            let pr: Vec<i32> = chunk.iter().map(|j| j.priority).collect();
-            let md: Vec<Option<String>> = chunk.iter().map(|j| j.metadata.as_ref().map(|m| m.to_string())).collect();
-            let inserted: Vec<bool> = self
-                .q_scalar(
-                    "INSERT INTO embq.jobs AS j
-                    (source_type, source_id, content_type, text, text_sha256, priority, metadata,
-                     run_at, created_at, updated_at)
-                 SELECT u.st, u.si, u.ct, u.tx, u.sh, u.pr, u.md::jsonb, c.n, c.n, c.n
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::text[])
-                      AS u(st, si, ct, tx, sh, pr, md),
-                      (SELECT COALESCE($8::timestamptz, now()) AS n) c
-                 ON CONFLICT (source_type, source_id, content_type) WHERE state = 'ready'
-                 DO UPDATE SET text = EXCLUDED.text, text_sha256 = EXCLUDED.text_sha256,
-                     priority = EXCLUDED.priority, metadata = EXCLUDED.metadata, attempts = 0,
-                     run_at = EXCLUDED.run_at, updated_at = EXCLUDED.updated_at, last_error = NULL
-                 RETURNING (xmax = 0) AS inserted",
-                )
-                .bind(st)
-                .bind(si)
-                .bind(ct)
-                .bind(tx_)
-                .bind(sh)
-                .bind(pr)
-                .bind(md)
-                .bind(self.now())
-                .fetch_all(&mut *tx)
-                .await?;
-            for new in inserted {
-                if new {
-                    report.inserted += 1;
-                } else {
-                    report.replaced += 1;
-                }
-            }
-            progress(report.inserted + report.replaced);
-        }
-        // Delivered at commit; identical payloads in one transaction fold into one.
-        self.q("SELECT pg_notify('embq_jobs', '')").execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(report)
+        enqueue::enqueue(self, jobs, progress).await
     }
 
     async fn claim(
@@ -575,27 +280,7 @@ impl Queue for PgQueue {
         duration: Duration,
         model: &str,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // An explicit transaction even for one statement: sqlx describes an unnamed statement in
-        // one round trip and binds it in the next, and a transaction pooler may route those two
-        // to different server connections unless a transaction pins them together.
-        let mut tx = self.begin_without_jit().await?;
-        let rows: Vec<ClaimedRow> = self
-            .q_as(CLAIM_SQL)
-            .bind(self.now())
-            .bind(limit as i64)
-            .bind(lease.owner.clone())
-            .bind(lease.token.clone())
-            .bind(duration.as_secs_f64())
-            .bind(model.to_string())
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let mut jobs: Vec<ClaimedJob> = rows.into_iter().map(ClaimedJob::from).collect();
-        jobs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.id));
-        Ok(jobs)
+        claim::claim(self, limit, lease, duration, model).await
     }
 
     async fn finish(
@@ -604,355 +289,50 @@ impl Queue for PgQueue {
         model: &str,
         outcomes: &[(i64, Outcome)],
     ) -> Result<FinishReport, QueueError> {
-        let g = OutcomeGroups::split(outcomes);
-        let mut report = FinishReport::default();
-        let layout = if g.done.is_empty() { None } else { Some(self.layout().await?) };
-        let mut tx = self.begin().await?;
-        if let Some(layout) = &layout {
-            let dims = g.done[0].1.len();
-            if g.done.iter().any(|(_, v)| v.len() != dims) || dims == 0 {
-                return Err(QueueError::Invalid("vectors of one batch must share a non-zero dimension".into()));
-            }
-            let ids: Vec<i64> = g.done.iter().map(|d| d.0).collect();
-            let vectors = VectorBatch { vectors: &g.done, dims, encoding: layout.encoding };
-            let mut q = self
-                .q_as::<FinishRow>(&layout.finish_sql)
-                .bind(self.now())
-                .bind(ids)
-                .bind(lease.token.clone())
-                .bind(model.to_string())
-                .bind(dims as i32)
-                .bind(vectors);
-            if !layout.destinations.is_empty() {
-                let st: Vec<&str> = layout.destinations.iter().map(|d| d.source_type.as_str()).collect();
-                let ct: Vec<&str> = layout.destinations.iter().map(|d| d.content_type.as_str()).collect();
-                q = q.bind(st).bind(ct);
-            }
-            let row = q.fetch_one(&mut *tx).await?;
-            report.stored = row.done as u64;
-            if !row.missing.is_empty() {
-                let cancelled: i64 =
-                    self.q_scalar(CANCEL_MISSING_SQL).bind(self.now()).bind(row.missing).fetch_one(&mut *tx).await?;
-                report.cancelled = cancelled as u64;
-                report.stored = report.stored.saturating_sub(report.cancelled);
-            }
-        }
-        if !g.unchanged.is_empty() {
-            let r = self
-                .q("UPDATE embq.jobs
-                    SET state = 'done', finished_at = COALESCE($1::timestamptz, now()),
-                        updated_at = COALESCE($1::timestamptz, now()), last_error = NULL,
-                        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-                    WHERE id = ANY($2) AND state = 'running' AND lease_token = $3")
-                .bind(self.now())
-                .bind(g.unchanged.clone())
-                .bind(lease.token.clone())
-                .execute(&mut *tx)
-                .await?;
-            report.unchanged = r.rows_affected();
-        }
-        if !g.dead.is_empty() {
-            let ids: Vec<i64> = g.dead.iter().map(|d| d.0).collect();
-            let errors: Vec<String> = g.dead.iter().map(|d| clip_error(d.1)).collect();
-            let r = self
-                .q("UPDATE embq.jobs j
-                    SET state = 'dead', finished_at = COALESCE($1::timestamptz, now()),
-                        updated_at = COALESCE($1::timestamptz, now()), last_error = i.err,
-                        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-                    FROM unnest($2::bigint[], $3::text[]) AS i(id, err)
-                    WHERE j.id = i.id AND j.state = 'running' AND j.lease_token = $4")
-                .bind(self.now())
-                .bind(ids)
-                .bind(errors)
-                .bind(lease.token.clone())
-                .execute(&mut *tx)
-                .await?;
-            report.dead = r.rows_affected();
-        }
-        let retry: Vec<_> = g.retry.iter().map(|(id, d, e)| (*id, *d, Some(*e))).collect();
-        let (retried, sup1) = self.requeue(&mut tx, lease, &retry, false).await?;
-        let released: Vec<_> = g.released.iter().map(|(id, d)| (*id, *d, None)).collect();
-        let (released, sup2) = self.requeue(&mut tx, lease, &released, true).await?;
-        report.retried = retried;
-        report.released = released;
-        report.superseded = sup1 + sup2;
-        tx.commit().await?;
-        let applied = report.stored
-            + report.unchanged
-            + report.dead
-            + report.retried
-            + report.released
-            + report.superseded
-            + report.cancelled;
-        report.lost = (outcomes.len() as u64).saturating_sub(applied);
-        Ok(report)
+        finish::finish(self, lease, model, outcomes).await
     }
 
     async fn heartbeat(&self, w: &WorkerInfo, leases: &[String], duration: Duration) -> Result<u64, QueueError> {
-        let mut tx = self.begin().await?;
-        let r = self
-            .q("UPDATE embq.jobs SET lease_expires_at = COALESCE($1::timestamptz, now()) + make_interval(secs => $2)
-                WHERE state = 'running' AND lease_owner = $3 AND lease_token = ANY($4::text[])")
-            .bind(self.now())
-            .bind(duration.as_secs_f64())
-            .bind(w.id.clone())
-            .bind(leases)
-            .execute(&mut *tx)
-            .await?;
-        self.q("INSERT INTO embq.workers AS w
-                    (id, host, pid, version, started_at, last_heartbeat_at, in_flight, processed, failed, state)
-                VALUES ($1, $2, $3, $4, COALESCE($5::timestamptz, now()), COALESCE($5::timestamptz, now()),
-                        $6, $7, $8, $9)
-                ON CONFLICT (id) DO UPDATE SET last_heartbeat_at = EXCLUDED.last_heartbeat_at,
-                    in_flight = EXCLUDED.in_flight, processed = EXCLUDED.processed,
-                    failed = EXCLUDED.failed, state = EXCLUDED.state")
-            .bind(w.id.clone())
-            .bind(w.host.clone())
-            .bind(w.pid)
-            .bind(w.version.clone())
-            .bind(self.now())
-            .bind(w.in_flight)
-            .bind(w.processed)
-            .bind(w.failed)
-            .bind(w.state)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected())
+        maintenance::heartbeat(self, w, leases, duration).await
     }
 
     async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError> {
-        let mut tx = self.begin().await?;
-        let states: Vec<JobState> = self
-            .q_scalar(
-                "UPDATE embq.jobs j
-                SET state = CASE
-                        WHEN j.attempts >= $2 THEN 'dead'
-                        WHEN EXISTS (SELECT 1 FROM embq.jobs p
-                                     WHERE p.source_type = j.source_type AND p.source_id = j.source_id
-                                       AND p.content_type = j.content_type AND p.state = 'ready')
-                            THEN 'superseded'
-                        ELSE 'ready' END,
-                    last_error = CASE WHEN j.attempts >= $2
-                        THEN 'lease expired on the last attempt: worker ' || COALESCE(j.lease_owner, '?')
-                             || ' stopped heartbeating'
-                        ELSE j.last_error END,
-                    finished_at = CASE WHEN j.attempts >= $2 THEN COALESCE($1::timestamptz, now()) END,
-                    run_at = COALESCE($1::timestamptz, now()),
-                    lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
-                    updated_at = COALESCE($1::timestamptz, now())
-                WHERE j.state = 'running' AND j.lease_expires_at < COALESCE($1::timestamptz, now())
-                RETURNING j.state",
-            )
-            .bind(self.now())
-            .bind(max_attempts as i32)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let dead = states.iter().filter(|s| **s == JobState::Dead).count() as u64;
-        Ok(RescueReport { requeued: states.len() as u64 - dead, dead })
+        maintenance::rescue_expired(self, max_attempts).await
     }
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
-        let mut tx = self.begin_without_jit().await?;
-        let rows: Vec<StatRow> = self
-            .q_as(
-                "SELECT state, (run_at <= COALESCE($1::timestamptz, now())) AS due, priority, count(*) AS n,
-                    EXTRACT(EPOCH FROM (COALESCE($1::timestamptz, now()) - min(run_at)))::float8 AS age
-                FROM embq.jobs GROUP BY 1, 2, 3",
-            )
-            .bind(self.now())
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(fold_stats(rows))
+        maintenance::stats(self).await
     }
 
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
-        let mut tx = self.begin().await?;
-        let idle: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT 1 FROM embq.jobs
-                                WHERE state = 'ready'
-                                  AND run_at <= COALESCE($1::timestamptz, now()) + make_interval(secs => $2))
-                AND NOT EXISTS (SELECT 1 FROM embq.jobs WHERE state = 'running')",
-        )
-        .persistent(self.persistent)
-        .bind(self.now())
-        .bind(within.as_secs_f64())
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(idle)
+        maintenance::is_idle(self, within).await
     }
 
     async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError> {
-        let mut tx = self.begin().await?;
-        let rows: Vec<DeadRow<DateTime<Utc>>> = self
-            .q_as(
-                "SELECT id, source_type, source_id, content_type, attempts, last_error,
-                    COALESCE(finished_at, updated_at) AS failed_at
-                FROM embq.jobs WHERE state = 'dead' ORDER BY finished_at DESC, id DESC LIMIT $1",
-            )
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(rows.into_iter().map(DeadJob::from).collect())
+        dead_letters::dead_jobs(self, limit).await
     }
 
     async fn retry_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
-        let mut tx = self.begin().await?;
-        let ids = Self::selection_ids(which);
-        // Lock first: the window function below cannot be combined with FOR UPDATE.
-        self.q("SELECT id FROM embq.jobs WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1)) FOR UPDATE")
-            .bind(ids.clone())
-            .execute(&mut *tx)
-            .await?;
-        // Per key only the newest dead job can become pending; older ones and those
-        // overtaken by a pending job are superseded.
-        let states: Vec<JobState> = self
-            .q_scalar(
-                "WITH sel AS (
-                    SELECT id, row_number() OVER (
-                        PARTITION BY source_type, source_id, content_type ORDER BY id DESC) AS rn
-                    FROM embq.jobs WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))
-                )
-                UPDATE embq.jobs j
-                SET state = CASE WHEN sel.rn > 1 OR EXISTS (
-                        SELECT 1 FROM embq.jobs p
-                        WHERE p.source_type = j.source_type AND p.source_id = j.source_id
-                          AND p.content_type = j.content_type AND p.state = 'ready')
-                    THEN 'superseded' ELSE 'ready' END,
-                    attempts = 0, run_at = COALESCE($2::timestamptz, now()), finished_at = NULL,
-                    updated_at = COALESCE($2::timestamptz, now())
-                FROM sel WHERE j.id = sel.id
-                RETURNING j.state",
-            )
-            .bind(ids)
-            .bind(self.now())
-            .fetch_all(&mut *tx)
-            .await?;
-        self.q("SELECT pg_notify('embq_jobs', '')").execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(states.iter().filter(|s| **s == JobState::Ready).count() as u64)
+        dead_letters::retry_dead(self, which).await
     }
 
     async fn purge_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
-        let mut tx = self.begin().await?;
-        let r = self
-            .q("DELETE FROM embq.jobs WHERE state = 'dead' AND ($1::bigint[] IS NULL OR id = ANY($1))")
-            .bind(Self::selection_ids(which))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected())
+        dead_letters::purge_dead(self, which).await
     }
 
     async fn worker_stopped(&self, w: &WorkerInfo) -> Result<(), QueueError> {
-        let mut tx = self.begin().await?;
-        self.q("UPDATE embq.workers SET state = 'stopped', in_flight = 0, processed = $2, failed = $3,
-                    last_heartbeat_at = COALESCE($4::timestamptz, now())
-                WHERE id = $1")
-            .bind(w.id.clone())
-            .bind(w.processed)
-            .bind(w.failed)
-            .bind(self.now())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        maintenance::worker_stopped(self, w).await
     }
 
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
-        let mut tx = self.begin().await?;
-        let workers = self
-            .q_as("SELECT id, host, pid, version, in_flight, processed, failed, state FROM embq.workers ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(workers)
+        maintenance::workers(self).await
     }
 
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
-        let mut tx = self.begin().await?;
-        let stored: Vec<StoredEmbedding> = self
-            .q_as(
-                "SELECT e.source_type, e.source_id, e.content_type, e.model, e.embedding::real[], j.text
-               FROM embq.embeddings e LEFT JOIN embq.jobs j ON j.id = e.job_id
-              WHERE e.model = $1 AND e.embedding IS NOT NULL LIMIT $2",
-            )
-            .bind(model)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+        search::embeddings(self, model, limit).await
     }
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
-        let opts = self.listen.clone()?;
-        let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(opts);
-        let mut l = PgListener::connect_with(&pool).await.ok()?;
-        l.listen(CHANNEL).await.ok()?;
-        Some(Box::new(PgJobListener(l)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::layout::finish_sql;
-    use super::pgvector::Encoding;
-    use super::CLAIM_SQL;
-
-    /// The pgbench ceiling of `scripts/bench-drain.sh`.
-    const CEILING: &str = include_str!("../../../../../scripts/bench/claim-finish.sql");
-
-    /// Drops `--` comments and pgbench meta-commands, and collapses whitespace.
-    fn normalise(sql: &str) -> String {
-        let lines = sql.lines().filter(|l| !l.trim_start().starts_with('\\'));
-        let code: Vec<&str> = lines.map(|l| l.split("--").next().unwrap_or_default()).collect();
-        code.join(" ").split_whitespace().collect::<Vec<_>>().join(" ")
-    }
-
-    /// Rewrites a statement as the ceiling runs it: the test clock off, parameters as pgbench
-    /// variables or the constants the ceiling uses.
-    fn as_ceiling(sql: &str, params: &[(&str, &str)]) -> String {
-        let mut s = normalise(sql).replace("COALESCE($1::timestamptz, now())", "now()");
-        for (from, to) in params {
-            s = s.replace(from, to);
-        }
-        s
-    }
-
-    #[test]
-    fn the_ceiling_runs_the_claim_statement_embq_runs() {
-        let claim = as_ceiling(
-            CLAIM_SQL,
-            &[("$2", ":batch"), ("$3", "'pgbench'"), ("$4", "'tok'"), ("$5", "30"), ("$6", "'hash'")],
-        )
-        // The ceiling wraps the UPDATE in a CTE to collect the ids for its finish.
-        .replace(") UPDATE embq.jobs j SET state", "), claimed AS ( UPDATE embq.jobs j SET state");
-        assert!(normalise(CEILING).contains(&claim), "scripts/bench/claim-finish.sql drifted from CLAIM_SQL:\n{claim}");
-    }
-
-    #[test]
-    fn the_ceiling_runs_the_finish_statement_embq_runs_but_for_where_vectors_come_from() {
-        let finish = as_ceiling(
-            &finish_sql(Encoding::Flat, "real[]", &[]),
-            &[
-                ("unnest($2::bigint[])", "unnest(:ids::bigint[])"),
-                ("$3", "'tok'"),
-                ("$4", "'hash'"),
-                // The one intended difference: the ceiling reads its vectors from a table.
-                ("($6::real[])[(d.ord - 1) * $5 + 1 : d.ord * $5],", "v.v,"),
-                ("FROM done d ON CONFLICT", "FROM done d JOIN bench_vectors v ON v.ord = d.ord ON CONFLICT"),
-                ("$5", ":dims"),
-            ],
-        );
-        assert!(!finish.contains('$'), "every parameter is mapped: {finish}");
-        assert!(
-            normalise(CEILING).contains(&finish),
-            "scripts/bench/claim-finish.sql drifted from the finish statement:\n{finish}"
-        );
+        listen::listener(self).await
     }
 }
