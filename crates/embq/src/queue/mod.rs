@@ -6,6 +6,13 @@
 //! `ready` on retry, release or lease expiry. A `ready` job that was overtaken by a
 //! newer enqueue of the same key ends as `superseded`; one whose record was deleted (or whose
 //! write-back row is gone) ends as `cancelled`.
+//!
+//! Where things are: this file holds the trait, the job and report types, and `connect`;
+//! `state.rs` the [`JobState`]/[`WorkerState`] enums; `rows.rs` and `stats.rs` the rows both
+//! stores decode and the stats folding; `postgres/` and `sqlite/` one file per operation
+//! (`claim.rs`, `finish.rs`, `enqueue.rs`, `maintenance.rs`, `dead_letters.rs`, `search.rs`,
+//! `migrate.rs`); `schema.rs` the embedded migrations; `search.rs` the client-side scan;
+//! `errors.rs` how database errors are sorted.
 
 mod errors;
 mod postgres;
@@ -545,14 +552,20 @@ pub(crate) fn dedupe_keys(jobs: &[NewJob]) -> Vec<&NewJob> {
 /// Splits outcomes into the groups each store writes with one statement.
 #[derive(Default)]
 pub(crate) struct OutcomeGroups<'a> {
+    /// Embedded: (job id, vector).
     pub done: Vec<(i64, &'a [f32])>,
+    /// Stored embedding is current.
     pub unchanged: Vec<i64>,
+    /// To retry: (job id, delay, error).
     pub retry: Vec<(i64, Duration, &'a str)>,
+    /// Failed for good: (job id, error).
     pub dead: Vec<(i64, &'a str)>,
+    /// Not processed: (job id, delay).
     pub released: Vec<(i64, Duration)>,
 }
 
 impl<'a> OutcomeGroups<'a> {
+    /// Groups outcomes by kind, keeping their order within each group.
     pub(crate) fn split(outcomes: &'a [(i64, Outcome)]) -> Self {
         let mut g = Self::default();
         for (id, o) in outcomes {
