@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use embq::queue::{no_progress, Clock, DeadSelection, Lease, NewJob, Outcome, Queue, WorkerInfo};
+use embq::queue::{no_progress, Clock, DeadSelection, Lease, NewJob, Outcome, Queue, WorkerInfo, WorkerState};
 
 const MODEL: &str = "hash-v1";
 const LEASE: Duration = Duration::from_secs(30);
@@ -79,7 +79,7 @@ fn worker(id: &str) -> WorkerInfo {
         in_flight: 0,
         processed: 0,
         failed: 0,
-        state: "running".into(),
+        state: WorkerState::Running,
     }
 }
 

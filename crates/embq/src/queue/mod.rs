@@ -6,23 +6,28 @@
 //! `ready` on retry, release or lease expiry. A `ready` job that was overtaken by a
 //! newer enqueue of the same key ends as `superseded`; one whose record was deleted (or whose
 //! write-back row is gone) ends as `cancelled`.
+//!
+//! Where things are: this file holds the trait, the job and report types, and `connect`;
+//! `state.rs` the [`JobState`]/[`WorkerState`] enums; `rows.rs` and `stats.rs` the rows both
+//! stores decode and the stats folding; `postgres/` and `sqlite/` one file per operation
+//! (`claim.rs`, `finish.rs`, `enqueue.rs`, `maintenance.rs`, `dead_letters.rs`, `search.rs`,
+//! `migrate.rs`); `schema.rs` the embedded migrations; `search.rs` the client-side scan;
+//! `errors.rs` how database errors are sorted.
 
 mod errors;
-mod pg_column;
-mod pg_index;
-mod pg_layout;
-mod pgvector;
 mod postgres;
+mod rows;
 mod schema;
 mod search;
 mod sqlite;
+mod state;
+mod stats;
 
-pub use pg_index::{IndexOutcome, HNSW_INDEX};
-pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
-pub use postgres::PgQueue;
+pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};
 pub use schema::SCHEMA_VERSION;
 pub use search::{scan, Search, SearchHit, SearchMethod};
 pub use sqlite::SqliteQueue;
+pub use state::{JobState, UnknownState, WorkerState};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -328,7 +333,7 @@ pub enum DeadSelection {
 }
 
 /// A worker's row in the workers table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct WorkerInfo {
     /// Worker id.
     pub id: String,
@@ -344,12 +349,12 @@ pub struct WorkerInfo {
     pub processed: i64,
     /// Jobs failed since start.
     pub failed: i64,
-    /// running | draining | stopped.
-    pub state: String,
+    /// What the worker is doing.
+    pub state: WorkerState,
 }
 
 /// A stored embedding, for search.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct StoredEmbedding {
     /// Source type.
     pub source_type: String,
@@ -359,7 +364,8 @@ pub struct StoredEmbedding {
     pub content_type: String,
     /// Model.
     pub model: String,
-    /// The vector.
+    /// The vector (PostgreSQL reads its `embedding` column as `real[]`).
+    #[sqlx(rename = "embedding")]
     pub vector: Vec<f32>,
     /// The text it was made from, while its job is kept.
     pub text: Option<String>,
@@ -546,14 +552,20 @@ pub(crate) fn dedupe_keys(jobs: &[NewJob]) -> Vec<&NewJob> {
 /// Splits outcomes into the groups each store writes with one statement.
 #[derive(Default)]
 pub(crate) struct OutcomeGroups<'a> {
+    /// Embedded: (job id, vector).
     pub done: Vec<(i64, &'a [f32])>,
+    /// Stored embedding is current.
     pub unchanged: Vec<i64>,
+    /// To retry: (job id, delay, error).
     pub retry: Vec<(i64, Duration, &'a str)>,
+    /// Failed for good: (job id, error).
     pub dead: Vec<(i64, &'a str)>,
+    /// Not processed: (job id, delay).
     pub released: Vec<(i64, Duration)>,
 }
 
 impl<'a> OutcomeGroups<'a> {
+    /// Groups outcomes by kind, keeping their order within each group.
     pub(crate) fn split(outcomes: &'a [(i64, Outcome)]) -> Self {
         let mut g = Self::default();
         for (id, o) in outcomes {

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use super::rescue::RescueGate;
 use super::{worker_info, Ctx};
 use crate::memory;
+use crate::queue::WorkerState;
 
 /// Heartbeats, lease rescue, queue gauges and the memory guard, until stopped.
 pub(super) async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Guard, mut gate: RescueGate) {
@@ -25,7 +26,7 @@ pub(super) async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: 
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = heartbeat.tick() => {
-                let state = if ctx.health.draining() { "draining" } else { "running" };
+                let state = if ctx.health.draining() { WorkerState::Draining } else { WorkerState::Running };
                 let leases = ctx.live.tokens();
                 match ctx.queue.heartbeat(&worker_info(&ctx, state), &leases, ctx.cfg.lease_duration()).await {
                     Ok(_) => {

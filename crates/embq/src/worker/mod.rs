@@ -22,7 +22,7 @@ use crate::limiter::{Limiter, LimiterSink};
 use crate::memory;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
-use crate::queue::{Queue, QueueError, WorkerInfo};
+use crate::queue::{Queue, QueueError, WorkerInfo, WorkerState};
 
 mod batch;
 mod claim;
@@ -185,7 +185,7 @@ impl Worker {
         let _ = listener.await;
         let _ = pause.await;
         let summary = ctx.counters.summary();
-        if let Err(e) = ctx.queue.worker_stopped(&worker_info(&ctx, "stopped")).await {
+        if let Err(e) = ctx.queue.worker_stopped(&worker_info(&ctx, WorkerState::Stopped)).await {
             warn!(error = %e, "could not mark the worker stopped");
         }
         info!(processed = summary.processed, failed = summary.failed, dead = summary.dead, "worker stopped");
@@ -217,7 +217,7 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<Option<bool>, Wo
     }
     ctx.health.set_db_ok(true);
     ctx.health.set_schema_ok(true);
-    if let Err(e) = ctx.queue.heartbeat(&worker_info(ctx, "running"), &[], ctx.cfg.lease_duration()).await {
+    if let Err(e) = ctx.queue.heartbeat(&worker_info(ctx, WorkerState::Running), &[], ctx.cfg.lease_duration()).await {
         warn!(error = %e, "first heartbeat failed");
     }
     ctx.health.set_started();
@@ -225,7 +225,7 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<Option<bool>, Wo
 }
 
 /// This worker's row in the workers table.
-fn worker_info(ctx: &Ctx, state: &str) -> WorkerInfo {
+fn worker_info(ctx: &Ctx, state: WorkerState) -> WorkerInfo {
     let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
     WorkerInfo {
         id: ctx.health.worker_id.clone(),
@@ -235,6 +235,6 @@ fn worker_info(ctx: &Ctx, state: &str) -> WorkerInfo {
         in_flight: ctx.health.inflight(),
         processed: ctx.counters.processed.load(Ordering::Relaxed) as i64,
         failed: ctx.counters.failed.load(Ordering::Relaxed) as i64,
-        state: state.to_string(),
+        state,
     }
 }

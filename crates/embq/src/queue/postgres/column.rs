@@ -7,7 +7,7 @@ use std::time::Instant;
 use sqlx::PgConnection;
 
 use super::pgvector::{choose, quote_ident, ColumnType, Encoding, VectorStorage};
-use super::QueueError;
+use crate::queue::QueueError;
 
 /// Where pgvector lives in this database: its schema (quoted) and its types' OIDs.
 #[derive(Clone, Debug)]

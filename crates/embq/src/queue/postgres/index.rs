@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 
-use super::pg_column::column_type;
-use super::QueueError;
+use super::column::column_type;
+use crate::queue::QueueError;
 
 /// The index's name.
 pub const HNSW_INDEX: &str = "embeddings_embedding_hnsw_idx";

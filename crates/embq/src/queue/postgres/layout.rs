@@ -5,9 +5,9 @@
 
 use sqlx::PgConnection;
 
-use super::pg_column::{column_type, pgvector};
+use super::column::{column_type, pgvector};
 use super::pgvector::{quote_ident, ColumnType, Encoding};
-use super::QueueError;
+use crate::queue::QueueError;
 
 /// A destination as `embq.add_destination` registered it, checked against the catalog.
 #[derive(Clone, Debug)]

@@ -1,0 +1,182 @@
+//! The SQLite store: the embedded default for one machine, same semantics as PostgreSQL.
+//! [`SqliteQueue`], its pool, and the [`Queue`] implementation, which hands each operation to the
+//! file named after it: `enqueue.rs`, `claim.rs`, `finish.rs`, `maintenance.rs` (heartbeats, the
+//! expired-lease sweep, stats, workers), `dead_letters.rs`, `search.rs` and `migrate.rs`.
+//!
+//! SQLite has one writer at a time; every write runs in a `BEGIN IMMEDIATE`
+//! transaction so read-then-write sequences never fail to upgrade their lock.
+//! Times are integer milliseconds; vectors are little-endian f32 blobs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, Transaction};
+
+mod claim;
+mod dead_letters;
+mod enqueue;
+mod finish;
+mod maintenance;
+mod migrate;
+mod search;
+
+use super::search::Search;
+use super::{
+    ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, IndexOutcome, JobListener, Lease,
+    MigrateOptions, MigrateReport, NewJob, Outcome, Progress, Queue, QueueError, QueueStats, RescueReport,
+    StoredEmbedding, WorkerInfo,
+};
+
+/// Queue store in one SQLite file.
+pub struct SqliteQueue {
+    pool: SqlitePool,
+    clock: Clock,
+}
+
+/// A duration in whole milliseconds, the unit of SQLite's times.
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+/// The SQL fragment shared by retry, release, rescue and dead-letter retry: ready again, or
+/// superseded by a pending job.
+const REQUEUE_STATE: &str = "CASE WHEN EXISTS (SELECT 1 FROM jobs p WHERE p.source_type = jobs.source_type \
+     AND p.source_id = jobs.source_id AND p.content_type = jobs.content_type AND p.state = 'ready') \
+     THEN 'superseded' ELSE 'ready' END";
+
+impl SqliteQueue {
+    /// Opens (creating if needed) the database file named by a `sqlite:` URL.
+    pub async fn connect(url: &str, max_connections: u32, clock: Clock) -> Result<Self, QueueError> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| QueueError::Invalid(format!("DATABASE_URL {}: {e}", crate::redact::redact_url(url))))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.clamp(1, 8))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("cannot open {}: {e}", crate::redact::redact_url(url))))?;
+        Ok(Self { pool, clock })
+    }
+
+    /// Now on this store's clock, in SQLite's unit (milliseconds since the epoch).
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    /// A write transaction: the write lock is taken at once, so no read in it must upgrade later.
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, QueueError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn migrate_with(&self, opts: MigrateOptions) -> Result<MigrateReport, QueueError> {
+        migrate::migrate_with(self, opts).await
+    }
+
+    async fn check_vectors(&self) -> Result<(), QueueError> {
+        // Blobs take any dimensions; search skips vectors of other sizes.
+        Ok(())
+    }
+
+    async fn create_index(&self) -> Result<IndexOutcome, QueueError> {
+        Err(QueueError::Invalid(
+            "SQLite has no vector index: search scans the stored vectors (use PostgreSQL with pgvector for an index)"
+                .into(),
+        ))
+    }
+
+    async fn search(
+        &self,
+        query: &[f32],
+        model: &str,
+        k: usize,
+        source_type: Option<&str>,
+    ) -> Result<Search, QueueError> {
+        search::search(self, query, model, k, source_type).await
+    }
+
+    async fn check_schema(&self) -> Result<(), QueueError> {
+        migrate::check_schema(self).await
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, jobs: &[NewJob], progress: &Progress) -> Result<EnqueueReport, QueueError> {
+        enqueue::enqueue(self, jobs, progress).await
+    }
+
+    async fn claim(
+        &self,
+        limit: usize,
+        lease: &Lease,
+        duration: Duration,
+        model: &str,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        claim::claim(self, limit, lease, duration, model).await
+    }
+
+    async fn finish(
+        &self,
+        lease: &Lease,
+        model: &str,
+        outcomes: &[(i64, Outcome)],
+    ) -> Result<FinishReport, QueueError> {
+        finish::finish(self, lease, model, outcomes).await
+    }
+
+    async fn heartbeat(&self, w: &WorkerInfo, leases: &[String], duration: Duration) -> Result<u64, QueueError> {
+        maintenance::heartbeat(self, w, leases, duration).await
+    }
+
+    async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError> {
+        maintenance::rescue_expired(self, max_attempts).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        maintenance::stats(self).await
+    }
+
+    async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
+        maintenance::is_idle(self, within).await
+    }
+
+    async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError> {
+        dead_letters::dead_jobs(self, limit).await
+    }
+
+    async fn retry_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
+        dead_letters::retry_dead(self, which).await
+    }
+
+    async fn purge_dead(&self, which: &DeadSelection) -> Result<u64, QueueError> {
+        dead_letters::purge_dead(self, which).await
+    }
+
+    async fn worker_stopped(&self, w: &WorkerInfo) -> Result<(), QueueError> {
+        maintenance::worker_stopped(self, w).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
+        maintenance::workers(self).await
+    }
+
+    async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
+        search::embeddings(self, model, limit).await
+    }
+
+    async fn listener(&self) -> Option<Box<dyn JobListener>> {
+        None
+    }
+}
