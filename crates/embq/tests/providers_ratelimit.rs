@@ -397,7 +397,7 @@ async fn fleet_budgets_share_what_they_learn_and_keep_a_rolling_window() {
         reset_requests: Some(Duration::from_secs(60)),
         remaining_tokens: Some(600),
         reset_tokens: Some(Duration::from_secs(60)),
-        retry_after: None,
+        ..RateSignals::default()
     };
     // Pod a hears that the provider has a whole minute left...
     assert!(a.report(&whole).await.unwrap());

@@ -12,12 +12,13 @@
 //! A request waits until the budget admits it; its tokens are reserved up front (counted
 //! before sending) and corrected from the response's `usage`.
 //!
-//! The provider's own signals win, and teach: a 429 or `Retry-After` pauses the budget for
-//! every task (and empties it), at most MAX_PROVIDER_PAUSE; `x-ratelimit-remaining-*` caps
-//! the levels, and a remaining of zero pauses until the matching `x-ratelimit-reset-*`; a
-//! remaining with its reset says how much the provider holds when whole, and the buckets
-//! grow to it. Each response's signals arrive through the providers' [`SignalSink`]
-//! ([`LimiterSink`]).
+//! The provider's own signals win, and teach. Every response's [`RateSignals`] come here
+//! through one path, the provider's [`SignalSink`] ([`LimiterSink`]): a 429 pauses the budget
+//! for every task (and empties it) for its `Retry-After` (or [`DEFAULT_PAUSE`] without one);
+//! `x-ratelimit-remaining-*` caps the levels, and a remaining of zero pauses until the
+//! matching `x-ratelimit-reset-*`; a remaining with its reset says how much the provider
+//! holds when whole, and the buckets grow to it. No pause lasts longer than
+//! MAX_PROVIDER_PAUSE.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,37 +191,39 @@ impl Limiter {
         }
     }
 
-    /// A 429: pause the provider for every task sharing this budget.
-    pub async fn throttled(&self, retry_after: Option<Duration>) {
-        let d = self.allowed(retry_after.unwrap_or(DEFAULT_PAUSE));
-        if let Err(e) = self.budget.pause(d).await {
-            warn!(error = %e, "could not record the provider's pause");
-        }
-    }
-
-    /// Applies the signals of one response.
+    /// Applies the signals of one response: learns, clamps, and pauses every task sharing
+    /// this budget for as long as the provider asked (at most MAX_PROVIDER_PAUSE); a 429
+    /// without any hint pauses [`DEFAULT_PAUSE`].
     pub async fn apply(&self, s: &RateSignals) {
+        let mut s = *s;
+        if s.throttled && s.retry_after.is_none() {
+            s.retry_after = Some(DEFAULT_PAUSE);
+        }
         if let Some(asked) = s.pause() {
             self.allowed(asked);
         }
         match self.budget.report(&s.capped(self.max_pause)).await {
             Ok(true) => self.grew.notify_waiters(),
             Ok(false) => {}
+            Err(e) if s.pause().is_some() => warn!(error = %e, "could not record the provider's pause"),
             Err(e) => debug!(error = %e, "provider rate signals not applied"),
         }
     }
 }
 
-/// The limiter as the providers' signal sink: each response's headers are applied in the
-/// background (the provider call does not wait for a shared store).
+/// The limiter as the providers' signal sink. A 429 is applied before the provider call
+/// returns, so no request of this worker goes out before its pause is recorded; any other
+/// response's signals are applied in the background (the call does not wait for a shared store).
 pub struct LimiterSink(pub Arc<Limiter>);
 
+#[async_trait]
 impl SignalSink for LimiterSink {
-    fn observe(&self, signals: &RateSignals) {
-        let limiter = self.0.clone();
-        let signals = *signals;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { limiter.apply(&signals).await });
+    async fn observe(&self, signals: &RateSignals) {
+        if signals.throttled {
+            self.0.apply(signals).await;
+        } else {
+            let (limiter, signals) = (self.0.clone(), *signals);
+            tokio::spawn(async move { limiter.apply(&signals).await });
         }
     }
 }
@@ -234,7 +237,7 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let limiter = Limiter::local(6000, 6_000_000).with_max_pause(Duration::from_secs(5));
         assert_eq!(limiter.paused_for().await, None);
-        limiter.throttled(Some(day)).await;
+        limiter.apply(&RateSignals::throttle(Some(day))).await;
         assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(5)));
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(limiter.paused_for().await, None);
@@ -267,7 +270,9 @@ mod tests {
     async fn a_429_pauses_every_task_sharing_the_limiter() {
         let limiter = Arc::new(Limiter::local(6000, 6_000_000));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        limiter.throttled(Some(Duration::from_secs(7))).await;
+        // Through the sink, as a provider reports it: recorded before `observe` returns.
+        LimiterSink(limiter.clone()).observe(&RateSignals::throttle(Some(Duration::from_secs(7)))).await;
+        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(7)));
         let tasks: Vec<_> = (0..3)
             .map(|_| {
                 let l = limiter.clone();
@@ -320,5 +325,35 @@ mod tests {
         limiter.apply(&signals).await;
         let waited = waiter.await.unwrap();
         assert!(waited < Duration::from_millis(150), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_without_a_hint_pauses_the_default() {
+        let limiter = Limiter::local(6000, 6_000_000).with_max_pause(Duration::from_secs(60));
+        limiter.apply(&RateSignals::throttle(None)).await;
+        assert_eq!(limiter.paused_for().await, Some(DEFAULT_PAUSE));
+        // Never longer than MAX_PROVIDER_PAUSE, even by default.
+        let limiter = Limiter::local(6000, 6_000_000).with_max_pause(Duration::from_secs(1));
+        limiter.apply(&RateSignals::throttle(None)).await;
+        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordinary_signals_reach_the_budget_in_the_background() {
+        let limiter = Arc::new(Limiter::local(6000, 6_000_000));
+        let spent = RateSignals {
+            remaining_tokens: Some(0),
+            reset_tokens: Some(Duration::from_secs(20)),
+            ..RateSignals::default()
+        };
+        LimiterSink(limiter.clone()).observe(&spent).await;
+        // Applied by a task of its own: the provider call did not wait for the budget store.
+        let mut turns = 0;
+        while limiter.paused_for().await.is_none() {
+            assert!(turns < 100, "the signals never reached the budget");
+            tokio::task::yield_now().await;
+            turns += 1;
+        }
+        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(20)));
     }
 }

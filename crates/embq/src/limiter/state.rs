@@ -277,8 +277,9 @@ impl BudgetState {
         let (req_cap, tok_cap) = self.rates.capacities(r);
         let grew = self.learn(now, req_cap, tok_cap);
         self.clamp(now, r.remaining_requests.map(|v| v as f64), r.remaining_tokens.map(|v| v as f64));
-        if let Some(p) = r.pause() {
-            self.pause(now, p.as_secs_f64());
+        // A 429 says stop even when it asks for no wait: the buckets restart empty all the same.
+        if let Some(secs) = r.pause().map(|p| p.as_secs_f64()).or(r.throttled.then_some(0.0)) {
+            self.pause(now, secs);
         }
         grew
     }

@@ -68,6 +68,19 @@ fn a_pause_stops_every_grant_and_restarts_empty() {
 }
 
 #[test]
+fn a_reported_429_pauses_for_its_hint_and_empties_the_buckets_even_without_one() {
+    let mut s = BudgetState::new(rates(), 0.0);
+    assert_eq!(s.levels(2.0), (10.0, 1000.0));
+    s.report(2.0, &RateSignals::throttle(Some(Duration::from_secs(4))));
+    assert_eq!(s.paused_for(2.0), Some(4.0));
+    assert_eq!(s.try_take(6.0, 1.0), Ok(()));
+    // A 429 asking for no wait pauses nothing, but the buckets start over from empty.
+    assert_eq!(s.levels(8.0), (10.0, 1000.0));
+    s.report(8.0, &RateSignals::throttle(Some(Duration::ZERO)));
+    assert_eq!((s.paused_for(8.0), s.levels(8.0)), (None, (0.0, 0.0)));
+}
+
+#[test]
 fn remaining_headers_cap_the_levels() {
     let mut s = BudgetState::new(rates(), 0.0);
     s.clamp(10.0, Some(2.0), Some(150.0));
