@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use embq::provider::{build, Provider, ProviderError};
+use embq::provider::{build, Provider, ProviderError, RateSignals, SignalSink};
 use serde_json::json;
 use support::mock_provider::{MockProvider, Reply};
 
@@ -34,6 +34,29 @@ fn resource_exhausted(quota_id: &str, delay: &str) -> Reply {
                              "quotaId": quota_id}]},
             {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}});
     Reply::Status(429, vec![], body.to_string())
+}
+
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<RateSignals>>);
+
+#[async_trait::async_trait]
+impl SignalSink for Recorder {
+    async fn observe(&self, s: &RateSignals) {
+        self.0.lock().unwrap().push(*s);
+    }
+}
+
+#[tokio::test]
+async fn googles_retry_delay_reaches_the_sink_as_a_throttle() {
+    let mock = MockProvider::start(8).await;
+    let p = gemini(&mock, &[]);
+    let rec = Arc::new(Recorder::default());
+    p.set_signal_sink(rec.clone());
+    mock.script([resource_exhausted("EmbedContentRequestsPerMinutePerProjectPerModel", "13s")]);
+    assert!(p.embed(&["x"]).await.is_err());
+    // The delay sits in the body, not the headers.
+    let got = rec.0.lock().unwrap().clone();
+    assert_eq!(got, vec![RateSignals::throttle(Some(Duration::from_secs(13)))]);
 }
 
 #[tokio::test]

@@ -168,8 +168,9 @@ async fn connection_refused_is_transient() {
 #[derive(Default)]
 struct Recorder(Mutex<Vec<RateSignals>>);
 
+#[async_trait::async_trait]
 impl SignalSink for Recorder {
-    fn observe(&self, s: &RateSignals) {
+    async fn observe(&self, s: &RateSignals) {
         self.0.lock().unwrap().push(*s);
     }
 }
@@ -187,6 +188,26 @@ async fn rate_limit_headers_of_every_response_reach_the_sink() {
     assert_eq!(got[0].remaining_requests, Some(599));
     assert_eq!(got[0].remaining_tokens, Some(59_998));
     assert!(got[0].reset_tokens.is_some());
+}
+
+#[tokio::test]
+async fn a_429_reaches_the_sink_as_a_throttle_with_its_hint() {
+    let mock = MockProvider::start(8).await;
+    let p = provider(&mock, &[]);
+    let rec = Arc::new(Recorder::default());
+    p.set_signal_sink(rec.clone());
+    mock.script([
+        openai_error(429, "requests", "slow down", vec![("retry-after-ms", "1500".into())]),
+        openai_error(429, "requests", "slow down", vec![]),
+        openai_error(429, "insufficient_quota", "You exceeded your current quota", vec![]),
+    ]);
+    for _ in 0..3 {
+        assert!(p.embed(&["x"]).await.is_err());
+    }
+    // A 429 without any hint is still a throttle (the limiter pauses by default); an
+    // exhausted quota is not one, and said nothing else.
+    let got = rec.0.lock().unwrap().clone();
+    assert_eq!(got, vec![RateSignals::throttle(Some(Duration::from_millis(1500))), RateSignals::throttle(None)]);
 }
 
 // ---- the worker's reaction to each class ----

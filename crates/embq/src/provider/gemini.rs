@@ -138,18 +138,10 @@ impl Provider for GeminiProvider {
             .send()
             .await
             .map_err(remote::transport_error)?;
-        let status = resp.status().as_u16();
-        let signals = remote::parse_signals(resp.headers());
-        let text = remote::read_body(resp, remote::body_limit(texts.len(), self.dims)).await?;
+        // Google's delay sits in the body, not the headers: `answer` reports triage's.
+        let limit = remote::body_limit(texts.len(), self.dims);
         let parse = |b: &str| parse_response(b, texts.len(), self.dims);
-        let result = remote::settle(status, &text, &signals, texts.len(), &self.secrets, parse);
-        if let Err(ProviderError::RateLimited { retry_after }) = &result {
-            // Google's delay sits in the body, not the headers: pass it on to the limiter too.
-            self.sink.send(&remote::RateSignals { retry_after: *retry_after, ..signals });
-        } else {
-            self.sink.send(&signals);
-        }
-        result
+        remote::answer(resp, limit, texts.len(), &self.secrets, &self.sink, parse).await
     }
 }
 

@@ -203,13 +203,11 @@ impl Provider for OpenAiProvider {
             req = req.bearer_auth(key.expose());
         }
         let resp = req.send().await.map_err(remote::transport_error)?;
-        let status = resp.status().as_u16();
-        let signals = remote::parse_signals(resp.headers());
-        self.sink.send(&signals);
-        let text = remote::read_body(resp, remote::body_limit(texts.len(), self.dims)).await?;
-        remote::settle(status, &text, &signals, texts.len(), &self.secrets, |b| {
+        let limit = remote::body_limit(texts.len(), self.dims);
+        remote::answer(resp, limit, texts.len(), &self.secrets, &self.sink, |b| {
             parse_response(b, texts.len(), self.dims)
         })
+        .await
     }
 }
 

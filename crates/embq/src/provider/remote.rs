@@ -1,5 +1,6 @@
 //! What every remote provider shares: the HTTP client, the rate-limit signals read from
-//! responses, and the one triage table from an HTTP answer to a [`ProviderError`].
+//! responses and reported to the limiter, and the one triage table from an HTTP answer to a
+//! [`ProviderError`].
 //!
 //! Triage knows three error bodies: OpenAI's nested `{"error":{"message","type","code"}}`,
 //! text-embeddings-inference's flat `{"error":"…","error_type":"…"}` and Google's
@@ -8,6 +9,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
@@ -27,9 +29,17 @@ pub struct RateSignals {
     pub reset_requests: Option<Duration>,
     /// `x-ratelimit-reset-tokens`.
     pub reset_tokens: Option<Duration>,
+    /// The provider answered 429 (throttled, not out of quota): the limiter pauses even
+    /// when no hint says how long.
+    pub throttled: bool,
 }
 
 impl RateSignals {
+    /// The signals of a 429 whose only hint, if any, is `retry_after`.
+    pub fn throttle(retry_after: Option<Duration>) -> Self {
+        Self { retry_after, throttled: true, ..Self::default() }
+    }
+
     /// True when the response carried no signal at all.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -57,9 +67,10 @@ impl RateSignals {
 }
 
 /// Where a provider sends the signals it reads (the limiter).
+#[async_trait]
 pub trait SignalSink: Send + Sync {
-    /// Called once per response that carried any signal.
-    fn observe(&self, signals: &RateSignals);
+    /// Called once per response that carried any signal, before the provider call returns.
+    async fn observe(&self, signals: &RateSignals);
 }
 
 /// A provider's slot for its sink, set once when the worker starts.
@@ -72,9 +83,9 @@ impl SinkSlot {
         let _ = self.0.set(sink);
     }
     /// Forwards non-empty signals.
-    pub fn send(&self, signals: &RateSignals) {
+    pub async fn send(&self, signals: &RateSignals) {
         if let (Some(sink), false) = (self.0.get(), signals.is_empty()) {
-            sink.observe(signals);
+            sink.observe(signals).await;
         }
     }
 }
@@ -153,6 +164,8 @@ pub fn parse_signals(headers: &HeaderMap) -> RateSignals {
         remaining_tokens: get("x-ratelimit-remaining-tokens").and_then(|v| v.parse().ok()),
         reset_requests: get("x-ratelimit-reset-requests").and_then(parse_go_duration),
         reset_tokens: get("x-ratelimit-reset-tokens").and_then(parse_go_duration),
+        // The status says that, not the headers: see [`answer`].
+        throttled: false,
     }
 }
 
@@ -242,6 +255,34 @@ fn parse_error_body(body: &str) -> ErrorBody {
 }
 
 use crate::redact::clip;
+
+/// Reads a response ([`read_body`], at most `limit` bytes) and [`settle`]s it, then reports
+/// its rate signals to `sink` before the caller sees the result: the one path from a
+/// provider's answers to its limiter. A 429 goes as a throttle carrying the hint triage
+/// found (`Retry-After`, Google's `retryDelay` in the body, or the exhausted budget's reset).
+pub async fn answer(
+    resp: reqwest::Response,
+    limit: usize,
+    inputs: usize,
+    secrets: &Secrets,
+    sink: &SinkSlot,
+    parse: impl FnOnce(&str) -> Result<Embedded, ProviderError>,
+) -> Result<Embedded, ProviderError> {
+    let status = resp.status().as_u16();
+    let signals = parse_signals(resp.headers());
+    let result = match read_body(resp, limit).await {
+        Ok(body) => settle(status, &body, &signals, inputs, secrets, parse),
+        Err(e) => Err(e),
+    };
+    let signals = match &result {
+        Err(ProviderError::RateLimited { retry_after }) => {
+            RateSignals { retry_after: *retry_after, throttled: true, ..signals }
+        }
+        _ => signals,
+    };
+    sink.send(&signals).await;
+    result
+}
 
 /// A whole answer as the caller's result: a non-2xx through [`triage`], a 2xx through `parse`.
 /// Both kinds of error leave through [`Secrets::error`]: no message quoting the response

@@ -134,11 +134,10 @@ async fn send<'a>(
             ctx.metrics.error(err.kind());
             warn!(error = %err, inputs = request.len(), "provider call failed");
             if let Some(limiter) = &ctx.limiter {
-                match &err {
-                    // The whole provider waits, not only this task.
-                    ProviderError::RateLimited { retry_after } => limiter.throttled(*retry_after).await,
-                    // A refused request is not billed.
-                    _ => limiter.correct(reserved, 0).await,
+                // A refused request is not billed. A 429 already paused (and emptied) the whole
+                // budget: the provider reported it to the limiter before returning.
+                if !matches!(err, ProviderError::RateLimited { .. }) {
+                    limiter.correct(reserved, 0).await;
                 }
             }
             Err(err)
