@@ -1,4 +1,4 @@
--- The ceiling for scripts/bench-drain.sh: embq's claim and finish statements (queue/postgres.rs,
+-- The ceiling for scripts/bench-drain.sh: embq's claim and finish statements (queue/postgres/claim.rs and layout.rs,
 -- with the test clock's COALESCE($1, now()) as plain now()) driven by pgbench with no worker.
 -- One run claims :batch ready jobs in one transaction, then marks them done and upserts one
 -- vector each in a second, as a worker does.
