@@ -1,14 +1,51 @@
-//! Keeping credentials out of printed text: URLs with their passwords redacted, and known
-//! secrets scrubbed from messages that came from elsewhere (a provider, a driver).
+//! Keeping credentials out of printed text: [`Secret`] values that never print, URLs with
+//! their passwords redacted, and known secrets scrubbed from messages that came from elsewhere
+//! (a provider, a driver).
 //!
 //! A URL carries credentials in two places: the userinfo password and the query parameters
 //! `password` and `sslpassword` (libpq's names, which sqlx reads too). `sslkey`/`sslcert`
 //! are file paths, not secrets, and are kept.
 
+use std::fmt;
+
+use serde::Serialize;
 use url::{Position, Url};
 
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[redacted]";
+
+/// A secret string whose `Debug`/`Display` never reveal it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
 
 /// Query parameters whose value is a credential, compared case-insensitively after decoding.
 const SECRET_PARAMS: [&str; 2] = ["password", "sslpassword"];

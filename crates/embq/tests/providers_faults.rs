@@ -424,7 +424,7 @@ async fn the_mock_faults_are_what_they_claim() {
     let dir = tempfile::tempdir().unwrap();
     let timeout = format!("{}ms", TIMEOUT.as_millis());
     let cfg = support::openai_config(&dir, &mock.url, &[("PROVIDER_TIMEOUT", &timeout)]);
-    let p = embq::provider::build(&cfg, Duration::ZERO).unwrap();
+    let p = cfg.provider().unwrap();
     for (served, kind, says) in [
         (Served::Fault(Reset), "transient", ""),
         (Served::Fault(BrokenOff), "transient", "body"),

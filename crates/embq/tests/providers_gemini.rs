@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use embq::provider::{build, Provider, ProviderError, RateSignals, SignalSink};
+use embq::provider::{Provider, ProviderError, RateSignals, SignalSink};
 use serde_json::json;
 use support::mock_provider::{MockProvider, Reply};
 
@@ -22,7 +22,7 @@ fn gemini(mock: &MockProvider, extra: &[(&str, &str)]) -> Arc<dyn Provider> {
         ("PROVIDER_TIMEOUT", "300ms"),
     ];
     pairs.extend_from_slice(extra);
-    build(&support::config(&pairs), Duration::ZERO).unwrap()
+    support::config(&pairs).provider().unwrap()
 }
 
 fn resource_exhausted(quota_id: &str, delay: &str) -> Reply {

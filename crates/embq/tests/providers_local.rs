@@ -114,7 +114,7 @@ async fn a_worker_embeds_jobs_with_the_local_model() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("q.db").display());
     let cfg = support::config(&[("DATABASE_URL", &db), ("EMBEDDING_PROVIDER", "local")]);
-    let provider = embq::provider::build(&cfg, Duration::ZERO).expect("local provider");
+    let provider = cfg.provider().expect("local provider");
     assert_eq!((provider.model(), provider.dimensions(), provider.metered()), ("all-MiniLM-L6-v2", 384, false));
     let texts = ["Coffee at Blue Bottle, $4.50", "Airline ticket Lisbon to Berlin", "Grocery store: milk and eggs"];
     let q = support::queue_with(&cfg, &support::jobs(3, |i| texts[i].to_string())).await;

@@ -7,7 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use embq::provider::{build, Provider, ProviderError, RateSignals, SignalSink};
+use embq::provider::{Provider, ProviderError, RateSignals, SignalSink};
 use embq::queue::DeadSelection;
 use serde_json::json;
 use support::mock_provider::{MockProvider, Reply};
@@ -15,7 +15,7 @@ use support::mock_provider::{MockProvider, Reply};
 fn provider(mock: &MockProvider, extra: &[(&str, &str)]) -> Arc<dyn Provider> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = support::openai_config(&dir, &mock.url, extra);
-    build(&cfg, Duration::ZERO).unwrap()
+    cfg.provider().unwrap()
 }
 
 fn openai_error(status: u16, kind: &str, message: &str, headers: Vec<(&'static str, String)>) -> Reply {
@@ -57,7 +57,7 @@ async fn compatible_servers_get_floats_no_key_and_their_own_caps() {
         ("OPENAI_BASE_URL", &mock.url),
         ("EMBEDDING_DIMENSIONS", "8"),
     ]);
-    let p = build(&cfg, Duration::ZERO).unwrap();
+    let p = cfg.provider().unwrap();
     assert_eq!(p.caps().max_inputs, 32);
     p.embed(&["a"]).await.unwrap();
     let r = &mock.seen()[0];
@@ -160,7 +160,7 @@ async fn connection_refused_is_transient() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let dir = tempfile::tempdir().unwrap();
-    let p = build(&support::openai_config(&dir, &url, &[]), Duration::ZERO).unwrap();
+    let p = support::openai_config(&dir, &url, &[]).provider().unwrap();
     let err = p.embed(&["x"]).await.unwrap_err();
     assert_eq!(err.kind(), "transient", "{err}");
 }
@@ -397,7 +397,7 @@ async fn key_in_a_2xx_body_leaves_no_trace(kind: &str) {
     let mock = MockProvider::start(8).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = support::openai_config(&dir, &mock.url, &[("EMBEDDING_PROVIDER", kind), ("MAX_ATTEMPTS", "1")]);
-    let p = build(&cfg, Duration::ZERO).unwrap();
+    let p = cfg.provider().unwrap();
     for body in bodies_echoing("sk-test-key") {
         mock.script([Reply::Raw(body.clone())]);
         let err = p.embed(&["a"]).await.unwrap_err();

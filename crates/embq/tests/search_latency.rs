@@ -67,7 +67,7 @@ async fn search_latency_at_100k_vectors() {
     let q = support::queue_with(&cfg, &jobs).await;
     let s = support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(600)).await;
     assert_eq!(s.processed, ROWS as u64);
-    let provider = embq::provider::build(&cfg, Duration::ZERO).unwrap();
+    let provider = cfg.provider().unwrap();
     let texts: Vec<String> = (0..QUERIES)
         .map(|_| {
             let mut words: Vec<String> = jobs[rng.gen_range(0..ROWS)].text.split(' ').map(str::to_string).collect();

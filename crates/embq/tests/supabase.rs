@@ -64,7 +64,7 @@ async fn insert(c: &mut PgConnection, title: &str, body: &str) -> i64 {
 
 /// The vector the configured provider makes of a text.
 async fn embed(cfg: &Config, text: &str) -> Vec<f32> {
-    let p = embq::provider::build(cfg, Duration::ZERO).expect("provider");
+    let p = cfg.provider().expect("provider");
     p.embed(&[text]).await.expect("embed").vectors.remove(0)
 }
 

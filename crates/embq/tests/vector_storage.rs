@@ -162,7 +162,7 @@ async fn above_two_thousand_dimensions_vectors_are_halfvec_and_indexable() {
     let r = q.migrate_with(MigrateOptions::default()).await.unwrap();
     assert!(r.notes.join("\n").contains("halfvec(3072)"), "{:?}", r.notes);
     fill(&c, &q, 10).await;
-    let p = embq::provider::build(&c, Duration::ZERO).unwrap();
+    let p = c.provider().unwrap();
     let want = p.embed(&["receipt 3: coffee 3.50"]).await.unwrap().vectors.remove(0);
     let got = q.embeddings(&c.model, 20).await.unwrap().into_iter().find(|e| e.source_id == "3").unwrap().vector;
     assert_eq!(got.len(), 3072);

@@ -49,7 +49,7 @@ pub async fn run(mut cfg: Config, args: Args, provider_chosen: bool) -> Result<(
     if cfg.provider == ProviderKind::Hash {
         println!("  note: `hash` is the development provider: vectors come from word hashing, not a language model");
     }
-    let provider = crate::provider::build(&cfg, Duration::ZERO).map_err(|e| CliError::Other(e.to_string()))?;
+    let provider = cfg.provider().map_err(|e| CliError::Other(e.to_string()))?;
     let queue = crate::queue::connect(&cfg).await?;
     queue.migrate().await?;
     let report = queue.enqueue(&parsed.jobs, &crate::queue::no_progress).await?;

@@ -32,8 +32,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     if args.k == 0 {
         return Err(CliError::Input("-k must be at least 1".into()));
     }
-    let provider =
-        crate::provider::build(&cfg, std::time::Duration::ZERO).map_err(|e| CliError::Other(e.to_string()))?;
+    let provider = cfg.provider().map_err(|e| CliError::Other(e.to_string()))?;
     let q = crate::queue::connect(&cfg).await?;
     q.check_schema().await?;
     let embedded = provider

@@ -11,6 +11,7 @@ use super::CliError;
 use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::provider::{HashProvider, Provider, ProviderKind};
 use crate::worker::{Worker, WorkerError};
 
 /// `embq worker` options.
@@ -43,8 +44,11 @@ pub async fn run(mut cfg: Config, args: Args) -> Result<(), CliError> {
     if let Some(kib) = args.dev_memory_limit_kib {
         cfg.memory_limit_bytes = kib.saturating_mul(1024);
     }
-    let provider = crate::provider::build(&cfg, Duration::from_millis(args.hash_delay_ms))
-        .map_err(|e| CliError::Other(e.to_string()))?;
+    let provider: Arc<dyn Provider> = if args.hash_delay_ms > 0 && cfg.provider == ProviderKind::Hash {
+        Arc::new(HashProvider::new(&cfg.model, cfg.dimensions).with_delay(Duration::from_millis(args.hash_delay_ms)))
+    } else {
+        cfg.provider().map_err(|e| CliError::Other(e.to_string()))?
+    };
     let metrics = Arc::new(Metrics::new(crate::VERSION, cfg.provider.as_str(), &cfg.model));
     // The claim loop ticks at least every second; 30 s of silence means it is stuck.
     let health = Arc::new(Health::new(cfg.worker_id.clone(), cfg.enable_queue_processing, Duration::from_secs(30)));

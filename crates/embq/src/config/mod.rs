@@ -6,9 +6,14 @@
 //! ([`secrets`]). This module holds the validated [`Config`] and its small types.
 
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::provider::gemini::GeminiSettings;
+use crate::provider::openai::OpenAiSettings;
+use crate::provider::{BuildError, Provider, ProviderSpec};
 
 mod raw;
 mod secrets;
@@ -17,48 +22,11 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use crate::provider::ProviderKind;
+pub use crate::redact::Secret;
 pub use raw::RawConfig;
-pub use secrets::{DatabaseUrl, HttpUrl, Secret};
+pub use secrets::{DatabaseUrl, HttpUrl};
 pub use validate::{parse_duration, ConfigError};
-/// Which embedding provider the worker calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProviderKind {
-    /// OpenAI's public API.
-    Openai,
-    /// Google Gemini.
-    Gemini,
-    /// Any server speaking the OpenAI wire format (TEI, Ollama, vLLM, Infinity).
-    OpenaiCompatible,
-    /// all-MiniLM-L6-v2 in-process.
-    Local,
-    /// Deterministic vectors derived from a hash of the text, for development and tests.
-    Hash,
-}
-
-impl ProviderKind {
-    fn parse(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "openai" => Ok(Self::Openai),
-            "gemini" => Ok(Self::Gemini),
-            "openai-compatible" | "openai_compatible" => Ok(Self::OpenaiCompatible),
-            "local" => Ok(Self::Local),
-            "hash" => Ok(Self::Hash),
-            _ => Err("must be one of openai, gemini, openai-compatible, local, hash".into()),
-        }
-    }
-    /// The name used in config, logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Openai => "openai",
-            Self::Gemini => "gemini",
-            Self::OpenaiCompatible => "openai-compatible",
-            Self::Local => "local",
-            Self::Hash => "hash",
-        }
-    }
-}
-
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,6 +190,40 @@ pub struct Connections {
 }
 
 impl Config {
+    /// What the provider settings ask for.
+    pub fn provider_spec(&self) -> Result<ProviderSpec, BuildError> {
+        let (model, dimensions, timeout) = (self.model.clone(), self.dimensions, self.provider_timeout);
+        Ok(match self.provider {
+            ProviderKind::Hash => ProviderSpec::Hash { model, dimensions },
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => ProviderSpec::OpenAi(OpenAiSettings {
+                kind: self.provider,
+                base_url: self.openai_base_url.as_ref().map_or("https://api.openai.com", |u| u.expose()).to_string(),
+                api_key: self.openai_api_key.clone(),
+                model,
+                dimensions,
+                timeout,
+                caps: self.request_caps,
+            }),
+            ProviderKind::Gemini => ProviderSpec::Gemini(GeminiSettings {
+                base_url: self.gemini_base_url.expose().to_string(),
+                api_key: self
+                    .gemini_api_key
+                    .clone()
+                    .ok_or_else(|| BuildError::Setup("gemini", "GEMINI_API_KEY is not set".into()))?,
+                model,
+                dimensions,
+                task_type: self.gemini_task_type.clone(),
+                timeout,
+            }),
+            ProviderKind::Local => ProviderSpec::Local { cache_dir: self.model_cache_dir.clone(), dimensions },
+        })
+    }
+
+    /// Builds the configured provider.
+    pub fn provider(&self) -> Result<Arc<dyn Provider>, BuildError> {
+        crate::provider::build(self.provider_spec()?)
+    }
+
     /// The database connections one worker opens at most: replicas × `total` must stay below
     /// the server's `max_connections`.
     pub fn connections(&self) -> Connections {

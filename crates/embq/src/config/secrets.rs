@@ -1,41 +1,9 @@
-//! Values that must never be printed whole: API keys, tokens and URLs that carry credentials.
+//! URLs that may carry credentials, printed only with them redacted; secrets themselves are
+//! [`crate::redact::Secret`].
 
 use std::fmt;
 
 use serde::Serialize;
-
-/// A secret string whose `Debug`/`Display` never reveal it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("[redacted]")
-    }
-}
 
 /// A database URL; its password is redacted whenever it is printed.
 #[derive(Clone, PartialEq, Eq)]

@@ -13,8 +13,9 @@ use serde::Deserialize;
 
 use super::message::Secrets;
 use super::remote::{self, SignalSink, SinkSlot};
+use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError, RequestCaps};
-use crate::config::{ProviderKind, Secret};
+use crate::redact::Secret;
 
 /// Gemini's per-call caps.
 pub const GEMINI_CAPS: RequestCaps =

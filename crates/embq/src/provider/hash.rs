@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError};
-use crate::config::ProviderKind;
 use crate::vector::l2_normalize;
 
 /// Deterministic feature-hashing embeddings.

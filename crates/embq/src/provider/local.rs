@@ -19,8 +19,8 @@ use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use tokenizers::Tokenizer;
 
 use super::local_files::{self, MODEL_NAME};
+use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError, RequestCaps};
-use crate::config::ProviderKind;
 use crate::tokens::{CountTokens, TokenCounter};
 
 /// sentence-transformers' `max_seq_length` for this model, special tokens included.

@@ -3,9 +3,9 @@
 //! A provider turns a batch of texts into vectors. Its errors are named by what
 //! the queue must do next; [`crate::outcome::decide`] turns them into job outcomes.
 
-mod hash;
-// --- issue 3: real providers ---
 pub mod gemini;
+mod hash;
+mod kind;
 #[cfg(feature = "local-model")]
 pub mod local;
 pub mod local_files;
@@ -14,19 +14,18 @@ pub mod openai;
 pub mod remote;
 
 pub use remote::{RateSignals, SignalSink};
-// --- end issue 3 ---
 
 pub use hash::HashProvider;
+pub use kind::ProviderKind;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{Config, ProviderKind};
 use crate::tokens::TokenCounter;
 
-// --- issue 3 ---
 /// What one request to a provider may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RequestCaps {
@@ -37,7 +36,6 @@ pub struct RequestCaps {
     /// Most tokens in one input.
     pub max_tokens_per_input: usize,
 }
-// --- end issue 3 ---
 
 /// A successful embedding call.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,7 +135,6 @@ pub trait Provider: Send + Sync + 'static {
     fn max_inputs(&self) -> usize;
     /// Embeds a batch of texts.
     async fn embed(&self, texts: &[&str]) -> Result<Embedded, ProviderError>;
-    // --- issue 3 ---
     /// Per-request caps; by default only the input count is limited.
     fn caps(&self) -> RequestCaps {
         RequestCaps {
@@ -156,7 +153,6 @@ pub trait Provider: Send + Sync + 'static {
     }
     /// Connects the sink that receives the rate-limit signals of every response.
     fn set_signal_sink(&self, _sink: Arc<dyn SignalSink>) {}
-    // --- end issue 3 ---
 }
 
 /// Errors building a provider from the configuration.
@@ -170,41 +166,46 @@ pub enum BuildError {
     Setup(&'static str, String),
 }
 
-/// Builds the configured provider.
-pub fn build(cfg: &Config, hash_delay: Duration) -> Result<Arc<dyn Provider>, BuildError> {
-    let setup = |e: String| BuildError::Setup(cfg.provider.as_str(), e);
-    match cfg.provider {
-        ProviderKind::Hash => Ok(Arc::new(HashProvider::new(&cfg.model, cfg.dimensions).with_delay(hash_delay))),
-        // --- issue 3 ---
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
-            let settings = openai::OpenAiSettings {
-                kind: cfg.provider,
-                base_url: cfg.openai_base_url.as_ref().map_or("https://api.openai.com", |u| u.expose()).to_string(),
-                api_key: cfg.openai_api_key.clone(),
-                model: cfg.model.clone(),
-                dimensions: cfg.dimensions,
-                timeout: cfg.provider_timeout,
-                caps: cfg.request_caps,
-            };
-            Ok(Arc::new(openai::OpenAiProvider::new(settings).map_err(setup)?))
+/// Which provider to build, with what it needs (the settings map onto this:
+/// `Config::provider_spec`).
+#[derive(Debug, Clone)]
+pub enum ProviderSpec {
+    /// Deterministic feature-hashing vectors.
+    Hash {
+        /// Model name recorded with the vectors.
+        model: String,
+        /// Vector size.
+        dimensions: usize,
+    },
+    /// OpenAI or an OpenAI-compatible server.
+    OpenAi(openai::OpenAiSettings),
+    /// Google Gemini.
+    Gemini(gemini::GeminiSettings),
+    /// The in-process model, loaded from `cache_dir`.
+    Local {
+        /// Where the model files are.
+        cache_dir: PathBuf,
+        /// Vector size.
+        dimensions: usize,
+    },
+}
+
+/// Builds a provider.
+pub fn build(spec: ProviderSpec) -> Result<Arc<dyn Provider>, BuildError> {
+    match spec {
+        ProviderSpec::Hash { model, dimensions } => Ok(Arc::new(HashProvider::new(&model, dimensions))),
+        ProviderSpec::OpenAi(settings) => {
+            let kind = settings.kind.as_str();
+            Ok(Arc::new(openai::OpenAiProvider::new(settings).map_err(|e| BuildError::Setup(kind, e))?))
         }
-        ProviderKind::Gemini => {
-            let settings = gemini::GeminiSettings {
-                base_url: cfg.gemini_base_url.expose().to_string(),
-                api_key: cfg.gemini_api_key.clone().ok_or_else(|| setup("GEMINI_API_KEY is not set".into()))?,
-                model: cfg.model.clone(),
-                dimensions: cfg.dimensions,
-                task_type: cfg.gemini_task_type.clone(),
-                timeout: cfg.provider_timeout,
-            };
-            Ok(Arc::new(gemini::GeminiProvider::new(settings).map_err(setup)?))
+        ProviderSpec::Gemini(settings) => {
+            Ok(Arc::new(gemini::GeminiProvider::new(settings).map_err(|e| BuildError::Setup("gemini", e))?))
         }
         #[cfg(feature = "local-model")]
-        ProviderKind::Local => {
-            Ok(Arc::new(local::LocalProvider::load(&cfg.model_cache_dir, cfg.dimensions).map_err(setup)?))
+        ProviderSpec::Local { cache_dir, dimensions } => {
+            Ok(Arc::new(local::LocalProvider::load(&cache_dir, dimensions).map_err(|e| BuildError::Setup("local", e))?))
         }
         #[cfg(not(feature = "local-model"))]
-        ProviderKind::Local => Err(BuildError::Unavailable("local")),
-        // --- end issue 3 ---
+        ProviderSpec::Local { .. } => Err(BuildError::Unavailable("local")),
     }
 }

@@ -14,8 +14,9 @@ use serde::Deserialize;
 
 use super::message::Secrets;
 use super::remote::{self, SignalSink, SinkSlot};
+use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError, RequestCaps};
-use crate::config::{ProviderKind, Secret};
+use crate::redact::Secret;
 use crate::tokens::TokenCounter;
 
 /// OpenAI's published per-request caps.

@@ -120,7 +120,7 @@ pub struct Harness {
 
 /// Builds a draining worker over `queue` with the configured provider (or `limiter`).
 pub fn harness(cfg: &Config, queue: Arc<dyn Queue>, limiter: Option<Arc<Limiter>>) -> Harness {
-    let provider: Arc<dyn Provider> = embq::provider::build(cfg, Duration::ZERO).expect("provider");
+    let provider: Arc<dyn Provider> = cfg.provider().expect("provider");
     let metrics = Arc::new(Metrics::new("test", cfg.provider.as_str(), &cfg.model));
     let health = Arc::new(Health::new(cfg.worker_id.clone(), true, Duration::from_secs(30)));
     let mut worker = Worker::new(cfg.clone(), queue, provider, health.clone(), metrics.clone()).drain_when_idle(true);
