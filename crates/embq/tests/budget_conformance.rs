@@ -35,7 +35,7 @@ enum Store {
 impl Store {
     async fn postgres() -> Self {
         let url = support::pg::fresh_pg_db().await;
-        let q = embq::queue::connect(&support::config_at(&url, &[])).await.expect("open store");
+        let q = embq::queue::connect(&support::config_at(&url, &[]).store()).await.expect("open store");
         q.migrate().await.expect("migrate");
         Store::Postgres(url)
     }

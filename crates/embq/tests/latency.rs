@@ -119,7 +119,7 @@ async fn enqueue_to_stored_latency() {
     let n: usize = std::env::var("EMBQ_LATENCY_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let url = support::pg::fresh_pg_db().await;
     let cfg = support::config_at(&url, &[]);
-    let queue = embq::queue::connect(&cfg).await.expect("open store");
+    let queue = embq::queue::connect(&cfg.store()).await.expect("open store");
     queue.migrate().await.expect("migrate");
 
     // Benchmark-only: every stored embedding notifies its source id when its transaction commits.

@@ -132,7 +132,7 @@ async fn pg_cfgs(mock: &MockProvider, workers: usize, rpm: u32, tpm: u32, batch:
         })
         .collect();
     assert_eq!(cfgs[0].rate_limit_scope, embq::config::RateLimitScope::Fleet, "fleet is PostgreSQL's default");
-    let q = embq::queue::connect(&cfgs[0]).await.expect("open store");
+    let q = embq::queue::connect(&cfgs[0].store()).await.expect("open store");
     q.migrate().await.expect("migrate");
     apply_rate_budget_migration(&url).await;
     cfgs

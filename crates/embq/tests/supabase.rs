@@ -28,7 +28,7 @@ async fn app() -> App {
         &url,
         &[("EMBEDDING_DIMENSIONS", DIMS), ("QUEUE_POLL_INTERVAL", "50ms"), ("MAX_ATTEMPTS", "1")],
     );
-    let q = embq::queue::connect(&cfg).await.expect("open store");
+    let q = embq::queue::connect(&cfg.store()).await.expect("open store");
     q.migrate().await.expect("migrate as the database owner");
     let mut owner = PgConnection::connect(&url).await.expect("connect as the owner");
     sqlx::raw_sql(RECIPE).execute(&mut owner).await.expect("the recipe runs as the owner");

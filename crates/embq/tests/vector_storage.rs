@@ -21,7 +21,7 @@ fn cfg(url: &str, dims: &str, extra: &[(&str, &str)]) -> Config {
 }
 
 async fn open(cfg: &Config) -> Arc<dyn Queue> {
-    embq::queue::connect(cfg).await.expect("open store")
+    embq::queue::connect(&cfg.store()).await.expect("open store")
 }
 
 async fn fill(cfg: &Config, q: &Arc<dyn Queue>, n: usize) {

@@ -33,7 +33,7 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
                 println!("nothing to resume: {PER_WORKER}");
                 return Ok(());
             }
-            let q = crate::queue::connect(&cfg).await?;
+            let q = crate::queue::connect(&cfg.store()).await?;
             q.check_schema().await?;
             let resumed =
                 limiter::resume_fleet(&cfg.database_url.for_driver(), budget.as_deref()).await.map_err(unavailable)?;

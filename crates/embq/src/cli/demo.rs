@@ -50,7 +50,7 @@ pub async fn run(mut cfg: Config, args: Args, provider_chosen: bool) -> Result<(
         println!("  note: `hash` is the development provider: vectors come from word hashing, not a language model");
     }
     let provider = cfg.provider().map_err(|e| CliError::Other(e.to_string()))?;
-    let queue = crate::queue::connect(&cfg).await?;
+    let queue = crate::queue::connect(&cfg.store()).await?;
     queue.migrate().await?;
     let report = queue.enqueue(&parsed.jobs, &crate::queue::no_progress).await?;
     let total = report.inserted + report.replaced;

@@ -45,7 +45,7 @@ pub enum Cmd {
 
 /// Runs a dlq subcommand.
 pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
-    let q = crate::queue::connect(&cfg).await?;
+    let q = crate::queue::connect(&cfg.store()).await?;
     q.check_schema().await?;
     match cmd {
         Cmd::List { limit, json } => {

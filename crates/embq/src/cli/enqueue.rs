@@ -205,7 +205,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
         println!("queued 0 jobs (the input held none)");
         return Ok(());
     }
-    let q = crate::queue::connect(&cfg).await?;
+    let q = crate::queue::connect(&cfg.store()).await?;
     q.check_schema().await?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(survey.valid);

@@ -23,7 +23,7 @@ pub enum IndexCmd {
 
 /// Applies the schema and settles the vector storage, printing what was decided and why.
 pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
-    let q = crate::queue::connect(&cfg).await?;
+    let q = crate::queue::connect(&cfg.store()).await?;
     let report = q.migrate_with(MigrateOptions { reembed: args.reembed }).await?;
     for note in &report.notes {
         println!("{note}");
@@ -35,7 +35,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
 /// `embq index create`.
 pub async fn index(cfg: Config, cmd: IndexCmd) -> Result<(), CliError> {
     let IndexCmd::Create = cmd;
-    let q = crate::queue::connect(&cfg).await?;
+    let q = crate::queue::connect(&cfg.store()).await?;
     q.check_schema().await?;
     match q.create_index().await? {
         IndexOutcome::Present => println!("embq.{HNSW_INDEX} is already in place"),

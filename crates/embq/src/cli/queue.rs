@@ -26,7 +26,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
 
 /// Runs a queue subcommand.
 pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
-    let q = crate::queue::connect(&cfg).await?;
+    let q = crate::queue::connect(&cfg.store()).await?;
     q.check_schema().await?;
     match cmd {
         Cmd::Stats { json: as_json } => {

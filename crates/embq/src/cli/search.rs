@@ -33,7 +33,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
         return Err(CliError::Input("-k must be at least 1".into()));
     }
     let provider = cfg.provider().map_err(|e| CliError::Other(e.to_string()))?;
-    let q = crate::queue::connect(&cfg).await?;
+    let q = crate::queue::connect(&cfg.store()).await?;
     q.check_schema().await?;
     let embedded = provider
         .embed(&[args.query.as_str()])

@@ -81,7 +81,8 @@ pub async fn run(mut cfg: Config, args: Args) -> Result<(), CliError> {
     // A worker started while the database is down keeps trying, live but not ready (the startup
     // probe decides how long that may last), instead of exiting into a crash loop.
     let stopping = health.shutdown.clone();
-    let connecting = crate::queue::connect_until(&cfg, |_| !stopping.is_cancelled());
+    let store = cfg.store();
+    let connecting = crate::queue::connect_until(&store, |_| !stopping.is_cancelled());
     let queue = tokio::select! {
         q = connecting => match q {
             Ok(q) => q,

@@ -3,7 +3,7 @@
 //! Values arrive as raw strings (from a command-line flag or its environment variable:
 //! [`raw`]), are turned into typed values ([`validate`]) so that *all* problems are reported
 //! together, each naming its variable, and secrets stay wrapped so no output shows them
-//! ([`secrets`]). This module holds the validated [`Config`] and its small types.
+//! ([`crate::redact`]). This module holds the validated [`Config`] and its small types.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
@@ -14,19 +14,20 @@ use serde::Serialize;
 use crate::provider::gemini::GeminiSettings;
 use crate::provider::openai::OpenAiSettings;
 use crate::provider::{BuildError, Provider, ProviderSpec};
+use crate::queue::{StoreSettings, VectorSettings};
 
 mod raw;
-mod secrets;
 mod validate;
 
 #[cfg(test)]
 mod tests;
 
 pub use crate::provider::ProviderKind;
-pub use crate::redact::Secret;
+pub use crate::queue::PoolMode;
+pub use crate::redact::{DatabaseUrl, HttpUrl, Secret};
 pub use raw::RawConfig;
-pub use secrets::{DatabaseUrl, HttpUrl};
 pub use validate::{parse_duration, ConfigError};
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,16 +36,6 @@ pub enum LogFormat {
     Json,
     /// Human-readable lines.
     Text,
-}
-
-/// How the PostgreSQL URL is reached, which decides what session state may be relied on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// A direct connection (or a session-mode pooler): prepared statements are cached, LISTEN works.
-    Session,
-    /// A transaction-mode pooler (PgBouncer, Supavisor on 6543): no cached statements, no LISTEN.
-    Transaction,
 }
 
 /// The validated configuration.
@@ -190,6 +181,23 @@ pub struct Connections {
 }
 
 impl Config {
+    /// How to open the queue store.
+    pub fn store(&self) -> StoreSettings {
+        StoreSettings {
+            url: self.database_url.clone(),
+            listen_url: self.database_listen_url.clone(),
+            pool_mode: self.pool_mode,
+            max_connections: self.db_max_connections,
+            connect_timeout: self.database_connect_timeout,
+            vectors: VectorSettings {
+                storage: self.vector_type,
+                index: self.vector_index,
+                dims: self.dimensions,
+                model: self.model.clone(),
+            },
+        }
+    }
+
     /// What the provider settings ask for.
     pub fn provider_spec(&self) -> Result<ProviderSpec, BuildError> {
         let (model, dimensions, timeout) = (self.model.clone(), self.dimensions, self.provider_timeout);

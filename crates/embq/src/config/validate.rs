@@ -3,8 +3,8 @@
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use super::secrets::http_url;
 use super::*;
+use crate::redact::http_url;
 
 /// Gemini's documented task types.
 const GEMINI_TASK_TYPES: &[&str] = &[

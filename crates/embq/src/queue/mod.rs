@@ -19,6 +19,7 @@ mod postgres;
 mod rows;
 mod schema;
 mod search;
+mod settings;
 mod sqlite;
 mod state;
 mod stats;
@@ -26,6 +27,7 @@ mod stats;
 pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};
 pub use schema::SCHEMA_VERSION;
 pub use search::{scan, Search, SearchHit, SearchMethod};
+pub use settings::{PoolMode, StoreSettings, VectorSettings};
 pub use sqlite::SqliteQueue;
 pub use state::{JobState, UnknownState, WorkerState};
 
@@ -36,8 +38,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use crate::config::{Config, DatabaseUrl};
 
 /// Errors from the queue store, named by what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -503,22 +503,22 @@ pub trait JobListener: Send {
     async fn recv(&mut self) -> Result<(), QueueError>;
 }
 
-/// Opens the store named by the configuration, retrying an unreachable database with back-off
-/// for `DATABASE_CONNECT_TIMEOUT` (one-shot commands).
-pub async fn connect(cfg: &Config) -> Result<Arc<dyn Queue>, QueueError> {
-    let deadline = std::time::Instant::now() + cfg.database_connect_timeout;
-    connect_until(cfg, |_| std::time::Instant::now() < deadline).await
+/// Opens the store, retrying an unreachable database with back-off for its `connect_timeout`
+/// (`DATABASE_CONNECT_TIMEOUT`; one-shot commands).
+pub async fn connect(settings: &StoreSettings) -> Result<Arc<dyn Queue>, QueueError> {
+    let deadline = std::time::Instant::now() + settings.connect_timeout;
+    connect_until(settings, |_| std::time::Instant::now() < deadline).await
 }
 
 /// Opens the store, retrying an unreachable database with back-off (200 ms doubling to 10 s)
 /// while `again(error)` says so; other errors (a bad URL) end at once.
 pub async fn connect_until(
-    cfg: &Config,
+    settings: &StoreSettings,
     mut again: impl FnMut(&QueueError) -> bool,
 ) -> Result<Arc<dyn Queue>, QueueError> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match connect_with_clock(cfg, &cfg.database_url, Clock::System).await {
+        match connect_with_clock(settings, Clock::System).await {
             Err(e @ QueueError::Unavailable(_)) if again(&e) => {
                 tracing::warn!(error = %e, retry_in = ?delay, "database not reachable yet");
                 tokio::time::sleep(delay).await;
@@ -529,12 +529,12 @@ pub async fn connect_until(
     }
 }
 
-/// Opens a store with an explicit URL and clock (tests).
-pub async fn connect_with_clock(cfg: &Config, url: &DatabaseUrl, clock: Clock) -> Result<Arc<dyn Queue>, QueueError> {
-    if url.is_sqlite() {
-        Ok(Arc::new(SqliteQueue::connect(url.expose(), cfg.db_max_connections, clock).await?))
+/// Opens a store with an explicit clock (tests).
+pub async fn connect_with_clock(settings: &StoreSettings, clock: Clock) -> Result<Arc<dyn Queue>, QueueError> {
+    if settings.url.is_sqlite() {
+        Ok(Arc::new(SqliteQueue::connect(settings.url.expose(), settings.max_connections, clock).await?))
     } else {
-        Ok(Arc::new(PgQueue::connect(cfg, url, clock).await?))
+        Ok(Arc::new(PgQueue::connect(settings, clock).await?))
     }
 }
 

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embq::config::{Config, DatabaseUrl, RawConfig};
+use embq::config::{Config, RawConfig};
 use embq::health::Health;
 use embq::limiter::Limiter;
 use embq::metrics::Metrics;
@@ -102,7 +102,7 @@ pub fn jobs(n: usize, text: impl Fn(usize) -> String) -> Vec<NewJob> {
 
 /// Opens and migrates the configured store and enqueues `jobs`.
 pub async fn queue_with(cfg: &Config, jobs: &[NewJob]) -> Arc<dyn Queue> {
-    let q = embq::queue::connect(cfg).await.expect("open store");
+    let q = embq::queue::connect(&cfg.store()).await.expect("open store");
     q.migrate().await.expect("migrate");
     q.enqueue(jobs, &embq::queue::no_progress).await.expect("enqueue");
     q
@@ -157,8 +157,7 @@ pub async fn store_with(
     let mut pairs = vec![("DB_MAX_CONNECTIONS", "20")];
     pairs.extend_from_slice(overrides);
     let cfg = config_at(url, &pairs);
-    let url = DatabaseUrl::parse(url).expect("URL");
-    embq::queue::connect_with_clock(&cfg, &url, clock).await.expect("open store")
+    embq::queue::connect_with_clock(&cfg.store(), clock).await.expect("open store")
 }
 
 /// Polls `check` until it returns true or the deadline passes (then panics with `what`).

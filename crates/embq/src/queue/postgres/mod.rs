@@ -43,11 +43,12 @@ pub use pgvector::{ColumnType, VectorIndex, VectorStorage};
 use layout::Layout;
 
 use super::search::Search;
+use super::settings::{PoolMode, StoreSettings, VectorSettings};
 use super::{
     ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener, Lease, MigrateOptions,
     MigrateReport, NewJob, Outcome, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
 };
-use crate::config::{Config, DatabaseUrl, PoolMode};
+use crate::redact::DatabaseUrl;
 
 /// How long a statement waits for a pooled connection before it fails as an outage.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,15 +65,6 @@ pub struct PgQueue {
     vectors: VectorSettings,
     /// The vector storage the catalog has, and when it was read; `migrate` forgets it.
     layout: std::sync::RwLock<Option<(std::time::Instant, Arc<Layout>)>>,
-}
-
-/// The settings that shape vector storage.
-#[derive(Clone, Debug)]
-struct VectorSettings {
-    storage: VectorStorage,
-    index: VectorIndex,
-    dims: usize,
-    model: String,
 }
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -105,8 +97,9 @@ fn options(url: &DatabaseUrl, mode: PoolMode) -> Result<PgConnectOptions, QueueE
 
 impl PgQueue {
     /// Connects, failing fast with a clear message when the server does not answer.
-    pub async fn connect(cfg: &Config, url: &DatabaseUrl, clock: Clock) -> Result<Self, QueueError> {
-        let opts = options(url, cfg.pool_mode)?;
+    pub async fn connect(settings: &StoreSettings, clock: Clock) -> Result<Self, QueueError> {
+        let url = &settings.url;
+        let opts = options(url, settings.pool_mode)?;
         // One direct connection first: its error says why (refused, auth, unknown database),
         // where a pool would only report a timeout.
         let conn = tokio::time::timeout(Duration::from_secs(10), PgConnection::connect_with(&opts))
@@ -116,7 +109,7 @@ impl PgQueue {
                 QueueError::Unavailable(format!("cannot connect to {}: {}", url.redacted(), url.scrub(&e.to_string())))
             })?;
         let _ = conn.close().await;
-        let session = cfg.pool_mode == PoolMode::Session;
+        let session = settings.pool_mode == PoolMode::Session;
         let pool = PgPoolOptions::new()
             .after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -128,23 +121,18 @@ impl PgQueue {
                     Ok(())
                 })
             })
-            .max_connections(cfg.db_max_connections)
+            .max_connections(settings.max_connections)
             .min_connections(0)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(opts.clone());
-        let listen = match (&cfg.database_listen_url, cfg.pool_mode) {
+        let listen = match (&settings.listen_url, settings.pool_mode) {
             (Some(u), _) => Some(options(u, PoolMode::Session)?),
             (None, PoolMode::Session) => Some(opts),
             // LISTEN through a transaction pooler silently loses notifications: poll instead.
             (None, PoolMode::Transaction) => None,
         };
-        let vectors = VectorSettings {
-            storage: cfg.vector_type,
-            index: cfg.vector_index,
-            dims: cfg.dimensions,
-            model: cfg.model.clone(),
-        };
+        let vectors = settings.vectors.clone();
         Ok(Self { pool, clock, persistent: session, listen, vectors, layout: std::sync::RwLock::default() })
     }
 

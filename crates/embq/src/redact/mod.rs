@@ -11,6 +11,11 @@ use std::fmt;
 use serde::Serialize;
 use url::{Position, Url};
 
+mod urls;
+
+pub(crate) use urls::http_url;
+pub use urls::{DatabaseUrl, HttpUrl};
+
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[redacted]";
 

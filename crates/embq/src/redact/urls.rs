@@ -1,5 +1,4 @@
-//! URLs that may carry credentials, printed only with them redacted; secrets themselves are
-//! [`crate::redact::Secret`].
+//! URLs that may carry credentials (the database's, a provider's), printed only redacted.
 
 use std::fmt;
 
@@ -7,7 +6,7 @@ use serde::Serialize;
 
 /// A database URL; its password is redacted whenever it is printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(pub(super) String);
+pub struct DatabaseUrl(pub(crate) String);
 
 impl DatabaseUrl {
     /// Parses and checks the scheme.
@@ -40,7 +39,7 @@ impl DatabaseUrl {
     }
     /// The URL with every credential (password, `password=`, `sslpassword=`) redacted.
     pub fn redacted(&self) -> String {
-        crate::redact::redact_url(&self.0)
+        super::redact_url(&self.0)
     }
     /// The URL to hand to sqlx: without `sslpassword`, which sqlx does not support and
     /// would log, value included, as an unrecognized parameter.
@@ -63,7 +62,7 @@ impl DatabaseUrl {
     }
     /// `text` (a driver's error, say) with this URL's credentials scrubbed out.
     pub fn scrub(&self, text: &str) -> String {
-        crate::redact::scrub(text, &crate::redact::url_secrets(&self.0))
+        super::scrub(text, &super::url_secrets(&self.0))
     }
 }
 
@@ -92,7 +91,7 @@ print_redacted!(DatabaseUrl, HttpUrl);
 
 /// A provider's base URL; any userinfo password is redacted whenever it is printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct HttpUrl(pub(super) String);
+pub struct HttpUrl(pub(crate) String);
 
 impl HttpUrl {
     /// The full URL, credentials included, for sending requests.
@@ -101,12 +100,12 @@ impl HttpUrl {
     }
     /// The URL with every credential redacted.
     pub fn redacted(&self) -> String {
-        crate::redact::redact_url(&self.0)
+        super::redact_url(&self.0)
     }
 }
 
 /// Parses a provider's base URL (http or https).
-pub(super) fn http_url(v: &str) -> Result<HttpUrl, String> {
+pub(crate) fn http_url(v: &str) -> Result<HttpUrl, String> {
     let u = url::Url::parse(v).map_err(|e| format!("not a valid URL: {e}"))?;
     if !matches!(u.scheme(), "http" | "https") {
         return Err("must be an http:// or https:// URL".into());
