@@ -138,7 +138,7 @@ pub struct Metrics {
     pub provider_parked: Gauge,
     /// embedding_provider_paused_seconds
     pub provider_paused_seconds: GaugeF,
-    /// embedding_overlong_inputs_total{kind="truncated|rejected"} (issue 3)
+    /// embedding_overlong_inputs_total{kind="truncated|rejected"}
     pub overlong_inputs: Family<KindLabel, Counter>,
 }
 
