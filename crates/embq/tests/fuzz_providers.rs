@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use embq::provider::message::Secrets;
-use embq::provider::remote::{parse_go_duration, parse_retry_after, parse_signals, triage, RateSignals};
+use embq::provider::remote::triage;
+use embq::provider::signals::{parse_go_duration, parse_retry_after, parse_signals, RateSignals};
 use embq::provider::{gemini, openai, Embedded, ProviderError};
 use proptest::prelude::*;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};

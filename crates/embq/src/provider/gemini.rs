@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::message::Secrets;
-use super::remote::{self, SignalSink, SinkSlot};
+use super::remote;
+use super::signals::{SignalSink, SinkSlot};
 use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError, RequestCaps};
 use crate::redact::Secret;

@@ -12,8 +12,9 @@ pub mod local_files;
 pub mod message;
 pub mod openai;
 pub mod remote;
+pub mod signals;
 
-pub use remote::{RateSignals, SignalSink};
+pub use signals::{RateSignals, SignalSink};
 
 pub use hash::HashProvider;
 pub use kind::ProviderKind;

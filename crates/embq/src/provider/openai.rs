@@ -13,7 +13,8 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::message::Secrets;
-use super::remote::{self, SignalSink, SinkSlot};
+use super::remote;
+use super::signals::{SignalSink, SinkSlot};
 use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError, RequestCaps};
 use crate::redact::Secret;
