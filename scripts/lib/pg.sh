@@ -117,3 +117,14 @@ pg_stop() {
   rm -rf "$EMBQ_PG_DIR"
   EMBQ_PG_DIR=
 }
+
+# A new, empty database on the server pg_start started; prints its URL.
+fresh_db() {
+  local db
+  db="bench_$(date +%s%N)"
+  psql -q "$EMBQ_TEST_DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
+  echo "${EMBQ_TEST_DATABASE_URL%/*}/$db"
+}
+
+# Drops a database fresh_db made, given its URL (WITH (FORCE): a peer may leave a connection behind).
+drop_db() { psql -q "$EMBQ_TEST_DATABASE_URL" -c "DROP DATABASE ${1##*/} WITH (FORCE)" >/dev/null; }
