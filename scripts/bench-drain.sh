@@ -64,14 +64,6 @@ drain() { # url workers -> "jobs/s peak_rss_kib cpu_us_per_job"
   rm -f "$work"/time.*
 }
 
-fresh_db() { # -> url of a new, migrated database
-  local db
-  db="bench_$(date +%s%N)"
-  psql -q "$EMBQ_TEST_DATABASE_URL" -c "CREATE DATABASE $db" >/dev/null
-  echo "${EMBQ_TEST_DATABASE_URL%/*}/$db"
-}
-drop_db() { psql -q "$EMBQ_TEST_DATABASE_URL" -c "DROP DATABASE ${1##*/}" >/dev/null; }
-
 run_ceiling() { # -> best jobs/s of pgbench over CEILING_CLIENTS
   local best=0 c url t0 t1 rate per
   for c in $CEILING_CLIENTS; do
