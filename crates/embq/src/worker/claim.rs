@@ -183,6 +183,11 @@ async fn claim_into(
                 Err(e) => warn!(error = %e, "idle check failed"),
             }
         }
+        if drain_when_idle && got > 0 && ctx.health.inflight() == 0 {
+            // A short claim with nothing left in flight (all unchanged): the queue may be empty
+            // now, so a draining worker asks at once instead of sleeping first.
+            continue;
+        }
         let mut poll = jittered(ctx.cfg.poll_interval);
         if drain_when_idle && ctx.health.inflight() == 0 {
             // Jobs still running elsewhere may come back as retries; a draining worker with
