@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use embq::config::Config;
-use support::mock_provider::{Budgets, MockProvider, Window};
+use support::mock_provider::{Budgets, MockProvider, ServerTokens, Window};
 
 /// What the mock saw while a backlog drained.
 #[derive(Debug)]
@@ -138,12 +138,13 @@ async fn pg_cfgs(mock: &MockProvider, workers: usize, rpm: u32, tpm: u32, batch:
     cfgs
 }
 
-/// Schemas v2 and v3 (fleet budgets) are idempotent: applied here on a bare database too.
+/// Schemas v2, v3 and v8 (fleet budgets) are idempotent: applied here on a bare database too.
 async fn apply_rate_budget_migration(url: &str) {
     use sqlx::{Connection, Executor};
     let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
     conn.execute(include_str!("../migrations/postgres/0002_rate_budgets.sql")).await.expect("rate budget schema");
     conn.execute(include_str!("../migrations/postgres/0003_rate_windows.sql")).await.expect("rate window schema");
+    conn.execute(include_str!("../migrations/postgres/0008_rate_shape.sql")).await.expect("rate shape schema");
     let _ = conn.close().await;
 }
 
@@ -206,19 +207,102 @@ async fn without_a_shared_budget_four_workers_would_be_throttled() {
     check_complete(&d, 600);
 }
 
+/// Against OpenAI's shape (buckets a whole minute deep, full at start, refilled continuously,
+/// tokens counted the server's own way) the refill is spent from the start: 1.2 minutes' worth
+/// of requests go in about 12 s, where a budget holding every rolling minute to the per-minute
+/// budget takes over a minute; and no request is answered 429 — one worker, and four sharing
+/// the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_minute_bucket_is_spent_from_the_start_without_a_429() {
+    let n_jobs = 1_440;
+    for workers in [1usize, 4] {
+        let mock = MockProvider::start(8).await;
+        ServerLimiter::Minute.enforce(&mock, RPM, TPM);
+        let dir = tempfile::tempdir().unwrap();
+        let cfgs = if workers == 1 {
+            vec![sqlite_cfg(&dir, &mock, RPM, TPM, 1)]
+        } else {
+            pg_cfgs(&mock, workers, RPM, TPM, 1).await
+        };
+        let d = drain_against(&mock, cfgs, n_jobs).await;
+        eprintln!("{workers} worker(s): {d:?}");
+        check_complete(&d, n_jobs);
+        assert_eq!(d.throttled, 0, "{workers} worker(s): the provider answered 429: {d:?}");
+        let sizes: Vec<u64> = mock.seen().iter().filter(|s| s.status == 200).map(|s| s.tokens).collect();
+        let best = best_seconds(ServerLimiter::Minute, &sizes, RPM, TPM);
+        assert!((11.0..13.0).contains(&best), "{best}");
+        assert!(
+            d.wall.as_secs_f64() < 2.0 * best,
+            "{workers} worker(s): {:.1} s, best {best:.1} s",
+            d.wall.as_secs_f64()
+        );
+    }
+}
+
+/// A server that sends no rate headers at all: the configured budgets rule, as they would
+/// without any provider signal — no 429, and never more than the budget's pace (a one-second
+/// bucket from empty, then budget / 60 a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rate_headers_the_configured_budget_rules() {
+    let mock = MockProvider::start(8).await;
+    ServerLimiter::Minute.enforce(&mock, RPM, TPM);
+    mock.hide_rate_headers();
+    let dir = tempfile::tempdir().unwrap();
+    let d = drain_against(&mock, vec![sqlite_cfg(&dir, &mock, RPM, TPM, 1)], 200).await;
+    check_complete(&d, 200);
+    assert_eq!(d.throttled, 0, "{d:?}");
+    // 200 requests at 20 a second, a bucket of 20 at most: the last 199 take at least 179 / 20
+    // seconds (a server that said it holds a whole minute would have had them at once).
+    assert!(d.span >= (199.0 - 20.0) / 20.0, "faster than the configured budget: {d:?}");
+}
+
 /// The mock's server-side limiter in a benchmark run.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ServerLimiter {
     /// Token buckets, full at start, [`MOCK_BURST_SECS`] deep, refilled continuously.
     Bucket,
+    /// Token buckets as OpenAI describes its limits: full at start, a whole minute deep,
+    /// refilled continuously; tokens counted the server's own way (ceil(chars / 4)).
+    Minute,
     /// An exact rolling one-minute window, empty at start.
     Window,
+}
+
+impl ServerLimiter {
+    /// Seconds of budget the server's buckets hold.
+    fn depth(self) -> f64 {
+        match self {
+            ServerLimiter::Minute => 60.0,
+            _ => MOCK_BURST_SECS,
+        }
+    }
+
+    /// Puts the mock under this limiter.
+    fn enforce(self, mock: &MockProvider, rpm: u32, tpm: u32) {
+        let (rpm, tpm) = (f64::from(rpm), f64::from(tpm));
+        match self {
+            ServerLimiter::Window => mock.enforce_window(Window { rpm, tpm }),
+            _ => mock.enforce(Budgets { rpm, tpm, burst_secs: self.depth() }),
+        }
+        if self == ServerLimiter::Minute {
+            mock.count_tokens(ServerTokens::CharsOverFour);
+        }
+    }
+
+    /// The name in BENCHMARKS.md's table.
+    fn name(self) -> &'static str {
+        match self {
+            ServerLimiter::Bucket => "bucket, 2 s",
+            ServerLimiter::Minute => "bucket, full minute, chars/4",
+            ServerLimiter::Window => "sliding window",
+        }
+    }
 }
 
 /// The best possible drain time for what the mock admitted, in seconds from the moment its
 /// limiter starts: when the last request could have been admitted at the earliest.
 ///
-/// Bucket (full at start, holding `B = burst_secs × limit / 60`, refilled at `limit / 60` per
+/// Bucket (full at start, holding `B = depth × limit / 60`, refilled at `limit / 60` per
 /// second): the last request goes once `B + rate × t` covers everything, so
 /// `t = max((tokens − B_tokens) / tokens_per_s, (requests − B_requests) / requests_per_s, 0)`.
 /// Window (empty at start): each minute admits at most a minute's worth, the first at once, so
@@ -227,10 +311,11 @@ enum ServerLimiter {
 fn best_seconds(limiter: ServerLimiter, sizes: &[u64], rpm: u32, tpm: u32) -> f64 {
     let (rpm, tpm) = (f64::from(rpm), f64::from(tpm));
     match limiter {
-        ServerLimiter::Bucket => {
+        ServerLimiter::Bucket | ServerLimiter::Minute => {
+            let depth = limiter.depth();
             let tokens: u64 = sizes.iter().sum();
-            let by_tokens = (tokens as f64 - tpm / 60.0 * MOCK_BURST_SECS) / (tpm / 60.0);
-            let by_requests = (sizes.len() as f64 - rpm / 60.0 * MOCK_BURST_SECS) / (rpm / 60.0);
+            let by_tokens = (tokens as f64 - tpm / 60.0 * depth) / (tpm / 60.0);
+            let by_requests = (sizes.len() as f64 - rpm / 60.0 * depth) / (rpm / 60.0);
             by_tokens.max(by_requests).max(0.0)
         }
         ServerLimiter::Window => {
@@ -280,8 +365,11 @@ async fn budget_utilisation() {
     // Jobs of ~17 tokens. Bucket: about a minute of budget beyond the two-second burst (3,600
     // jobs at 1,000 tokens/s, or 600 requests at 10/s). Window: 1.9 minutes' worth, which the
     // window admits in two bursts a minute apart (best: just over 60 s).
+    // Minute: two minutes' worth (the server counts ~17 tokens a job), the first minute's at once.
     let cases = [
-        (ServerLimiter::Bucket, "tokens", 20usize, 3_600usize),
+        (ServerLimiter::Minute, "tokens", 20usize, 7_000usize),
+        (ServerLimiter::Minute, "requests", 1, 1_200),
+        (ServerLimiter::Bucket, "tokens", 20, 3_600),
         (ServerLimiter::Bucket, "requests", 1, 600),
         (ServerLimiter::Window, "tokens", 20, 6_700),
         (ServerLimiter::Window, "requests", 1, 1_140),
@@ -295,12 +383,7 @@ async fn budget_utilisation() {
                 continue;
             }
             let mock = MockProvider::start(8).await;
-            match limiter {
-                ServerLimiter::Bucket => {
-                    mock.enforce(Budgets { rpm: f64::from(rpm), tpm: f64::from(tpm), burst_secs: MOCK_BURST_SECS })
-                }
-                ServerLimiter::Window => mock.enforce_window(Window { rpm: f64::from(rpm), tpm: f64::from(tpm) }),
-            }
+            limiter.enforce(&mock, rpm, tpm);
             let dir = tempfile::tempdir().unwrap();
             let cfgs = if workers == 1 {
                 vec![sqlite_cfg(&dir, &mock, rpm, tpm, batch)]
@@ -336,10 +419,7 @@ async fn budget_utilisation() {
             assert!(share_429 < 1.0, "{share_429:.2}% of the requests were answered 429: {d:?}");
             rows.push(format!(
                 "| {} | {binding} | {workers} | {scope} | {} | {} | {} | {:.1} s | {best:.1} s | **{utilisation:.1} %** | {} ({share_429:.2} %) |",
-                match limiter {
-                    ServerLimiter::Bucket => "bucket",
-                    ServerLimiter::Window => "sliding window",
-                },
+                limiter.name(),
                 d.jobs,
                 d.requests,
                 d.tokens,
@@ -368,17 +448,17 @@ async fn fleet_budgets_are_shared_by_key_and_start_empty() {
     // Empty at start: the first caller is told to wait about a second.
     match a.try_take(1).await.unwrap() {
         Grant::Wait(d) => assert!(d > Duration::from_millis(900) && d <= Duration::from_secs(1), "{d:?}"),
-        Grant::Granted => panic!("a fresh fleet budget must start empty"),
+        Grant::Granted(_) => panic!("a fresh fleet budget must start empty"),
     }
     // After a pause both pods see the pause; another key is unaffected by it.
     a.pause(Duration::from_secs(30)).await.unwrap();
     match b.try_take(1).await.unwrap() {
         Grant::Wait(d) => assert!(d > Duration::from_secs(29), "{d:?}"),
-        Grant::Granted => panic!("the pause must hold for every pod"),
+        Grant::Granted(_) => panic!("the pause must hold for every pod"),
     }
     match other.try_take(1).await.unwrap() {
         Grant::Wait(d) => assert!(d <= Duration::from_secs(1), "{d:?}"),
-        Grant::Granted => panic!("empty at start"),
+        Grant::Granted(_) => panic!("empty at start"),
     }
 }
 
@@ -400,16 +480,16 @@ async fn fleet_budgets_share_what_they_learn_and_keep_a_rolling_window() {
         ..RateSignals::default()
     };
     // Pod a hears that the provider has a whole minute left...
-    assert!(a.report(&whole).await.unwrap());
+    assert!(a.report(&whole, None).await.unwrap());
     // ...and pod b spends nearly all of it at once, where its empty one-second bucket would wait.
-    assert_eq!(b.try_take(500).await.unwrap(), Grant::Granted);
-    assert_eq!(b.try_take(80).await.unwrap(), Grant::Granted);
+    assert!(matches!(b.try_take(500).await.unwrap(), Grant::Granted(_)));
+    assert!(matches!(b.try_take(80).await.unwrap(), Grant::Granted(_)));
     // Then the window holds the rest back until the first grant leaves it (60.5 s), though
     // the bucket would refill in nine seconds.
     match a.try_take(100).await.unwrap() {
         Grant::Wait(d) => assert!(d > Duration::from_secs(59) && d <= Duration::from_secs_f64(60.5), "{d:?}"),
-        Grant::Granted => panic!("the window must hold the rest of the minute back"),
+        Grant::Granted(_) => panic!("the window must hold the rest of the minute back"),
     }
     // What was learnt is not learnt twice.
-    assert!(!b.report(&whole).await.unwrap());
+    assert!(!b.report(&whole, None).await.unwrap());
 }

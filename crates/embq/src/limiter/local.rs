@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::state::{BudgetState, Rates};
-use super::{Budget, Grant, LimiterError};
+use super::state::{BudgetState, Rates, Shape};
+use super::{Budget, Grant, GrantId, LimiterError};
 use crate::provider::RateSignals;
 
 /// A budget held in this process.
@@ -35,13 +35,16 @@ impl LocalBudget {
 impl Budget for LocalBudget {
     async fn try_take(&self, tokens: u64) -> Result<Grant, LimiterError> {
         Ok(match self.with(|s, now| s.try_take(now, tokens as f64)) {
-            Ok(()) => Grant::Granted,
+            Ok(id) => Grant::Granted(id),
             Err(wait) => Grant::Wait(Duration::from_secs_f64(wait)),
         })
     }
-    async fn correct(&self, delta: i64) -> Result<(), LimiterError> {
-        self.with(|s, now| s.correct(now, delta as f64));
-        Ok(())
+    async fn answer(&self, grant: GrantId, delta: i64, signals: &RateSignals) -> Result<bool, LimiterError> {
+        Ok(self.with(|s, now| {
+            let grew = !signals.is_empty() && s.report(now, signals, Some(grant));
+            s.settle(now, grant, delta as f64);
+            grew
+        }))
     }
     async fn pause(&self, d: Duration) -> Result<(), LimiterError> {
         self.with(|s, now| s.pause(now, d.as_secs_f64()));
@@ -50,11 +53,10 @@ impl Budget for LocalBudget {
     async fn paused_for(&self) -> Result<Option<Duration>, LimiterError> {
         Ok(self.with(|s, now| s.paused_for(now)).map(Duration::from_secs_f64))
     }
-    async fn clamp(&self, req: Option<u64>, tok: Option<u64>) -> Result<(), LimiterError> {
-        self.with(|s, now| s.clamp(now, req.map(|r| r as f64), tok.map(|t| t as f64)));
-        Ok(())
+    async fn report(&self, r: &RateSignals, grant: Option<GrantId>) -> Result<bool, LimiterError> {
+        Ok(self.with(|s, now| s.report(now, r, grant)))
     }
-    async fn report(&self, r: &RateSignals) -> Result<bool, LimiterError> {
-        Ok(self.with(|s, now| s.report(now, r)))
+    async fn shape(&self) -> Result<Shape, LimiterError> {
+        Ok(self.with(|s, _| s.shape()))
     }
 }

@@ -2,23 +2,30 @@
 //! metered provider waits on.
 //!
 //! - `state.rs`: the budget math ([`Rates`], [`BudgetState`]): two token buckets that start
-//!   empty and hold one second's worth, a rolling ledger that never grants more than the
-//!   per-minute budgets in [`Rates::WINDOW_SECONDS`], and the provider's pause.
+//!   empty and hold one second's worth, a rolling ledger of grants (`state/ledger.rs`) that
+//!   never grants more than the per-minute budgets in [`Rates::WINDOW_SECONDS`], the provider's
+//!   pause, and the provider's [`Shape`] as its headers show it (`state/shape.rs`).
 //! - [`Budget`]: where that state lives — [`LocalBudget`] in this process
 //!   (`RATE_LIMIT_SCOPE=worker`, `local.rs`) or [`PgBudget`] in PostgreSQL, shared by every
 //!   worker using the same API key (`RATE_LIMIT_SCOPE=fleet`, `postgres.rs`).
 //! - `pauses.rs`: the fleet's pauses seen and cleared from outside (`embq budget resume`).
+//! - `ratio.rs`: how many tokens the provider bills per token this worker counts.
 //!
-//! A request waits until the budget admits it; its tokens are reserved up front (counted
-//! before sending) and corrected from the response's `usage`.
+//! A request waits until the budget admits it ([`Limiter::acquire`]: a [`Permit`]); its tokens
+//! are reserved up front (counted, scaled by the billed-to-counted ratio) and settled from the
+//! response's `usage` ([`Limiter::settle`]), which also ends its time in flight.
 //!
 //! The provider's own signals win, and teach. Every response's [`RateSignals`] come here
-//! through one path, the provider's [`SignalSink`] ([`LimiterSink`]): a 429 pauses the budget
-//! for every task (and empties it) for its `Retry-After` (or [`DEFAULT_PAUSE`] without one);
-//! `x-ratelimit-remaining-*` caps the levels, and a remaining of zero pauses until the
-//! matching `x-ratelimit-reset-*`; a remaining with its reset says how much the provider
-//! holds when whole, and the buckets grow to it. No pause lasts longer than
-//! MAX_PROVIDER_PAUSE.
+//! through one path, the provider's [`SignalSink`] ([`LimiterSink`]), tagged with the grant
+//! they answer ([`Limiter::during`]): a 429 pauses the budget for every task (and empties it)
+//! for its `Retry-After` (or [`DEFAULT_PAUSE`] without one); a remaining with its reset says
+//! how much the provider holds when whole, and the buckets grow to it. Against a provider whose
+//! reports show a continuously refilled bucket (OpenAI's), its remaining less what it may not
+//! have counted yet *is* the budget, and the rolling ledger holds nothing back; against
+//! anything else `x-ratelimit-remaining-*` caps the levels, a remaining of zero pauses until
+//! the matching `x-ratelimit-reset-*`, and the ledger keeps every rolling minute within the
+//! budget. A provider that sends no headers gets the configured budgets. No pause lasts longer
+//! than MAX_PROVIDER_PAUSE.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,12 +39,15 @@ use crate::provider::{RateSignals, SignalSink};
 mod local;
 mod pauses;
 mod postgres;
+mod ratio;
 mod state;
+
+use ratio::TokenRatio;
 
 pub use local::LocalBudget;
 pub use pauses::{fleet_pauses, resume_fleet, FleetPause};
 pub use postgres::{budget_key, PgBudget};
-pub use state::{Bucket, BudgetState, Rates};
+pub use state::{Bucket, BudgetState, Rates, Shape};
 
 /// Errors of a shared budget store.
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +57,15 @@ pub enum LimiterError {
     Unavailable(String),
 }
 
+/// A grant's id: the limiter knows which request a report answers, so it knows what else is
+/// still in flight.
+pub type GrantId = u64;
+
 /// What a budget store answers to a request for budget.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Grant {
     /// Budget taken: send the request.
-    Granted,
+    Granted(GrantId),
     /// Not yet: ask again after this long.
     Wait(Duration),
 }
@@ -61,25 +75,19 @@ pub enum Grant {
 pub trait Budget: Send + Sync + 'static {
     /// Takes one request and `tokens`, or says how long to wait.
     async fn try_take(&self, tokens: u64) -> Result<Grant, LimiterError>;
-    /// Applies a token correction (`reserved − used`; negative takes more).
-    async fn correct(&self, delta: i64) -> Result<(), LimiterError>;
+    /// The request of `grant` was answered with `signals` (applied as [`Budget::report`]
+    /// does): it is no longer in flight, and `delta` tokens are given back (`reserved − used`;
+    /// negative takes more). True if the budget grew.
+    async fn answer(&self, grant: GrantId, delta: i64, signals: &RateSignals) -> Result<bool, LimiterError>;
     /// Pauses the budget for every task sharing it.
     async fn pause(&self, d: Duration) -> Result<(), LimiterError>;
     /// How long the provider's pause lasts from now, if one is on.
     async fn paused_for(&self) -> Result<Option<Duration>, LimiterError>;
-    /// Caps the levels at the provider's remaining budgets.
-    async fn clamp(&self, remaining_requests: Option<u64>, remaining_tokens: Option<u64>) -> Result<(), LimiterError>;
-    /// Applies one response's report (learn, clamp, pause); true if the budget grew.
-    /// By default it only clamps and pauses.
-    async fn report(&self, r: &RateSignals) -> Result<bool, LimiterError> {
-        if r.remaining_requests.is_some() || r.remaining_tokens.is_some() {
-            self.clamp(r.remaining_requests, r.remaining_tokens).await?;
-        }
-        if let Some(p) = r.pause() {
-            self.pause(p).await?;
-        }
-        Ok(false)
-    }
+    /// Applies one response's report (to the request of `grant`, when known): weigh the
+    /// provider's shape, learn, set or cap the levels, pause. True if the budget grew.
+    async fn report(&self, r: &RateSignals, grant: Option<GrantId>) -> Result<bool, LimiterError>;
+    /// What the provider's reports have shown about its budget.
+    async fn shape(&self) -> Result<Shape, LimiterError>;
 }
 
 /// How long a 429 without any hint pauses the provider.
@@ -102,6 +110,40 @@ pub struct Limiter {
     turn: tokio::sync::Mutex<()>,
     /// Wakes the caller waiting for its turn when a report grew the budget.
     grew: tokio::sync::Notify,
+    /// What the provider bills per token this worker counts, learnt from `usage`.
+    ratio: TokenRatio,
+    /// The signals of answers whose grant is not yet settled: applied with the settlement, in
+    /// one call of the budget store.
+    answered: std::sync::Mutex<std::collections::HashMap<GrantId, RateSignals>>,
+}
+
+/// A request's place in the budget, from [`Limiter::acquire`] to [`Limiter::settle`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Permit {
+    /// The grant.
+    pub grant: GrantId,
+    /// Tokens as this worker counted them.
+    pub counted: u64,
+    /// Tokens reserved: as counted, scaled by what the provider was seen to bill.
+    pub reserved: u64,
+    /// How long the request waited for budget.
+    pub waited: Duration,
+}
+
+/// What the provider billed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Billed {
+    /// Its `usage`.
+    Tokens(u64),
+    /// Nothing: the request was refused.
+    Nothing,
+    /// Unknown (no `usage`, or a 429, which already emptied the budget): the reservation stands.
+    Unknown,
+}
+
+tokio::task_local! {
+    /// The grant of the provider call running in this task: its answer's signals report to it.
+    static CALL: GrantId;
 }
 
 impl Limiter {
@@ -112,6 +154,8 @@ impl Limiter {
             max_pause: DEFAULT_MAX_PAUSE,
             turn: tokio::sync::Mutex::new(()),
             grew: tokio::sync::Notify::new(),
+            ratio: TokenRatio::default(),
+            answered: Default::default(),
         }
     }
 
@@ -156,15 +200,16 @@ impl Limiter {
         Ok(limiter.with_max_pause(cfg.max_provider_pause))
     }
 
-    /// Waits until one request of `tokens` tokens is admitted; returns how long it waited.
+    /// Waits until one request of `counted` tokens (as this worker counts them) is admitted.
     /// Dropping the future gives up the turn without taking budget.
-    pub async fn acquire(&self, tokens: u64) -> Duration {
+    pub async fn acquire(&self, counted: u64) -> Permit {
         let started = tokio::time::Instant::now();
+        let reserved = self.ratio.scale(counted);
         let _turn = self.turn.lock().await;
         let mut store_down = Duration::from_millis(100);
         loop {
-            match self.budget.try_take(tokens).await {
-                Ok(Grant::Granted) => return started.elapsed(),
+            match self.budget.try_take(reserved).await {
+                Ok(Grant::Granted(grant)) => return Permit { grant, counted, reserved, waited: started.elapsed() },
                 Ok(Grant::Wait(d)) => {
                     tokio::select! {
                         _ = tokio::time::sleep(d.clamp(Duration::from_millis(1), RECHECK)) => {}
@@ -181,28 +226,64 @@ impl Limiter {
         }
     }
 
-    /// Corrects the reservation once the provider reported what it billed.
-    pub async fn correct(&self, reserved: u64, used: u64) {
-        if reserved != used {
-            let delta = reserved as i64 - used as i64;
-            if let Err(e) = self.budget.correct(delta).await {
-                debug!(error = %e, "token correction lost");
-            }
-        }
+    /// Runs the provider call of `permit`: the signals its answer reports are the answer to
+    /// that grant, so the budget knows what else is still in flight.
+    pub async fn during<F: std::future::Future>(&self, permit: &Permit, call: F) -> F::Output {
+        CALL.scope(permit.grant, call).await
     }
 
-    /// Applies the signals of one response: learns, clamps, and pauses every task sharing
-    /// this budget for as long as the provider asked (at most MAX_PROVIDER_PAUSE); a 429
-    /// without any hint pauses [`DEFAULT_PAUSE`].
-    pub async fn apply(&self, s: &RateSignals) {
-        let mut s = *s;
-        if s.throttled && s.retry_after.is_none() {
-            s.retry_after = Some(DEFAULT_PAUSE);
+    /// The request of `permit` was answered and billed `billed`: it leaves the in-flight
+    /// count, its reservation is corrected, and its answer's signals are applied, in one call
+    /// of the budget store made in the background (the caller does not wait for a shared
+    /// store); `usage` teaches how the provider counts.
+    pub fn settle(self: &Arc<Self>, permit: &Permit, billed: Billed) {
+        let delta = match billed {
+            Billed::Tokens(used) => {
+                self.ratio.learn(permit.counted, used);
+                permit.reserved as i64 - used as i64
+            }
+            Billed::Nothing => permit.reserved as i64,
+            Billed::Unknown => 0,
+        };
+        let signals = self.stash().remove(&permit.grant).map(|s| self.prepare(&s)).unwrap_or_default();
+        let (limiter, grant) = (self.clone(), permit.grant);
+        tokio::spawn(async move {
+            match limiter.budget.answer(grant, delta, &signals).await {
+                Ok(true) => limiter.grew.notify_waiters(),
+                Ok(false) => {}
+                Err(e) => debug!(error = %e, "settling a grant failed"),
+            }
+        });
+    }
+
+    /// The answers awaiting their settlement. A poisoned lock is taken over: a map of signals
+    /// cannot be left inconsistent.
+    fn stash(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<GrantId, RateSignals>> {
+        self.answered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps an answer's signals for its settlement. Never more than [`MAX_STASHED`]: signals of
+    /// grants never settled are dropped rather than kept forever (a report less is harmless).
+    fn keep(&self, grant: GrantId, signals: RateSignals) {
+        let mut stash = self.stash();
+        if stash.len() >= MAX_STASHED {
+            stash.clear();
         }
-        if let Some(asked) = s.pause() {
-            self.allowed(asked);
-        }
-        match self.budget.report(&s.capped(self.max_pause)).await {
+        stash.insert(grant, signals);
+    }
+
+    /// What the provider's reports have shown about its budget (`Unknown` when the store
+    /// cannot say).
+    pub async fn shape(&self) -> Shape {
+        self.budget.shape().await.unwrap_or_default()
+    }
+
+    /// Applies the signals of one response (to the request of `grant`, when known): learns,
+    /// sets or caps the levels, and pauses every task sharing this budget for as long as the
+    /// provider asked (at most MAX_PROVIDER_PAUSE); a 429 without any hint pauses [`DEFAULT_PAUSE`].
+    pub async fn apply(&self, s: &RateSignals, grant: Option<GrantId>) {
+        let s = self.prepare(s);
+        match self.budget.report(&s, grant).await {
             Ok(true) => self.grew.notify_waiters(),
             Ok(false) => {}
             Err(e) if s.pause().is_some() => warn!(error = %e, "could not record the provider's pause"),
@@ -211,149 +292,44 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// A response's signals as the budget takes them: a 429 without a hint asks for
+    /// [`DEFAULT_PAUSE`], and no wait is longer than MAX_PROVIDER_PAUSE (saying so).
+    fn prepare(&self, s: &RateSignals) -> RateSignals {
+        let mut s = *s;
+        if s.throttled && s.retry_after.is_none() {
+            s.retry_after = Some(DEFAULT_PAUSE);
+        }
+        if let Some(asked) = s.pause() {
+            self.allowed(asked);
+        }
+        s.capped(self.max_pause)
+    }
+}
+
+/// The most answers kept for their settlement at once.
+const MAX_STASHED: usize = 4096;
+
 /// The limiter as the providers' signal sink. A 429 is applied before the provider call
 /// returns, so no request of this worker goes out before its pause is recorded; any other
-/// response's signals are applied in the background (the call does not wait for a shared store).
+/// answer's signals go with its settlement ([`Limiter::settle`]), or, outside a call of
+/// [`Limiter::during`], are applied in the background (the call does not wait for a shared store).
 pub struct LimiterSink(pub Arc<Limiter>);
 
 #[async_trait]
 impl SignalSink for LimiterSink {
     async fn observe(&self, signals: &RateSignals) {
-        if signals.throttled {
-            self.0.apply(signals).await;
-        } else {
-            let (limiter, signals) = (self.0.clone(), *signals);
-            tokio::spawn(async move { limiter.apply(&signals).await });
+        let grant = CALL.try_with(|g| *g).ok();
+        match grant {
+            _ if signals.throttled => self.0.apply(signals, grant).await,
+            Some(g) => self.0.keep(g, *signals),
+            None => {
+                let (limiter, signals) = (self.0.clone(), *signals);
+                tokio::spawn(async move { limiter.apply(&signals, None).await });
+            }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn no_provider_signal_pauses_longer_than_max_provider_pause() {
-        let day = Duration::from_secs(86_400);
-        let limiter = Limiter::local(6000, 6_000_000).with_max_pause(Duration::from_secs(5));
-        assert_eq!(limiter.paused_for().await, None);
-        limiter.apply(&RateSignals::throttle(Some(day))).await;
-        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(5)));
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(limiter.paused_for().await, None);
-        let exhausted =
-            RateSignals { remaining_requests: Some(0), reset_requests: Some(day), ..RateSignals::default() };
-        limiter.apply(&exhausted).await;
-        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(5)));
-        // The next request goes out when the capped pause ends, not tomorrow.
-        let waited = limiter.acquire(1).await;
-        assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(7), "{waited:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn signals_pause_the_provider_when_a_budget_is_spent() {
-        let limiter = Limiter::local(6000, 6_000_000);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let signals = RateSignals {
-            remaining_requests: Some(0),
-            reset_requests: Some(Duration::from_secs(20)),
-            remaining_tokens: Some(5000),
-            reset_tokens: Some(Duration::from_millis(10)),
-            ..RateSignals::default()
-        };
-        limiter.apply(&signals).await;
-        let waited = limiter.acquire(10).await;
-        assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(21), "{waited:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_429_pauses_every_task_sharing_the_limiter() {
-        let limiter = Arc::new(Limiter::local(6000, 6_000_000));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        // Through the sink, as a provider reports it: recorded before `observe` returns.
-        LimiterSink(limiter.clone()).observe(&RateSignals::throttle(Some(Duration::from_secs(7)))).await;
-        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(7)));
-        let tasks: Vec<_> = (0..3)
-            .map(|_| {
-                let l = limiter.clone();
-                tokio::spawn(async move { l.acquire(1).await })
-            })
-            .collect();
-        for t in tasks {
-            let waited = t.await.unwrap();
-            assert!(waited >= Duration::from_secs(7), "{waited:?}");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn concurrent_callers_never_exceed_the_rate() {
-        let limiter = Arc::new(Limiter::local(600, 60_000));
-        let start = tokio::time::Instant::now();
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let l = limiter.clone();
-                tokio::spawn(async move {
-                    for _ in 0..25 {
-                        l.acquire(100).await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        // 200 requests of 100 tokens at 10 requests and 1,000 tokens a second: 20 s from empty.
-        let took = start.elapsed().as_secs_f64();
-        assert!((19.9..20.5).contains(&took), "{took}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_report_that_grows_the_budget_wakes_the_waiting_caller() {
-        let limiter = Arc::new(Limiter::local(60, 6_000));
-        // 60 RPM: the first request waits a second for an empty bucket to fill...
-        let l = limiter.clone();
-        let waiter = tokio::spawn(async move { l.acquire(10).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // ...unless the provider says it has a whole minute left.
-        let signals = RateSignals {
-            remaining_requests: Some(60),
-            reset_requests: Some(Duration::ZERO),
-            remaining_tokens: Some(6_000),
-            reset_tokens: Some(Duration::ZERO),
-            ..RateSignals::default()
-        };
-        limiter.apply(&signals).await;
-        let waited = waiter.await.unwrap();
-        assert!(waited < Duration::from_millis(150), "{waited:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_429_without_a_hint_pauses_the_default() {
-        let limiter = Limiter::local(6000, 6_000_000).with_max_pause(Duration::from_secs(60));
-        limiter.apply(&RateSignals::throttle(None)).await;
-        assert_eq!(limiter.paused_for().await, Some(DEFAULT_PAUSE));
-        // Never longer than MAX_PROVIDER_PAUSE, even by default.
-        let limiter = Limiter::local(6000, 6_000_000).with_max_pause(Duration::from_secs(1));
-        limiter.apply(&RateSignals::throttle(None)).await;
-        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(1)));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn ordinary_signals_reach_the_budget_in_the_background() {
-        let limiter = Arc::new(Limiter::local(6000, 6_000_000));
-        let spent = RateSignals {
-            remaining_tokens: Some(0),
-            reset_tokens: Some(Duration::from_secs(20)),
-            ..RateSignals::default()
-        };
-        LimiterSink(limiter.clone()).observe(&spent).await;
-        // Applied by a task of its own: the provider call did not wait for the budget store.
-        let mut turns = 0;
-        while limiter.paused_for().await.is_none() {
-            assert!(turns < 100, "the signals never reached the budget");
-            tokio::task::yield_now().await;
-            turns += 1;
-        }
-        assert_eq!(limiter.paused_for().await, Some(Duration::from_secs(20)));
-    }
-}
+mod tests;

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::state::Rates;
-use super::{Budget, Grant, LimiterError};
+use super::state::{shape, Rates, Shape};
+use super::{Budget, Grant, GrantId, LimiterError};
 use crate::config::{Config, ProviderKind};
 use crate::provider::RateSignals;
 use crate::redact;
@@ -54,24 +54,42 @@ impl PgBudget {
         &self.key
     }
 
-    /// One call of `embq.rate_budget_adjust`: a token correction, a report (capacities,
-    /// remaining budgets, pause), as `BudgetState::correct` and `BudgetState::report` do.
-    /// True if a learned capacity grew the budget.
-    async fn adjust(&self, delta: f64, r: &RateSignals) -> Result<bool, LimiterError> {
+    /// One call of `embq.rate_budget_update`: a report (shape, capacities, remaining budgets,
+    /// pause) and the answer of a grant (settled, its token correction), as
+    /// `BudgetState::report` and `BudgetState::settle` do. True if a learned capacity grew the budget.
+    async fn update(
+        &self,
+        r: &RateSignals,
+        grant: Option<GrantId>,
+        settle: bool,
+        delta: f64,
+    ) -> Result<bool, LimiterError> {
         let rates = self.rates;
         let (req_capacity, tok_capacity) = rates.capacities(r);
+        let (req_implied, tok_implied) = rates.implied(r);
+        let exhausted = RateSignals { retry_after: None, ..*r }.pause();
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
         // Unnamed statements only: this also runs through transaction-mode poolers.
         sqlx::query_scalar(
-            "SELECT embq.rate_budget_adjust($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "SELECT embq.rate_budget_update($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+             $16, $17, $18, $19, $20, $21, $22)",
         )
         .persistent(false)
         .bind(&self.key)
+        .bind(grant.and_then(|g| i64::try_from(g).ok()))
+        .bind(settle)
         .bind(delta)
-        .bind(r.pause().map(|p| p.as_secs_f64()))
+        .bind(secs(r.retry_after.filter(|d| !d.is_zero())))
+        .bind(secs(exhausted))
+        .bind(r.throttled)
         .bind(r.remaining_requests.map(|v| v as f64))
         .bind(r.remaining_tokens.map(|v| v as f64))
         .bind(req_capacity)
         .bind(tok_capacity)
+        .bind(req_implied)
+        .bind(tok_implied)
+        .bind(shape::tolerance(rates.requests_per_window))
+        .bind(shape::tolerance(rates.tokens_per_window))
         .bind(rates.requests_per_sec)
         .bind(rates.request_burst)
         .bind(rates.tokens_per_sec)
@@ -89,27 +107,31 @@ impl PgBudget {
 impl Budget for PgBudget {
     async fn try_take(&self, tokens: u64) -> Result<Grant, LimiterError> {
         let r = self.rates;
-        let wait: f64 = sqlx::query_scalar("SELECT embq.rate_budget_take($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .persistent(false)
-            .bind(&self.key)
-            .bind(tokens as f64)
-            .bind(r.requests_per_sec)
-            .bind(r.request_burst)
-            .bind(r.tokens_per_sec)
-            .bind(r.token_burst)
-            .bind(r.requests_per_window)
-            .bind(r.tokens_per_window)
-            .bind(Rates::WINDOW_SECONDS)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(if wait <= 0.0 { Grant::Granted } else { Grant::Wait(Duration::from_secs_f64(wait.min(3600.0))) })
+        let (wait, grant): (f64, Option<i64>) =
+            sqlx::query_as("SELECT * FROM embq.rate_budget_grant($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .persistent(false)
+                .bind(&self.key)
+                .bind(tokens as f64)
+                .bind(r.requests_per_sec)
+                .bind(r.request_burst)
+                .bind(r.tokens_per_sec)
+                .bind(r.token_burst)
+                .bind(r.requests_per_window)
+                .bind(r.tokens_per_window)
+                .bind(Rates::WINDOW_SECONDS)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.fail(e))?;
+        Ok(match grant {
+            Some(id) if wait <= 0.0 => Grant::Granted(u64::try_from(id).unwrap_or_default()),
+            _ => Grant::Wait(Duration::from_secs_f64(wait.clamp(1e-3, 3600.0))),
+        })
     }
-    async fn correct(&self, delta: i64) -> Result<(), LimiterError> {
-        self.adjust(delta as f64, &RateSignals::default()).await.map(drop)
+    async fn answer(&self, grant: GrantId, delta: i64, signals: &RateSignals) -> Result<bool, LimiterError> {
+        self.update(signals, Some(grant), true, delta as f64).await
     }
     async fn pause(&self, d: Duration) -> Result<(), LimiterError> {
-        self.adjust(0.0, &RateSignals { retry_after: Some(d), ..RateSignals::default() }).await.map(drop)
+        self.update(&RateSignals { retry_after: Some(d), ..RateSignals::default() }, None, false, 0.0).await.map(drop)
     }
     async fn paused_for(&self) -> Result<Option<Duration>, LimiterError> {
         let left: Option<f64> = sqlx::query_scalar(
@@ -123,12 +145,17 @@ impl Budget for PgBudget {
         .map_err(|e| self.fail(e))?;
         Ok(left.filter(|s| s.is_finite() && *s > 0.0).map(Duration::from_secs_f64))
     }
-    async fn clamp(&self, req: Option<u64>, tok: Option<u64>) -> Result<(), LimiterError> {
-        let r = RateSignals { remaining_requests: req, remaining_tokens: tok, ..RateSignals::default() };
-        self.adjust(0.0, &r).await.map(drop)
+    async fn report(&self, r: &RateSignals, grant: Option<GrantId>) -> Result<bool, LimiterError> {
+        self.update(r, grant, false, 0.0).await
     }
-    async fn report(&self, r: &RateSignals) -> Result<bool, LimiterError> {
-        self.adjust(0.0, r).await
+    async fn shape(&self) -> Result<Shape, LimiterError> {
+        let shape: Option<String> = sqlx::query_scalar("SELECT shape FROM embq.rate_budgets WHERE key = $1")
+            .persistent(false)
+            .bind(&self.key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(shape.map_or(Shape::Unknown, |s| Shape::parse(&s)))
     }
 }
 

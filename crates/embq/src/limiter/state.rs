@@ -18,11 +18,21 @@
 //! A response carrying both a remaining and a reset says how much the provider holds when
 //! whole (`remaining + rate × reset`): the buckets grow to that capacity (never above the
 //! per-minute budget, never shrinking), their levels by the same amount.
+//!
+//! Once the reports show a continuously refilled bucket (`state/shape.rs`; OpenAI's full-minute
+//! buckets, or smaller ones), the ledger no longer holds anything back: the provider's own
+//! remaining, less what is in flight (`state/ledger.rs`), sets the levels after every answer,
+//! and the buckets refill as the provider's do. Anything else keeps the ledger.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::provider::RateSignals;
+
+mod ledger;
+pub(super) mod shape;
+
+use ledger::Ledger;
+pub use shape::{Evidence, Shape};
 
 /// Per-minute budgets and how much of them may be spent at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +77,15 @@ impl Rates {
     fn capacity(remaining: Option<u64>, reset: Option<Duration>, rate: f64, limit: f64) -> Option<f64> {
         let (left, reset) = (remaining?, reset?);
         Some((left as f64 + rate * reset.as_secs_f64()).min(limit))
+    }
+
+    /// The capacities a report implies about the provider's shape, (requests, tokens): only
+    /// where the budget was touched (see `state/shape.rs`).
+    pub(super) fn implied(&self, r: &RateSignals) -> (Option<f64>, Option<f64>) {
+        (
+            shape::implied(r.remaining_requests, r.reset_requests, self.requests_per_sec, self.requests_per_window),
+            shape::implied(r.remaining_tokens, r.reset_tokens, self.tokens_per_sec, self.tokens_per_window),
+        )
     }
 
     /// The capacities a report implies, (requests, tokens).
@@ -126,53 +145,8 @@ impl Bucket {
     }
 }
 
-/// What was granted in the last window: (time, requests, tokens), oldest first, and the sums.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Ledger {
-    grants: VecDeque<(f64, f64, f64)>,
-    requests: f64,
-    tokens: f64,
-}
-
-impl Ledger {
-    /// Forgets what left the window by `now`. Sums of whole numbers stay exact in f64.
-    fn prune(&mut self, now: f64) {
-        while let Some(&(at, r, t)) = self.grants.front() {
-            if at + Rates::WINDOW_SECONDS > now {
-                break;
-            }
-            self.grants.pop_front();
-            self.requests -= r;
-            self.tokens -= t;
-        }
-        if self.grants.is_empty() {
-            (self.requests, self.tokens) = (0.0, 0.0);
-        }
-    }
-
-    fn push(&mut self, at: f64, requests: f64, tokens: f64) {
-        self.grants.push_back((at, requests, tokens));
-        self.requests += requests;
-        self.tokens += tokens;
-    }
-
-    /// Seconds from `now` until `over` of one kind (0 = requests, 1 = tokens) has left the window.
-    fn wait_until_freed(&self, now: f64, over: f64, kind: usize) -> f64 {
-        if over <= 0.0 {
-            return 0.0;
-        }
-        let mut freed = 0.0;
-        for &(at, r, t) in &self.grants {
-            freed += if kind == 0 { r } else { t };
-            if freed >= over {
-                return (at + Rates::WINDOW_SECONDS - now).max(0.0);
-            }
-        }
-        Rates::WINDOW_SECONDS
-    }
-}
-
-/// Both buckets, the ledger and the provider's pause: the whole state of one budget.
+/// Both buckets, the ledger, the provider's pause and what its reports showed: the whole
+/// state of one budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetState {
     rates: Rates,
@@ -180,6 +154,9 @@ pub struct BudgetState {
     tokens: Bucket,
     ledger: Ledger,
     paused_until: f64,
+    evidence: Evidence,
+    /// The last grant's id (ids start at 1 and only grow).
+    last_grant: u64,
 }
 
 impl BudgetState {
@@ -191,6 +168,8 @@ impl BudgetState {
             tokens: Bucket::empty(rates.tokens_per_sec, rates.token_burst, now),
             ledger: Ledger::default(),
             paused_until: f64::NEG_INFINITY,
+            evidence: Evidence::default(),
+            last_grant: 0,
         }
     }
 
@@ -200,30 +179,41 @@ impl BudgetState {
         self.ledger.prune(now);
     }
 
-    /// Takes one request and `tokens` if the buckets and the window admit them now; else the
-    /// seconds to wait.
-    pub fn try_take(&mut self, now: f64, tokens: f64) -> Result<(), f64> {
+    /// Takes one request and `tokens` if the buckets (and, unless the provider is a bucket,
+    /// the window) admit them now: the grant's id; else the seconds to wait.
+    pub fn try_take(&mut self, now: f64, tokens: f64) -> Result<u64, f64> {
         self.refill(now);
         if now < self.paused_until {
             return Err(self.paused_until - now);
         }
         let r = &self.rates;
-        let over_requests = self.ledger.requests + 1.0 - r.requests_per_window;
-        let over_tokens = self.ledger.tokens + tokens.min(r.tokens_per_window) - r.tokens_per_window;
-        let wait = self
-            .requests
-            .wait_for(1.0)
-            .max(self.tokens.wait_for(tokens))
-            .max(self.ledger.wait_until_freed(now, over_requests, 0))
-            .max(self.ledger.wait_until_freed(now, over_tokens, 1));
+        let mut wait = self.requests.wait_for(1.0).max(self.tokens.wait_for(tokens));
+        if self.evidence.shape != Shape::Bucket {
+            let over_requests = self.ledger.requests + 1.0 - r.requests_per_window;
+            let over_tokens = self.ledger.tokens + tokens.min(r.tokens_per_window) - r.tokens_per_window;
+            wait = wait.max(self.ledger.wait_until_freed(now, over_requests, false)).max(self.ledger.wait_until_freed(
+                now,
+                over_tokens,
+                true,
+            ));
+        }
         // A nanosecond is rounding, not a wait (and `now + 1e-16` may not advance `now`).
         if wait > 1e-9 {
             return Err(wait);
         }
         self.requests.level -= 1.0;
         self.tokens.level -= tokens;
-        self.ledger.push(now, 1.0, tokens);
-        Ok(())
+        self.last_grant += 1;
+        self.ledger.grant(now, self.last_grant, 1.0, tokens);
+        Ok(self.last_grant)
+    }
+
+    /// Grant `id` was answered: it is no longer in flight, and `delta` tokens are given back
+    /// (`delta > 0`) or taken (`delta < 0`) now that its usage is known.
+    pub fn settle(&mut self, now: f64, id: u64, delta: f64) {
+        self.refill(now);
+        self.ledger.settle(id, now);
+        self.correct(now, delta);
     }
 
     /// Gives back (`delta > 0`) or takes more (`delta < 0`) tokens once usage is known. Tokens
@@ -233,7 +223,7 @@ impl BudgetState {
         self.refill(now);
         self.tokens.level = (self.tokens.level + delta).min(self.tokens.cap);
         if delta < 0.0 {
-            self.ledger.push(now, 0.0, -delta);
+            self.ledger.billed(now, -delta);
         }
     }
 
@@ -262,6 +252,20 @@ impl BudgetState {
         }
     }
 
+    /// A bucket provider's remaining is the truth, less what it may not have counted yet (see
+    /// `Ledger::uncounted_by`): the levels become that, up or down.
+    fn follow(&mut self, now: f64, r: &RateSignals, grant: Option<u64>) {
+        self.refill(now);
+        // Without a grant, nothing in the window is known to have been counted.
+        let uncounted = self.ledger.uncounted_by(grant.unwrap_or(0));
+        if let Some(left) = r.remaining_requests {
+            self.requests.level = (left as f64 - uncounted.0).min(self.requests.cap);
+        }
+        if let Some(left) = r.remaining_tokens {
+            self.tokens.level = (left as f64 - uncounted.1).min(self.tokens.cap);
+        }
+    }
+
     /// The provider holds this much when whole: grows the buckets (and their levels) to it.
     /// True if either grew.
     pub fn learn(&mut self, now: f64, request_capacity: Option<f64>, token_capacity: Option<f64>) -> bool {
@@ -271,14 +275,24 @@ impl BudgetState {
         r || t
     }
 
-    /// Applies one response's report: learns the capacities, caps the levels at what is left,
-    /// pauses. True if the budget grew.
-    pub fn report(&mut self, now: f64, r: &RateSignals) -> bool {
+    /// Applies one response's report (to the request of `grant`, when known): weighs the shape,
+    /// learns the capacities, sets the levels from what is left (a bucket's remaining, less
+    /// what is in flight) or caps them at it (anything else), pauses. True if the budget grew.
+    pub fn report(&mut self, now: f64, r: &RateSignals, grant: Option<u64>) -> bool {
+        self.evidence.weigh(&self.rates, r);
         let (req_cap, tok_cap) = self.rates.capacities(r);
         let grew = self.learn(now, req_cap, tok_cap);
-        self.clamp(now, r.remaining_requests.map(|v| v as f64), r.remaining_tokens.map(|v| v as f64));
-        // A 429 says stop even when it asks for no wait: the buckets restart empty all the same.
-        if let Some(secs) = r.pause().map(|p| p.as_secs_f64()).or(r.throttled.then_some(0.0)) {
+        let bucket = self.evidence.shape == Shape::Bucket;
+        if bucket {
+            self.follow(now, r, grant);
+        } else {
+            self.clamp(now, r.remaining_requests.map(|v| v as f64), r.remaining_tokens.map(|v| v as f64));
+        }
+        // A bucket refills while it is spent: only a 429's wait pauses it. Anything else with
+        // nothing left waits for its reset. A 429 says stop even when it asks for no wait: the
+        // buckets restart empty all the same.
+        let pause = if bucket { r.retry_after.filter(|d| !d.is_zero()) } else { r.pause() };
+        if let Some(secs) = pause.map(|p| p.as_secs_f64()).or(r.throttled.then_some(0.0)) {
             self.pause(now, secs);
         }
         grew
@@ -301,11 +315,24 @@ impl BudgetState {
         (self.ledger.requests, self.ledger.tokens)
     }
 
+    /// Requests and tokens of the grants in flight.
+    pub fn in_flight(&mut self, now: f64) -> (f64, f64) {
+        self.refill(now);
+        self.ledger.in_flight
+    }
+
     /// What full buckets hold now (one second's worth until the provider said more).
     pub fn caps(&self) -> (f64, f64) {
         (self.requests.cap, self.tokens.cap)
     }
+
+    /// What the provider's reports have shown about its budget.
+    pub fn shape(&self) -> Shape {
+        self.evidence.shape
+    }
 }
 
+#[cfg(test)]
+mod follow_tests;
 #[cfg(test)]
 mod tests;

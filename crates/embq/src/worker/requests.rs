@@ -12,6 +12,7 @@ use tracing::{info, warn};
 
 use super::Ctx;
 use crate::batching::{self, PlanCaps};
+use crate::limiter::Billed;
 use crate::metrics::{KindLabel, ProviderLabel, RequestLabel};
 use crate::outcome::{self, Decision};
 use crate::provider::ProviderError;
@@ -87,36 +88,53 @@ async fn send<'a>(
     request: Vec<Input<'a>>,
     out: &mut Vec<(i64, Outcome)>,
 ) -> Option<Halves<'a>> {
-    let reserved: u64 = request.iter().map(|i| i.tokens as u64).sum();
-    if let Some(limiter) = &ctx.limiter {
-        let waited = tokio::select! {
-            w = limiter.acquire(reserved) => w,
-            _ = ctx.hard.cancelled() => {
-                release(&request, Duration::ZERO, out);
-                return None;
-            }
-        };
-        ctx.metrics.rate_limit_wait_seconds.get_or_create(&ProviderLabel { provider }).inc_by(waited.as_secs_f64());
-    }
+    let counted: u64 = request.iter().map(|i| i.tokens as u64).sum();
+    let permit = match &ctx.limiter {
+        Some(limiter) => {
+            let permit = tokio::select! {
+                p = limiter.acquire(counted) => p,
+                _ = ctx.hard.cancelled() => {
+                    release(&request, Duration::ZERO, out);
+                    return None;
+                }
+            };
+            ctx.metrics
+                .rate_limit_wait_seconds
+                .get_or_create(&ProviderLabel { provider })
+                .inc_by(permit.waited.as_secs_f64());
+            Some((limiter, permit))
+        }
+        None => None,
+    };
     let texts: Vec<&str> = request.iter().map(|i| i.text.as_ref()).collect();
     let call_started = Instant::now();
+    let call = async {
+        match &permit {
+            Some((limiter, permit)) => limiter.during(permit, ctx.provider.embed(&texts)).await,
+            None => ctx.provider.embed(&texts).await,
+        }
+    };
     let result = tokio::select! {
-        r = ctx.provider.embed(&texts) => Some(r),
+        r = call => Some(r),
         _ = ctx.hard.cancelled() => None,
     };
     ctx.metrics.provider_request_seconds.observe(call_started.elapsed().as_secs_f64());
     let Some(result) = result else {
+        if let Some((limiter, permit)) = &permit {
+            // Cancelled mid-call: whether the provider billed it is unknown.
+            limiter.settle(permit, Billed::Unknown);
+        }
         release(&request, Duration::ZERO, out);
         return None;
     };
     let result = match result {
         Ok(embedded) => {
             count_request(ctx, provider, "2xx");
-            let used = embedded.tokens.unwrap_or(reserved);
+            let used = embedded.tokens.unwrap_or(counted);
             ctx.metrics.provider_tokens.get_or_create(&ProviderLabel { provider }).inc_by(used);
             tracing::Span::current().record("tokens", used);
-            if let Some(limiter) = &ctx.limiter {
-                limiter.correct(reserved, used).await;
+            if let Some((limiter, permit)) = &permit {
+                limiter.settle(permit, embedded.tokens.map_or(Billed::Unknown, Billed::Tokens));
             }
             match crate::vector::validate(&embedded.vectors, request.len(), ctx.provider.dimensions()) {
                 Ok(()) => Ok(embedded.vectors),
@@ -133,12 +151,12 @@ async fn send<'a>(
             count_request(ctx, provider, status_class(&err));
             ctx.metrics.error(err.kind());
             warn!(error = %err, inputs = request.len(), "provider call failed");
-            if let Some(limiter) = &ctx.limiter {
+            if let Some((limiter, permit)) = &permit {
                 // A refused request is not billed. A 429 already paused (and emptied) the whole
                 // budget: the provider reported it to the limiter before returning.
-                if !matches!(err, ProviderError::RateLimited { .. }) {
-                    limiter.correct(reserved, 0).await;
-                }
+                let billed =
+                    if matches!(err, ProviderError::RateLimited { .. }) { Billed::Unknown } else { Billed::Nothing };
+                limiter.settle(permit, billed);
             }
             Err(err)
         }

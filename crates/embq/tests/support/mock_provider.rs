@@ -3,6 +3,8 @@
 //! and, when given budgets, enforces requests and tokens per minute itself (a token bucket
 //! that starts full, as OpenAI's does) and answers 429 when a client overspends.
 //! [`MockProvider::enforce_window`] enforces them instead as an exact rolling one-minute window.
+//! [`MockProvider::count_tokens`] makes it count (and bill) tokens its own way rather than
+//! with the client's tokenizer.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
@@ -59,7 +61,7 @@ pub struct Seen {
     pub body: Value,
     /// Input texts.
     pub inputs: Vec<String>,
-    /// Tokens (cl100k) of the inputs.
+    /// Tokens of the inputs, as the mock counts them (cl100k unless told otherwise).
     pub tokens: u64,
     /// Arrival.
     pub at: Instant,
@@ -223,6 +225,28 @@ impl SlidingWindow {
     }
 }
 
+/// How the mock counts the tokens it enforces and bills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerTokens {
+    /// cl100k, as the client counts.
+    #[default]
+    Tiktoken,
+    /// ceil(characters / 4) per input: a server with its own count.
+    CharsOverFour,
+}
+
+impl ServerTokens {
+    fn count(self, inputs: &[String]) -> u64 {
+        match self {
+            ServerTokens::Tiktoken => {
+                let counter = TokenCounter::for_openai_model("text-embedding-3-small");
+                inputs.iter().map(|t| counter.count(t) as u64).sum()
+            }
+            ServerTokens::CharsOverFour => inputs.iter().map(|t| t.chars().count().div_ceil(4) as u64).sum(),
+        }
+    }
+}
+
 /// Picks a reply from a request's inputs.
 type Rule = Box<dyn Fn(&[String]) -> Reply + Send + Sync>;
 
@@ -235,6 +259,10 @@ pub struct State {
     window: Mutex<Option<SlidingWindow>>,
     /// Called for each request to pick a reply when the script is empty (inputs -> reply).
     rule: Mutex<Option<Rule>>,
+    /// How tokens are counted for the limits and `usage`.
+    counter: Mutex<ServerTokens>,
+    /// Enforce the limits but send no `x-ratelimit-*` headers (a 429 keeps its `retry-after-ms`).
+    quiet: std::sync::atomic::AtomicBool,
 }
 
 /// A running mock.
@@ -261,6 +289,8 @@ impl MockProvider {
             buckets: Mutex::new(None),
             window: Mutex::new(None),
             rule: Mutex::new(None),
+            counter: Mutex::new(ServerTokens::default()),
+            quiet: std::sync::atomic::AtomicBool::new(false),
         });
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind mock");
         let addr = listener.local_addr().expect("mock address");
@@ -298,6 +328,16 @@ impl MockProvider {
         *self.state.window.lock().unwrap() = Some(SlidingWindow::new(w));
     }
 
+    /// Counts (enforces and bills) tokens this way from now on.
+    pub fn count_tokens(&self, c: ServerTokens) {
+        *self.state.counter.lock().unwrap() = c;
+    }
+
+    /// Sends no `x-ratelimit-*` headers from now on, though it still enforces its limits.
+    pub fn hide_rate_headers(&self) {
+        self.state.quiet.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
@@ -327,8 +367,7 @@ async fn handle(s: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, bod
     } else {
         body["input"].as_array().into_iter().flatten().map(|t| t.as_str().unwrap_or_default().to_string()).collect()
     };
-    let counter = TokenCounter::for_openai_model("text-embedding-3-small");
-    let tokens: u64 = inputs.iter().map(|t| counter.count(t) as u64).sum();
+    let tokens = s.counter.lock().unwrap().count(&inputs);
     let reply = {
         let scripted = s.script.lock().unwrap().pop_front();
         scripted.unwrap_or_else(|| s.rule.lock().unwrap().as_ref().map(|f| f(&inputs)).unwrap_or(Reply::Embed))
@@ -359,6 +398,12 @@ async fn handle(s: Arc<State>, method: Method, uri: Uri, headers: HeaderMap, bod
                     reply = Reply::Status(429, h, body.to_string());
                 }
             }
+        }
+    }
+    if s.quiet.load(std::sync::atomic::Ordering::Relaxed) {
+        extra.retain(|(k, _)| !k.starts_with("x-ratelimit-"));
+        if let Reply::Status(_, h, _) = &mut reply {
+            h.retain(|(k, _)| !k.starts_with("x-ratelimit-"));
         }
     }
     let (status, headers_out, text) = match reply {
