@@ -3,7 +3,7 @@
 use super::QueueError;
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// PostgreSQL migrations, in order; index + 1 is the version.
 pub(super) const POSTGRES: &[&str] = &[
@@ -14,6 +14,7 @@ pub(super) const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0005_running_key.sql"),
     include_str!("../../migrations/postgres/0006_destinations.sql"),
     include_str!("../../migrations/postgres/0007_enqueue_limits.sql"),
+    include_str!("../../migrations/postgres/0008_batch_lane.sql"),
 ];
 
 /// SQLite migrations, in order; index + 1 is the version.
@@ -25,6 +26,7 @@ pub(super) const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_running_key.sql"),
     include_str!("../../migrations/sqlite/0006_destinations.sql"),
     include_str!("../../migrations/sqlite/0007_enqueue_limits.sql"),
+    include_str!("../../migrations/sqlite/0008_batch_lane.sql"),
 ];
 
 /// Compares the stored version with ours and says what to do when they differ.

@@ -54,6 +54,12 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
             "HEARTBEAT_INTERVAL" => r.heartbeat_interval = v,
             "RETRY_MAX_DELAY" => r.retry_max_delay = v,
             "DRAIN_TIMEOUT" => r.drain_timeout = v,
+            "BATCH_LANE" => r.batch_lane = v,
+            "BATCH_LANE_POLL_INTERVAL" => r.batch_lane_poll_interval = v,
+            "BATCH_LANE_BACKLOG" => r.batch_lane_backlog = v,
+            "BATCH_LANE_MAX_PRIORITY" => r.batch_lane_max_priority = v,
+            "BATCH_LANE_MAX_ENQUEUED_TOKENS" => r.batch_lane_max_enqueued_tokens = v,
+            "BATCH_LANE_MAX_REQUESTS" => r.batch_lane_max_requests = v,
             other => panic!("support::config does not know {other}"),
         }
     }
@@ -96,6 +102,7 @@ pub fn jobs(n: usize, text: impl Fn(usize) -> String) -> Vec<NewJob> {
             text: text(i),
             priority: 0,
             metadata: None,
+            lane: embq::queue::Lane::Online,
         })
         .collect()
 }
@@ -186,6 +193,7 @@ pub fn jobs_named(n: usize, prefix: &str) -> Vec<embq::queue::NewJob> {
             text: format!("text of {prefix} number {i}"),
             priority: 0,
             metadata: None,
+            lane: embq::queue::Lane::Online,
         })
         .collect()
 }

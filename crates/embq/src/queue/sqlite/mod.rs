@@ -33,6 +33,8 @@ use super::{
 pub struct SqliteQueue {
     pool: SqlitePool,
     clock: Clock,
+    /// The batch lane is on: the online claim leaves `batch`-lane jobs to it.
+    online_only: bool,
 }
 
 /// A duration in whole milliseconds, the unit of SQLite's times.
@@ -62,7 +64,13 @@ impl SqliteQueue {
             .connect_with(opts)
             .await
             .map_err(|e| QueueError::Unavailable(format!("cannot open {}: {e}", crate::redact::redact_url(url))))?;
-        Ok(Self { pool, clock })
+        Ok(Self { pool, clock, online_only: false })
+    }
+
+    /// With the batch lane on, the online claim takes only `online`-lane jobs.
+    pub fn with_batch_lane(mut self, on: bool) -> Self {
+        self.online_only = on;
+        self
     }
 
     /// Now on this store's clock, in SQLite's unit (milliseconds since the epoch).
