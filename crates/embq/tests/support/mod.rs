@@ -2,6 +2,7 @@
 //! embedding API (`mock_provider`) and PostgreSQL (`pg`).
 #![allow(dead_code)]
 
+pub mod mock_batch_api;
 pub mod mock_provider;
 pub mod pg;
 

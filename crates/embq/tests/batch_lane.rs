@@ -1,0 +1,252 @@
+//! The batch lane end to end, in process: real PostgreSQL, a real worker, the OpenAI Batch API
+//! mocked on loopback (`support/mock_batch_api.rs`, which validates every request). Crashes at
+//! each step are in `batch_lane_crash.rs`.
+
+mod support;
+
+use std::time::Duration;
+
+use embq::config::Config;
+use embq::queue::{Lane, NewJob};
+use sqlx::{Connection, PgConnection};
+use support::mock_batch_api::{Ending, MockBatchApi, KEY};
+
+const DIMS: usize = 8;
+const WAIT: Duration = Duration::from_secs(60);
+
+fn lane_config(url: &str, mock: &MockBatchApi, extra: &[(&str, &str)]) -> Config {
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", url),
+        ("EMBEDDING_PROVIDER", "openai"),
+        ("OPENAI_API_KEY", KEY),
+        ("OPENAI_BASE_URL", mock.url.as_str()),
+        ("EMBEDDING_DIMENSIONS", "8"),
+        ("PROVIDER_TIMEOUT", "5s"),
+        ("MAX_REQUESTS_PER_MINUTE", "60000"),
+        ("MAX_TOKENS_PER_MINUTE", "10000000"),
+        ("QUEUE_POLL_INTERVAL", "50ms"),
+        ("HEARTBEAT_INTERVAL", "1s"),
+        ("RETRY_BASE_DELAY", "10ms"),
+        ("RETRY_MAX_DELAY", "20ms"),
+        ("BATCH_LANE", "on"),
+        ("BATCH_LANE_POLL_INTERVAL", "50ms"),
+    ];
+    pairs.extend_from_slice(extra);
+    support::config(&pairs)
+}
+
+fn lane_jobs(n: usize, prefix: &str, lane: Lane) -> Vec<NewJob> {
+    support::jobs_named(n, prefix).into_iter().map(|j| NewJob { lane, ..j }).collect()
+}
+
+async fn pg(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.expect("connect")
+}
+
+/// (done, dead, other) jobs and (embeddings, distinct job ids among them).
+async fn tally(url: &str) -> ((i64, i64, i64), (i64, i64)) {
+    let mut c = pg(url).await;
+    let (done, dead, other, e, distinct): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM embq.jobs WHERE state = 'done'),
+                (SELECT count(*) FROM embq.jobs WHERE state = 'dead'),
+                (SELECT count(*) FROM embq.jobs WHERE state NOT IN ('done', 'dead')),
+                (SELECT count(*) FROM embq.embeddings),
+                (SELECT count(DISTINCT job_id) FROM embq.embeddings)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .expect("tally");
+    ((done, dead, other), (e, distinct))
+}
+
+/// Provider batches by state, as `state count` pairs in state order.
+async fn batch_states(url: &str) -> Vec<(String, i64)> {
+    let mut c = pg(url).await;
+    sqlx::query_as("SELECT state, count(*) FROM embq.provider_batches GROUP BY 1 ORDER BY 1")
+        .fetch_all(&mut c)
+        .await
+        .expect("batch states")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_on_the_batch_lane_is_embedded_once_per_job_and_billed_at_batch_price() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    // 50 requests per file: 120 backfill jobs make three batches.
+    let cfg = lane_config(&url, &mock, &[("BATCH_LANE_MAX_REQUESTS", "50")]);
+    let mut jobs = lane_jobs(120, "backfill-", Lane::Batch);
+    jobs.extend(lane_jobs(10, "live-", Lane::Online));
+    let q = support::queue_with(&cfg, &jobs).await;
+    let h = support::harness(&cfg, q.clone(), None);
+    let metrics = h.metrics.clone();
+    support::drain(h, WAIT).await;
+
+    assert_eq!(mock.violations(), Vec::<String>::new(), "every request valid");
+    assert_eq!(tally(&url).await, ((130, 0, 0), (130, 130)), "one embedding per job");
+    assert_eq!(mock.batch_sizes(), vec![50, 50, 20], "split at BATCH_LANE_MAX_REQUESTS");
+    assert_eq!(mock.uploads(), 3);
+    let online = mock.online_texts();
+    assert_eq!(online.len(), 10, "only the online jobs went online: {online:?}");
+    assert!(online.iter().all(|t| t.contains("live-")), "{online:?}");
+    assert_eq!(batch_states(&url).await, vec![("collected".to_string(), 3)]);
+    let billed = support::metric(&metrics, "embedding_batch_lane_billed_tokens_total");
+    assert!(billed > 0.0 && billed as u64 == mock.billed(), "billed {billed} vs the mock's {}", mock.billed());
+    assert_eq!(support::metric(&metrics, "embedding_batch_lane_batches_submitted_total"), 3.0);
+    assert_eq!(support::metric(&metrics, "embedding_batch_lane_batches_ended_total{state=\"collected\"}"), 3.0);
+    let stats = q.lane_stats().await.expect("lane stats");
+    assert_eq!(stats.billed_tokens, mock.billed());
+    assert_eq!((stats.in_batches, stats.enqueued_tokens), (0, 0));
+
+    // Enqueued again unchanged: the lane completes them without sending anything.
+    q.enqueue(&lane_jobs(120, "backfill-", Lane::Batch), &embq::queue::no_progress).await.expect("enqueue");
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+    assert_eq!(mock.uploads(), 3, "unchanged texts are never sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_line_errors_retry_on_the_job_s_schedule_then_dead_letter() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    mock.fail_lines(|text| text.ends_with(" 3").then_some(500));
+    let cfg = lane_config(&url, &mock, &[("MAX_ATTEMPTS", "3")]);
+    let q = support::queue_with(&cfg, &lane_jobs(6, "doc-", Lane::Batch)).await;
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+
+    assert_eq!(mock.violations(), Vec::<String>::new());
+    assert_eq!(tally(&url).await, ((5, 1, 0), (5, 5)));
+    assert_eq!(mock.created(), 3, "the failing line went in three batches: its three attempts");
+    let dead = q.dead_jobs(10).await.expect("dead jobs");
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].source_id.as_str(), dead[0].attempts), ("doc-3", 3));
+    let why = dead[0].last_error.clone().unwrap_or_default();
+    assert!(why.contains("failed after 3 attempts") && why.contains("HTTP 500"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_batch_stores_what_finished_and_returns_the_rest_unspent() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    let cfg = lane_config(&url, &mock, &[("MAX_ATTEMPTS", "1")]);
+    let q = support::queue_with(&cfg, &lane_jobs(10, "doc-", Lane::Batch)).await;
+    let h = support::harness(&cfg, q.clone(), None);
+    let health = h.health.clone();
+    let worker = tokio::spawn(h.worker.run());
+    support::wait_until(WAIT, "the batch is submitted", || async { mock.running() == 1 }).await;
+    mock.end_all(Ending::Expire(4));
+    support::wait_until(WAIT, "the expired batch is collected", || async {
+        batch_states(&url).await.contains(&("expired".to_string(), 1))
+    })
+    .await;
+    // Four stored; six back in the queue with their attempt refunded (MAX_ATTEMPTS=1 would
+    // otherwise dead-letter them), then sent again in a second batch.
+    assert_eq!(tally(&url).await.1 .0, 4);
+    support::wait_until(WAIT, "a second batch carries the rest", || async { mock.running() == 1 }).await;
+    assert_eq!(mock.batch_sizes(), vec![10, 6]);
+    mock.end_all(Ending::Complete);
+    support::wait_until(WAIT, "every job done", || async { tally(&url).await.0 == (10, 0, 0) }).await;
+    health.shutdown.cancel();
+    worker.await.expect("worker task").expect("worker ran");
+    assert_eq!(tally(&url).await, ((10, 0, 0), (10, 10)));
+    let mut c = pg(&url).await;
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM embq.jobs ORDER BY id").fetch_all(&mut c).await.expect("attempts");
+    assert!(attempts.iter().all(|a| *a == 1), "the expiry spent no attempt: {attempts:?}");
+    assert_eq!(mock.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_text_enqueued_while_its_older_job_sits_in_a_batch_keeps_its_vector() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    let cfg = lane_config(&url, &mock, &[]);
+    let old = NewJob { text: "the old text".into(), ..lane_jobs(1, "k", Lane::Batch).remove(0) };
+    let q = support::queue_with(&cfg, std::slice::from_ref(&old)).await;
+    let h = support::harness(&cfg, q.clone(), None);
+    let health = h.health.clone();
+    let worker = tokio::spawn(h.worker.run());
+    support::wait_until(WAIT, "the old text is in a batch", || async { mock.running() == 1 }).await;
+    // The record changes: its new text goes online and is stored first.
+    let new = NewJob { text: "the new text".into(), lane: Lane::Online, ..old.clone() };
+    q.enqueue(&[new], &embq::queue::no_progress).await.expect("enqueue");
+    let sha_new = embq::queue::text_sha256("the new text");
+    let stored = || async {
+        let mut c = pg(&url).await;
+        sqlx::query_as::<_, (Vec<u8>, i64)>("SELECT text_sha256, job_id FROM embq.embeddings")
+            .fetch_optional(&mut c)
+            .await
+            .expect("embedding")
+    };
+    support::wait_until(WAIT, "the new text is embedded online", || async {
+        stored().await.is_some_and(|(sha, _)| sha == sha_new)
+    })
+    .await;
+    // Now the batch with the old text completes: its result must not replace the new vector.
+    mock.end_all(Ending::Complete);
+    support::wait_until(WAIT, "the batch is collected", || async {
+        batch_states(&url).await == vec![("collected".to_string(), 1)]
+    })
+    .await;
+    health.shutdown.cancel();
+    worker.await.expect("worker task").expect("worker ran");
+    let (sha, job_id) = stored().await.expect("one embedding");
+    assert_eq!(sha, sha_new, "the newest text's vector stays");
+    let mut c = pg(&url).await;
+    let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM embq.jobs").fetch_one(&mut c).await.expect("max id");
+    assert_eq!(job_id, newest);
+    assert_eq!(mock.online_texts(), vec!["the new text".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_off_leaves_batch_jobs_to_online_workers_and_on_keeps_them_out_of_the_online_claim() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    let on = lane_config(&url, &mock, &[]);
+    let q = support::queue_with(&on, &lane_jobs(5, "b", Lane::Batch)).await;
+    let lease = embq::queue::Lease { owner: "w".into(), token: "t".into() };
+    let claimed = q.claim(10, &lease, Duration::from_secs(30), "text-embedding-3-small").await.expect("claim");
+    assert!(claimed.is_empty(), "the lane on: the online claim takes no batch-lane job");
+    // With the lane off nothing is stranded: the jobs are embedded online.
+    let off = lane_config(&url, &mock, &[("BATCH_LANE", "off")]);
+    let q_off = embq::queue::connect(&off.store()).await.expect("store");
+    support::drain(support::harness(&off, q_off, None), WAIT).await;
+    assert_eq!(tally(&url).await, ((5, 0, 0), (5, 5)));
+    assert_eq!(mock.online_texts().len(), 5);
+    assert_eq!(mock.created(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_priority_backlog_over_the_threshold_goes_by_batch() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    let cfg = lane_config(&url, &mock, &[("BATCH_LANE_BACKLOG", "20"), ("BATCH_LANE_MAX_PRIORITY", "0")]);
+    let backlog: Vec<NewJob> =
+        lane_jobs(30, "old-", Lane::Online).into_iter().map(|j| NewJob { priority: -1, ..j }).collect();
+    let q = support::queue_with(&cfg, &backlog).await;
+    // Moved before any worker runs: the threshold is crossed.
+    assert_eq!(q.move_backlog(20, 0).await.expect("move"), 30);
+    assert_eq!(q.move_backlog(20, 0).await.expect("move again"), 0);
+    q.enqueue(&lane_jobs(3, "urgent-", Lane::Online), &embq::queue::no_progress).await.expect("enqueue");
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+    assert_eq!(tally(&url).await, ((33, 0, 0), (33, 33)));
+    assert_eq!(mock.online_texts().len(), 3, "priority 0 stays online");
+    assert_eq!(mock.batch_sizes(), vec![30]);
+}
+
+#[tokio::test]
+async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    let cfg = lane_config(&url, &mock, &[]);
+    let _q = support::queue_with(&cfg, &[]).await;
+    let mut c = pg(&url).await;
+    sqlx::query("SELECT embq.enqueue('r', '1', 'text one')").execute(&mut c).await.expect("old call");
+    sqlx::query("SELECT embq.enqueue('r', '2', 'text two', p_lane => 'batch')").execute(&mut c).await.expect("lane");
+    let lanes: Vec<String> =
+        sqlx::query_scalar("SELECT lane FROM embq.jobs ORDER BY id").fetch_all(&mut c).await.expect("lanes");
+    assert_eq!(lanes, vec!["online", "batch"]);
+    let e = sqlx::query("SELECT embq.enqueue('r', '3', 'x', p_lane => 'slow')").execute(&mut c).await.unwrap_err();
+    assert!(e.to_string().contains("lane must be online or batch"), "{e}");
+}
