@@ -1,6 +1,6 @@
-//! The batch lane end to end, in process: real PostgreSQL, a real worker, the OpenAI Batch API
-//! mocked on loopback (`support/mock_batch_api.rs`, which validates every request). Crashes at
-//! each step are in `batch_lane_crash.rs`.
+//! The batch lane end to end, in process: real PostgreSQL and SQLite, a real worker, the OpenAI
+//! Batch API mocked on loopback (`support/mock_batch_api.rs`, which validates every request).
+//! Crashes at each step are in `batch_lane_crash.rs`.
 
 mod support;
 
@@ -39,38 +39,45 @@ fn lane_jobs(n: usize, prefix: &str, lane: Lane) -> Vec<NewJob> {
     support::jobs_named(n, prefix).into_iter().map(|j| NewJob { lane, ..j }).collect()
 }
 
-async fn pg(url: &str) -> PgConnection {
-    PgConnection::connect(url).await.expect("connect")
-}
-
 /// (done, dead, other) jobs and (embeddings, distinct job ids among them).
 async fn tally(url: &str) -> ((i64, i64, i64), (i64, i64)) {
-    let mut c = pg(url).await;
-    let (done, dead, other, e, distinct): (i64, i64, i64, i64, i64) = sqlx::query_as(
+    let r: Vec<(i64, i64, i64, i64, i64)> = support::rows(
+        url,
         "SELECT (SELECT count(*) FROM embq.jobs WHERE state = 'done'),
                 (SELECT count(*) FROM embq.jobs WHERE state = 'dead'),
                 (SELECT count(*) FROM embq.jobs WHERE state NOT IN ('done', 'dead')),
                 (SELECT count(*) FROM embq.embeddings),
                 (SELECT count(DISTINCT job_id) FROM embq.embeddings)",
     )
-    .fetch_one(&mut c)
-    .await
-    .expect("tally");
+    .await;
+    let (done, dead, other, e, distinct) = r[0];
     ((done, dead, other), (e, distinct))
 }
 
 /// Provider batches by state, as `state count` pairs in state order.
 async fn batch_states(url: &str) -> Vec<(String, i64)> {
-    let mut c = pg(url).await;
-    sqlx::query_as("SELECT state, count(*) FROM embq.provider_batches GROUP BY 1 ORDER BY 1")
-        .fetch_all(&mut c)
-        .await
-        .expect("batch states")
+    support::rows(url, "SELECT state, count(*) FROM embq.provider_batches GROUP BY 1 ORDER BY 1").await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_on_the_batch_lane_is_embedded_once_per_job_and_billed_at_batch_price() {
-    let url = support::pg::fresh_pg_db().await;
+/// Runs a scenario against PostgreSQL and against SQLite.
+macro_rules! both_stores {
+    ($scenario:ident: $pg:ident, $sqlite:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            $scenario(support::fresh_db(false).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $scenario(support::fresh_db(true).await).await;
+        }
+    };
+}
+
+both_stores!(backfill: a_backfill_on_the_batch_lane_is_embedded_once_per_job_and_billed_at_batch_price_on_postgres, a_backfill_on_the_batch_lane_is_embedded_once_per_job_and_billed_at_batch_price_on_sqlite);
+
+async fn backfill(db: support::Db) {
+    let url = db.url.clone();
     let mock = MockBatchApi::start(DIMS).await;
     mock.auto_end(Some(Ending::Complete));
     // 50 requests per file: 120 backfill jobs make three batches.
@@ -104,9 +111,10 @@ async fn a_backfill_on_the_batch_lane_is_embedded_once_per_job_and_billed_at_bat
     assert_eq!(mock.uploads(), 3, "unchanged texts are never sent");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn per_line_errors_retry_on_the_job_s_schedule_then_dead_letter() {
-    let url = support::pg::fresh_pg_db().await;
+both_stores!(per_line_errors: per_line_errors_retry_on_the_job_s_schedule_then_dead_letter_on_postgres, per_line_errors_retry_on_the_job_s_schedule_then_dead_letter_on_sqlite);
+
+async fn per_line_errors(db: support::Db) {
+    let url = db.url.clone();
     let mock = MockBatchApi::start(DIMS).await;
     mock.auto_end(Some(Ending::Complete));
     mock.fail_lines(|text| text.ends_with(" 3").then_some(500));
@@ -124,9 +132,10 @@ async fn per_line_errors_retry_on_the_job_s_schedule_then_dead_letter() {
     assert!(why.contains("failed after 3 attempts") && why.contains("HTTP 500"), "{why}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_batch_stores_what_finished_and_returns_the_rest_unspent() {
-    let url = support::pg::fresh_pg_db().await;
+both_stores!(expiry: an_expired_batch_stores_what_finished_and_returns_the_rest_unspent_on_postgres, an_expired_batch_stores_what_finished_and_returns_the_rest_unspent_on_sqlite);
+
+async fn expiry(db: support::Db) {
+    let url = db.url.clone();
     let mock = MockBatchApi::start(DIMS).await;
     let cfg = lane_config(&url, &mock, &[("MAX_ATTEMPTS", "1")]);
     let q = support::queue_with(&cfg, &lane_jobs(10, "doc-", Lane::Batch)).await;
@@ -149,16 +158,15 @@ async fn an_expired_batch_stores_what_finished_and_returns_the_rest_unspent() {
     health.shutdown.cancel();
     worker.await.expect("worker task").expect("worker ran");
     assert_eq!(tally(&url).await, ((10, 0, 0), (10, 10)));
-    let mut c = pg(&url).await;
-    let attempts: Vec<i32> =
-        sqlx::query_scalar("SELECT attempts FROM embq.jobs ORDER BY id").fetch_all(&mut c).await.expect("attempts");
-    assert!(attempts.iter().all(|a| *a == 1), "the expiry spent no attempt: {attempts:?}");
+    let attempts: Vec<(i64,)> = support::rows(&url, "SELECT CAST(attempts AS bigint) FROM embq.jobs ORDER BY id").await;
+    assert!(attempts.iter().all(|a| a.0 == 1), "the expiry spent no attempt: {attempts:?}");
     assert_eq!(mock.violations(), Vec::<String>::new());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_newer_text_enqueued_while_its_older_job_sits_in_a_batch_keeps_its_vector() {
-    let url = support::pg::fresh_pg_db().await;
+both_stores!(newest_text: a_newer_text_enqueued_while_its_older_job_sits_in_a_batch_keeps_its_vector_on_postgres, a_newer_text_enqueued_while_its_older_job_sits_in_a_batch_keeps_its_vector_on_sqlite);
+
+async fn newest_text(db: support::Db) {
+    let url = db.url.clone();
     let mock = MockBatchApi::start(DIMS).await;
     let cfg = lane_config(&url, &mock, &[]);
     let old = NewJob { text: "the old text".into(), ..lane_jobs(1, "k", Lane::Batch).remove(0) };
@@ -172,11 +180,7 @@ async fn a_newer_text_enqueued_while_its_older_job_sits_in_a_batch_keeps_its_vec
     q.enqueue(&[new], &embq::queue::no_progress).await.expect("enqueue");
     let sha_new = embq::queue::text_sha256("the new text");
     let stored = || async {
-        let mut c = pg(&url).await;
-        sqlx::query_as::<_, (Vec<u8>, i64)>("SELECT text_sha256, job_id FROM embq.embeddings")
-            .fetch_optional(&mut c)
-            .await
-            .expect("embedding")
+        support::rows::<(Vec<u8>, i64)>(&url, "SELECT text_sha256, job_id FROM embq.embeddings").await.pop()
     };
     support::wait_until(WAIT, "the new text is embedded online", || async {
         stored().await.is_some_and(|(sha, _)| sha == sha_new)
@@ -192,15 +196,15 @@ async fn a_newer_text_enqueued_while_its_older_job_sits_in_a_batch_keeps_its_vec
     worker.await.expect("worker task").expect("worker ran");
     let (sha, job_id) = stored().await.expect("one embedding");
     assert_eq!(sha, sha_new, "the newest text's vector stays");
-    let mut c = pg(&url).await;
-    let newest: i64 = sqlx::query_scalar("SELECT max(id) FROM embq.jobs").fetch_one(&mut c).await.expect("max id");
-    assert_eq!(job_id, newest);
+    let newest: Vec<(i64,)> = support::rows(&url, "SELECT max(id) FROM embq.jobs").await;
+    assert_eq!(job_id, newest[0].0);
     assert_eq!(mock.online_texts(), vec!["the new text".to_string()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lane_off_leaves_batch_jobs_to_online_workers_and_on_keeps_them_out_of_the_online_claim() {
-    let url = support::pg::fresh_pg_db().await;
+both_stores!(lane_switch: the_lane_off_leaves_batch_jobs_to_online_workers_and_on_keeps_them_out_of_the_online_claim_on_postgres, the_lane_off_leaves_batch_jobs_to_online_workers_and_on_keeps_them_out_of_the_online_claim_on_sqlite);
+
+async fn lane_switch(db: support::Db) {
+    let url = db.url.clone();
     let mock = MockBatchApi::start(DIMS).await;
     let on = lane_config(&url, &mock, &[]);
     let q = support::queue_with(&on, &lane_jobs(5, "b", Lane::Batch)).await;
@@ -216,9 +220,10 @@ async fn the_lane_off_leaves_batch_jobs_to_online_workers_and_on_keeps_them_out_
     assert_eq!(mock.created(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_low_priority_backlog_over_the_threshold_goes_by_batch() {
-    let url = support::pg::fresh_pg_db().await;
+both_stores!(backlog: a_low_priority_backlog_over_the_threshold_goes_by_batch_on_postgres, a_low_priority_backlog_over_the_threshold_goes_by_batch_on_sqlite);
+
+async fn backlog(db: support::Db) {
+    let url = db.url.clone();
     let mock = MockBatchApi::start(DIMS).await;
     mock.auto_end(Some(Ending::Complete));
     let cfg = lane_config(&url, &mock, &[("BATCH_LANE_BACKLOG", "20"), ("BATCH_LANE_MAX_PRIORITY", "0")]);
@@ -241,7 +246,7 @@ async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
     let mock = MockBatchApi::start(DIMS).await;
     let cfg = lane_config(&url, &mock, &[]);
     let _q = support::queue_with(&cfg, &[]).await;
-    let mut c = pg(&url).await;
+    let mut c = PgConnection::connect(&url).await.expect("connect");
     sqlx::query("SELECT embq.enqueue('r', '1', 'text one')").execute(&mut c).await.expect("old call");
     sqlx::query("SELECT embq.enqueue('r', '2', 'text two', p_lane => 'batch')").execute(&mut c).await.expect("lane");
     let lanes: Vec<String> =

@@ -10,7 +10,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection};
 use support::mock_batch_api::{Ending, MockBatchApi, KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_embq");
@@ -62,8 +61,9 @@ async fn exits(child: &mut support::Reaper, timeout: Duration) -> std::process::
     }
 }
 
-async fn crash_at_then_recover(step: &str) {
-    let url = support::pg::fresh_pg_db().await;
+async fn crash_at_then_recover(step: &str, sqlite: bool) {
+    let db = support::fresh_db(sqlite).await;
+    let url = db.url.clone();
     let mock = MockBatchApi::start(8).await;
     mock.auto_end(Some(Ending::Complete));
     prepare(&url, &mock.url);
@@ -80,23 +80,22 @@ async fn crash_at_then_recover(step: &str) {
     assert_eq!(mock.created(), 1, "{step}: exactly one provider batch created");
     assert_eq!(mock.uploads(), 1, "{step}: the file uploaded once");
     assert!(mock.online_texts().is_empty(), "{step}: nothing went online");
-    let mut c = PgConnection::connect(&url).await.expect("connect");
-    let (done, other, embeddings, distinct, attempts_over_one): (i64, i64, i64, i64, i64) = sqlx::query_as(
+    let tally: Vec<(i64, i64, i64, i64, i64)> = support::rows(
+        &url,
         "SELECT (SELECT count(*) FROM embq.jobs WHERE state = 'done'),
                 (SELECT count(*) FROM embq.jobs WHERE state <> 'done'),
                 (SELECT count(*) FROM embq.embeddings),
                 (SELECT count(DISTINCT job_id) FROM embq.embeddings),
                 (SELECT count(*) FROM embq.jobs WHERE attempts <> 1)",
     )
-    .fetch_one(&mut c)
-    .await
-    .expect("tally");
+    .await;
+    let (done, other, embeddings, distinct, attempts_over_one) = tally[0];
     let n = JOBS as i64;
     assert_eq!((done, other), (n, 0), "{step}: every job done, none lost");
     assert_eq!((embeddings, distinct), (n, n), "{step}: exactly one embedding per job");
     assert_eq!(attempts_over_one, 0, "{step}: the crash spent no job attempt");
     let states: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM embq.provider_batches GROUP BY 1").fetch_all(&mut c).await.unwrap();
+        support::rows(&url, "SELECT state, count(*) FROM embq.provider_batches GROUP BY 1").await;
     assert_eq!(states, vec![("collected".to_string(), 1)], "{step}");
 
     // `embq queue stats` shows the lane.
@@ -112,26 +111,51 @@ async fn crash_at_then_recover(step: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_after_recording_a_batch_loses_nothing_and_submits_once() {
-    crash_at_then_recover("after_record").await;
+async fn a_crash_after_recording_a_batch_loses_nothing_and_submits_once_on_postgres() {
+    crash_at_then_recover("after_record", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_after_the_upload_reuses_the_uploaded_file() {
-    crash_at_then_recover("after_upload").await;
+async fn a_crash_after_recording_a_batch_loses_nothing_and_submits_once_on_sqlite() {
+    crash_at_then_recover("after_record", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_after_creating_the_batch_finds_it_instead_of_creating_another() {
-    crash_at_then_recover("after_create").await;
+async fn a_crash_after_the_upload_reuses_the_uploaded_file_on_postgres() {
+    crash_at_then_recover("after_upload", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_after_downloading_the_results_collects_them_again() {
-    crash_at_then_recover("after_download").await;
+async fn a_crash_after_the_upload_reuses_the_uploaded_file_on_sqlite() {
+    crash_at_then_recover("after_upload", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_halfway_through_storing_results_stores_the_rest_once() {
-    crash_at_then_recover("mid_store").await;
+async fn a_crash_after_creating_the_batch_finds_it_instead_of_creating_another_on_postgres() {
+    crash_at_then_recover("after_create", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_creating_the_batch_finds_it_instead_of_creating_another_on_sqlite() {
+    crash_at_then_recover("after_create", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_downloading_the_results_collects_them_again_on_postgres() {
+    crash_at_then_recover("after_download", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_downloading_the_results_collects_them_again_on_sqlite() {
+    crash_at_then_recover("after_download", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_halfway_through_storing_results_stores_the_rest_once_on_postgres() {
+    crash_at_then_recover("mid_store", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_halfway_through_storing_results_stores_the_rest_once_on_sqlite() {
+    crash_at_then_recover("mid_store", true).await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::validate::{bounded, nonzero_duration, Problems};
-use super::{ser_ms, DatabaseUrl, ProviderKind, RawConfig};
+use super::{ser_ms, ProviderKind, RawConfig};
 
 /// OpenAI's per-file cap on requests.
 pub const MAX_REQUESTS_PER_FILE: usize = 50_000;
@@ -47,7 +47,7 @@ impl Default for BatchLaneConfig {
 }
 
 /// Parses the `BATCH_LANE*` variables, adding every problem to `p`.
-pub(super) fn parse(r: &RawConfig, p: &mut Problems, provider: ProviderKind, db: &DatabaseUrl) -> BatchLaneConfig {
+pub(super) fn parse(r: &RawConfig, p: &mut Problems, provider: ProviderKind) -> BatchLaneConfig {
     let d = BatchLaneConfig::default();
     let enabled = p.field("BATCH_LANE", &r.batch_lane, false, |v| match v.to_ascii_lowercase().as_str() {
         "on" | "true" => Ok(true),
@@ -59,10 +59,6 @@ pub(super) fn parse(r: &RawConfig, p: &mut Problems, provider: ProviderKind, db:
             "BATCH_LANE: on needs EMBEDDING_PROVIDER=openai (the OpenAI Batch API), not {}",
             provider.as_str()
         ));
-    }
-    if enabled && db.is_sqlite() {
-        // The provider-batch bookkeeping is PostgreSQL's so far (see README, "Batch lane").
-        p.0.push("BATCH_LANE: on needs a PostgreSQL DATABASE_URL".into());
     }
     let poll_interval =
         p.field("BATCH_LANE_POLL_INTERVAL", &r.batch_lane_poll_interval, d.poll_interval, nonzero_duration);
@@ -158,7 +154,6 @@ mod tests {
         }
         let e = raw(&[("BATCH_LANE", "on"), ("EMBEDDING_PROVIDER", "hash")]).validate().unwrap_err().to_string();
         assert!(e.contains("BATCH_LANE: on needs EMBEDDING_PROVIDER=openai"), "{e}");
-        let e = raw(&[("BATCH_LANE", "on"), ("DATABASE_URL", "sqlite://x.db")]).validate().unwrap_err().to_string();
-        assert!(e.contains("BATCH_LANE: on needs a PostgreSQL DATABASE_URL"), "{e}");
+        assert!(raw(&[("BATCH_LANE", "on"), ("DATABASE_URL", "sqlite://x.db")]).validate().is_ok(), "both stores");
     }
 }

@@ -348,7 +348,7 @@ impl RawConfig {
         let shutdown_loopback_exempt =
             p.field("SHUTDOWN_LOOPBACK_EXEMPT", &self.shutdown_loopback_exempt, false, boolean);
 
-        let batch_lane = super::batch_lane::parse(self, &mut p, provider, &database_url);
+        let batch_lane = super::batch_lane::parse(self, &mut p, provider);
 
         if !p.0.is_empty() {
             return Err(ConfigError(p.0));

@@ -380,8 +380,8 @@ pub trait Queue: Send + Sync + 'static {
     /// Waits for a new-job notification; returns `None` if this store cannot notify.
     async fn listener(&self) -> Option<Box<dyn JobListener>>;
 
-    // The batch lane (OpenAI Batch API). Stores without it refuse; the configuration refuses
-    // `BATCH_LANE=on` for them first.
+    // The batch lane (OpenAI Batch API); both stores implement it. The defaults refuse, for a
+    // store that would not.
 
     /// Takes ready `batch`-lane jobs within `limits` (each job's cost from `size`) and records
     /// them, in the same transaction, as a batch in state `uploading` under `submission_id`.
@@ -437,7 +437,7 @@ pub trait Queue: Send + Sync + 'static {
 
 /// The error of a store without the batch lane.
 fn no_batch_lane() -> QueueError {
-    QueueError::Invalid("the batch lane needs PostgreSQL".into())
+    QueueError::Invalid("this store has no batch lane".into())
 }
 
 /// A progress callback: jobs written so far.

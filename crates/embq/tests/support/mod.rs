@@ -17,6 +17,40 @@ use embq::metrics::Metrics;
 use embq::provider::Provider;
 use embq::queue::{NewJob, Queue};
 use embq::worker::{RunSummary, Worker};
+use sqlx::Connection;
+
+/// A database of either store (the SQLite file lives as long as this).
+pub struct Db {
+    /// Its DATABASE_URL.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh, empty PostgreSQL database or SQLite file.
+pub async fn fresh_db(sqlite: bool) -> Db {
+    if !sqlite {
+        return Db { url: pg::fresh_pg_db().await, _dir: None };
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    Db { url: format!("sqlite://{}", dir.path().join("q.db").display()), _dir: Some(dir) }
+}
+
+/// Rows of `sql` (written for PostgreSQL's `embq.` schema; SQLite's tables have no schema).
+pub async fn rows<T>(url: &str, sql: &str) -> Vec<T>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query_as(&sql.replace("embq.", "")).fetch_all(&mut c).await.expect("query")
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query_as(sql).fetch_all(&mut c).await.expect("query")
+    }
+}
 
 /// A validated config from (variable, value) pairs; unknown names are a test bug.
 pub fn config(pairs: &[(&str, &str)]) -> Config {

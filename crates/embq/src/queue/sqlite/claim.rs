@@ -16,6 +16,8 @@ pub(super) enum Pick {
     Any,
     /// `online`-lane jobs only (the batch lane is on).
     Online,
+    /// `batch`-lane jobs, for a provider batch.
+    Batch,
 }
 
 /// Leases up to `limit` ready jobs; see `Queue::claim`.
@@ -52,6 +54,7 @@ pub(super) async fn claim_in(
     let lane = match pick {
         Pick::Any => "",
         Pick::Online => "AND lane = 'online'",
+        Pick::Batch => "AND lane = 'batch'",
     };
     let sql = format!(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1, lease_token = ?2,
