@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use embq::config::Config;
-use embq::queue::{Lane, NewJob};
+use embq::queue::{GatherLimits, Lane, NewJob};
 use sqlx::{Connection, PgConnection};
 use support::mock_batch_api::{Ending, MockBatchApi, KEY};
 
@@ -238,6 +238,95 @@ async fn backlog(db: support::Db) {
     assert_eq!(tally(&url).await, ((33, 0, 0), (33, 33)));
     assert_eq!(mock.online_texts().len(), 3, "priority 0 stays online");
     assert_eq!(mock.batch_sizes(), vec![30]);
+}
+
+both_stores!(enqueued_token_limit: open_batches_never_hold_more_than_the_enqueued_token_limit_on_postgres, open_batches_never_hold_more_than_the_enqueued_token_limit_on_sqlite);
+
+async fn enqueued_token_limit(db: support::Db) {
+    let url = db.url.clone();
+    let mock = MockBatchApi::start(DIMS).await;
+    // Each text is 6-7 tokens: 40 tokens hold about six jobs, so 30 jobs need several batches,
+    // one open at a time.
+    let cfg = lane_config(&url, &mock, &[("BATCH_LANE_MAX_ENQUEUED_TOKENS", "40")]);
+    let q = support::queue_with(&cfg, &lane_jobs(30, "doc-", Lane::Batch)).await;
+    let h = support::harness(&cfg, q.clone(), None);
+    let health = h.health.clone();
+    let worker = tokio::spawn(h.worker.run());
+    loop {
+        support::wait_until(WAIT, "a batch is open or all are done", || async {
+            mock.running() > 0 || tally(&url).await.0 == (30, 0, 0)
+        })
+        .await;
+        if mock.running() == 0 {
+            break;
+        }
+        mock.end_all(Ending::Complete);
+    }
+    health.shutdown.cancel();
+    worker.await.expect("worker task").expect("worker ran");
+    assert_eq!(tally(&url).await, ((30, 0, 0), (30, 30)));
+    assert_eq!(mock.max_running(), 1, "a second batch waits until the first leaves the provider's queue");
+    assert!(mock.created() >= 5, "{:?}", mock.batch_sizes());
+    let held: Vec<(i64,)> = support::rows(&url, "SELECT estimated_tokens FROM embq.provider_batches").await;
+    assert!(held.iter().all(|t| t.0 <= 40), "{held:?}");
+    assert_eq!(mock.violations(), Vec::<String>::new());
+}
+
+both_stores!(gather_limits: a_gathering_stops_at_the_byte_limit_and_leaves_the_rest_ready_on_postgres, a_gathering_stops_at_the_byte_limit_and_leaves_the_rest_ready_on_sqlite);
+
+async fn gather_limits(db: support::Db) {
+    let mock = MockBatchApi::start(DIMS).await;
+    let cfg = lane_config(&db.url, &mock, &[]);
+    let q = support::queue_with(&cfg, &lane_jobs(10, "doc-", Lane::Batch)).await;
+    // Every line costs 100 bytes and 1 token here: 350 bytes take three.
+    let size = |_: &embq::queue::ClaimedJob| (100u64, 1u64);
+    let limits = |max_bytes, max_tokens| GatherLimits {
+        owner: "w",
+        lease: Duration::from_secs(30),
+        max_requests: 50_000,
+        max_bytes,
+        max_tokens,
+        first_always: false,
+    };
+    let g = q.gather_batch("s-1", "m", limits(350, 1_000), &size).await.expect("gather");
+    assert_eq!(g.jobs.len(), 3);
+    let b = g.batch.expect("a batch");
+    assert_eq!((b.requests, b.estimated_tokens, b.state), (3, 3, embq::queue::BatchState::Uploading));
+    assert_eq!(q.batch_jobs(&b).await.expect("jobs").len(), 3);
+    // The token limit cuts the same way; with no room left, nothing is taken.
+    let g = q.gather_batch("s-2", "m", limits(u64::MAX, 2), &size).await.expect("gather");
+    assert_eq!(g.jobs.len(), 2);
+    assert_eq!(q.enqueued_tokens("m").await.expect("tokens"), 5);
+    let g = q.gather_batch("s-3", "m", limits(u64::MAX, 0), &size).await.expect("gather");
+    assert!(g.batch.is_none() && g.jobs.is_empty());
+    // What was left is ready with no attempt spent; the two batches are leased to their gatherer.
+    let left: Vec<(i64, i64)> = support::rows(
+        &db.url,
+        "SELECT count(*), COALESCE(sum(attempts), 0) FROM embq.jobs WHERE state = 'ready' AND lane = 'batch'",
+    )
+    .await;
+    assert_eq!(left, vec![(5, 0)]);
+    assert!(q.lease_batch("other", Duration::from_secs(30)).await.expect("lease").is_none());
+    // Jobs in a batch are never swept as expired leases.
+    assert_eq!(q.rescue_expired(5).await.expect("sweep"), Default::default());
+}
+
+both_stores!(two_workers: two_workers_never_submit_or_collect_the_same_batch_on_postgres, two_workers_never_submit_or_collect_the_same_batch_on_sqlite);
+
+async fn two_workers(db: support::Db) {
+    let url = db.url.clone();
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    let cfg = lane_config(&url, &mock, &[("BATCH_LANE_MAX_REQUESTS", "25")]);
+    let q = support::queue_with(&cfg, &lane_jobs(200, "doc-", Lane::Batch)).await;
+    let a = support::drain(support::harness(&cfg, q.clone(), None), WAIT);
+    let b = support::drain(support::harness(&cfg, q.clone(), None), WAIT);
+    tokio::join!(a, b);
+    assert_eq!(tally(&url).await, ((200, 0, 0), (200, 200)));
+    assert_eq!(mock.batch_sizes().iter().sum::<usize>(), 200, "each job in exactly one batch");
+    assert_eq!((mock.created(), mock.uploads()), (8, 8));
+    assert_eq!(batch_states(&url).await, vec![("collected".to_string(), 8)]);
+    assert_eq!(mock.violations(), Vec::<String>::new());
 }
 
 #[tokio::test]

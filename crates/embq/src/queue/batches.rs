@@ -71,6 +71,9 @@ pub struct GatherLimits<'a> {
     pub max_bytes: u64,
     /// Most estimated tokens (what the enqueued-token limit leaves free).
     pub max_tokens: u64,
+    /// The first job goes even over `max_tokens` (no batch is open: a text larger than the whole
+    /// limit must not hold the lane up for ever).
+    pub first_always: bool,
 }
 
 /// What one job costs in a batch file: its JSONL line's bytes and its estimated tokens.

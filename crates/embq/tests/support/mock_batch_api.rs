@@ -76,6 +76,8 @@ struct Inner {
     online: Vec<String>,
     /// Tokens billed in output lines.
     billed: u64,
+    /// The most batches running at once.
+    max_running: usize,
 }
 
 impl Inner {
@@ -150,6 +152,11 @@ impl MockBatchApi {
     /// Batches still running.
     pub fn running(&self) -> usize {
         self.lock().batches.iter().filter(|b| b.status == "in_progress").count()
+    }
+
+    /// The most batches that were running at once.
+    pub fn max_running(&self) -> usize {
+        self.lock().max_running
     }
 
     /// Batch input files uploaded.
@@ -427,6 +434,8 @@ fn create(g: &mut Inner, body: &[u8]) -> Response {
     };
     let v = batch_json(&b);
     g.batches.push(b);
+    let running = g.batches.iter().filter(|b| b.status == "in_progress").count();
+    g.max_running = g.max_running.max(running);
     ok(v)
 }
 

@@ -44,8 +44,8 @@ pub(super) async fn gather(
                 continue;
             }
             let (b, t) = size(&j);
-            // The first job always goes, so one large text cannot hold the lane up for ever.
-            if full || (!jobs.is_empty() && (bytes + b > limits.max_bytes || tokens + t > limits.max_tokens)) {
+            let first = jobs.is_empty() && limits.first_always;
+            if full || (!first && (bytes + b > limits.max_bytes || tokens + t > limits.max_tokens)) {
                 full = true;
                 back.push(j.id);
                 continue;

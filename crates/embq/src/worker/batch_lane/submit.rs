@@ -52,6 +52,7 @@ impl Lane {
             max_requests: self.ctx.cfg.batch_lane.max_requests.get(),
             max_bytes: MAX_FILE_BYTES,
             max_tokens: max - held,
+            first_always: held == 0,
         };
         let size = |j: &ClaimedJob| (self.line(j).len() as u64, self.counter.count(&self.input(&j.text)) as u64);
         let g = self.ctx.queue.gather_batch(&submission_id, &self.model, limits, &size).await?;
