@@ -1,5 +1,7 @@
-//! The OpenAI Batch API client: files (`POST /v1/files` with `purpose=batch`, list, content,
-//! delete) and batches (create, get, list). The batch lane (`worker/batch_lane/`) drives it.
+//! The OpenAI Batch API client: files (`POST /v1/files` with `purpose=batch`, list, content) and
+//! batches (create, get, list). An upload whose id was lost in a crash is found again by its name
+//! and reused, so the lane never needs to delete one. The batch lane (`worker/batch_lane/`)
+//! drives it.
 //!
 //! It shares the embeddings provider's settings (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, the
 //! HTTP client of `remote.rs`); every message made from a response is scrubbed of the key.
@@ -233,16 +235,6 @@ impl BatchClient {
             }
         }
         Err(BatchApiError::Transient(format!("no file {name} in {MAX_PAGES} pages")))
-    }
-
-    /// Deletes a file (an orphan upload); one already gone counts as deleted.
-    pub async fn delete_file(&self, file_id: &str) -> Result<(), BatchApiError> {
-        let req = self.request(reqwest::Method::DELETE, &format!("/files/{}", path_part(file_id)));
-        match self.send(req).await {
-            Ok(_) => Ok(()),
-            Err(BatchApiError::Refused(m)) if m.starts_with("HTTP 404") => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 
     /// A file's content, to be read as it arrives (results files can be large).

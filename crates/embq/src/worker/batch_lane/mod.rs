@@ -14,7 +14,7 @@ mod submit;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use super::Ctx;
@@ -123,14 +123,15 @@ impl Lane {
             BatchState::Collecting => self.collect(b.clone()).await,
             _ => Ok(()),
         };
-        renew.cancel();
+        drop(renew);
         if let Err(e) = result {
             self.later(&b, &e).await;
         }
     }
 
-    /// Renews the lease on `b` every half heartbeat until the returned token is cancelled.
-    fn keep_leased(&self, b: &ProviderBatch) -> CancellationToken {
+    /// Renews the lease on `b` every half heartbeat until the returned guard is dropped (also
+    /// when a shutdown drops the step that holds it).
+    fn keep_leased(&self, b: &ProviderBatch) -> DropGuard {
         let stop = CancellationToken::new();
         let (queue, owner, lease, id) = (self.ctx.queue.clone(), self.owner().to_string(), self.lease(), b.id);
         let every = self.ctx.cfg.heartbeat_interval / 2;
@@ -146,7 +147,7 @@ impl Lane {
                 }
             }
         });
-        stop
+        stop.drop_guard()
     }
 
     /// One round: backlog, open batches, new submissions, gauges.

@@ -65,7 +65,7 @@ impl Lane {
               tokens = batch.estimated_tokens, "provider batch recorded");
         let renew = self.keep_leased(&batch);
         let result = self.upload_and_create(&batch, Some(g.jobs)).await;
-        renew.cancel();
+        drop(renew);
         if let Err(e) = result {
             self.later(&batch, &e).await;
         }
