@@ -363,7 +363,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError>;
     /// Counts jobs by state.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
-    /// True when no job is ready now or due within `within`, and none is running anywhere.
+    /// True when no job is ready now or due within `within`, none is running anywhere and no
+    /// provider batch is open (one may still hold results to store).
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError>;
     /// Lists dead-lettered jobs, newest first.
     async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError>;
