@@ -12,15 +12,18 @@
 //! only when the test or a request moves it.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+mod requests;
+mod results;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use embq::provider::HashProvider;
+use requests::{check_jsonl, multipart};
+use results::{embedding_body, end};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -252,102 +255,6 @@ fn embeddings(g: &mut Inner, dims: usize, body: &[u8]) -> Response {
     ok(embedding_body(dims, &inputs))
 }
 
-fn embedding_body(dims: usize, inputs: &[String]) -> Value {
-    let hash = HashProvider::new("mock", dims);
-    let data: Vec<Value> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let v = embq::vector::to_le_bytes(&hash.vector(t));
-            json!({"object": "embedding", "index": i,
-                   "embedding": base64::engine::general_purpose::STANDARD.encode(v)})
-        })
-        .collect();
-    let tokens: usize = inputs.iter().map(|t| t.len().div_ceil(4)).sum();
-    json!({"object": "list", "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-}
-
-/// One part of a multipart body: (name, filename, bytes).
-type Part = (String, Option<String>, Vec<u8>);
-
-/// The parts of a multipart body.
-fn multipart(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Part>, String> {
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let boundary = ct
-        .strip_prefix("multipart/form-data; boundary=")
-        .ok_or_else(|| format!("upload: content-type must be multipart/form-data, not {ct:?}"))?;
-    let delim = format!("--{boundary}");
-    let text = body;
-    let mut parts = Vec::new();
-    let mut rest = text.strip_prefix(delim.as_bytes()).ok_or("upload: body does not open with the boundary")?;
-    loop {
-        if rest.starts_with(b"--") {
-            return Ok(parts);
-        }
-        rest = rest.strip_prefix(b"\r\n").ok_or("upload: boundary not followed by CRLF")?;
-        let head_end = find(rest, b"\r\n\r\n").ok_or("upload: part without headers")?;
-        let head = String::from_utf8_lossy(&rest[..head_end]).to_string();
-        rest = &rest[head_end + 4..];
-        let end = find(rest, format!("\r\n{delim}").as_bytes()).ok_or("upload: part not closed")?;
-        let content = rest[..end].to_vec();
-        rest = &rest[end + 2 + delim.len()..];
-        // `key="value"` in the Content-Disposition line.
-        let disposition = head.lines().find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"));
-        let attr = |key: &str| {
-            disposition?.split(';').find_map(|p| p.trim().strip_prefix(&format!("{key}=\""))?.split('"').next())
-        };
-        let name = attr("name").ok_or("upload: part without a name")?.to_string();
-        parts.push((name, attr("filename").map(str::to_string), content));
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Checks a batch input file as the API does; `Err` says why it is refused.
-fn check_jsonl(bytes: &[u8]) -> Result<usize, String> {
-    if bytes.len() > MAX_BYTES {
-        return Err(format!("file is {} bytes; at most {MAX_BYTES}", bytes.len()));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| "file is not UTF-8".to_string())?;
-    let (mut ids, mut models, mut n) = (HashSet::new(), HashSet::new(), 0);
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        n += 1;
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("line {}: not JSON: {e}", i + 1))?;
-        let id = v["custom_id"].as_str().ok_or(format!("line {}: custom_id must be a string", i + 1))?;
-        if !ids.insert(id.to_string()) {
-            return Err(format!("line {}: custom_id {id} is not unique in the file", i + 1));
-        }
-        if v["method"] != "POST" || v["url"] != "/v1/embeddings" {
-            return Err(format!("line {}: method/url must be POST /v1/embeddings", i + 1));
-        }
-        let model = v["body"]["model"].as_str().ok_or(format!("line {}: body.model missing", i + 1))?;
-        models.insert(model.to_string());
-        let input_ok = match &v["body"]["input"] {
-            Value::String(s) => !s.is_empty(),
-            Value::Array(a) => !a.is_empty() && a.iter().all(|x| x.as_str().is_some_and(|s| !s.is_empty())),
-            _ => false,
-        };
-        if !input_ok {
-            return Err(format!("line {}: body.input must be a non-empty text or list of texts", i + 1));
-        }
-    }
-    if n == 0 {
-        return Err("file has no requests".into());
-    }
-    if n > MAX_LINES {
-        return Err(format!("file has {n} requests; at most {MAX_LINES}"));
-    }
-    if models.len() > 1 {
-        return Err("every request of a file must use the same model".into());
-    }
-    Ok(n)
-}
-
 fn upload(g: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
     let parts = match multipart(headers, body) {
         Ok(p) => p,
@@ -453,77 +360,4 @@ fn batch_json(b: &Batch) -> Value {
         "error_file_id": b.error_file_id, "metadata": b.metadata,
         "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
     })
-}
-
-/// Ends batch `id` as `e`, writing its output and error files.
-fn end(g: &mut Inner, dims: usize, id: &str, e: Ending) {
-    let Some(pos) = g.batches.iter().position(|b| b.id == id) else { return };
-    let input = g.files.get(&g.batches[pos].input_file_id).map(|f| f.bytes.clone()).unwrap_or_default();
-    let (mut out, mut errs, mut done, mut failed) = (String::new(), String::new(), 0, 0);
-    let answered = match e {
-        Ending::Complete => usize::MAX,
-        Ending::Expire(n) => n,
-        Ending::Fail => 0,
-    };
-    for (i, line) in String::from_utf8_lossy(&input).lines().enumerate() {
-        let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-        let custom_id = v["custom_id"].clone();
-        let texts: Vec<String> = match &v["body"]["input"] {
-            Value::String(s) => vec![s.clone()],
-            Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
-            _ => Vec::new(),
-        };
-        let rid = format!("batch_req_{i}");
-        if e == Ending::Fail {
-            continue;
-        }
-        if i >= answered {
-            errs.push_str(&format!(
-                "{}\n",
-                json!({"id": rid, "custom_id": custom_id, "response": null,
-                       "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
-            ));
-            continue;
-        }
-        if let Some(status) = g.line_rule.as_ref().and_then(|r| texts.first().and_then(|t| r(t))) {
-            failed += 1;
-            errs.push_str(&format!(
-                "{}\n",
-                json!({"id": rid, "custom_id": custom_id, "error": null, "response": {"status_code": status,
-                       "request_id": "req", "body": {"error": {"message": "mock line failure", "type": "server_error"}}}})
-            ));
-            continue;
-        }
-        let body = embedding_body(dims, &texts);
-        g.billed += body["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
-        done += 1;
-        out.push_str(&format!(
-            "{}\n",
-            json!({"id": rid, "custom_id": custom_id, "error": null,
-                   "response": {"status_code": 200, "request_id": "req", "body": body}})
-        ));
-    }
-    let output = (!out.is_empty()).then(|| {
-        let id = g.id("file");
-        g.files.insert(
-            id.clone(),
-            File { filename: "batch_output.jsonl".into(), purpose: "batch_output", bytes: out.into_bytes() },
-        );
-        id
-    });
-    let error = (!errs.is_empty()).then(|| {
-        let id = g.id("file");
-        g.files.insert(
-            id.clone(),
-            File { filename: "batch_errors.jsonl".into(), purpose: "batch_output", bytes: errs.into_bytes() },
-        );
-        id
-    });
-    let b = &mut g.batches[pos];
-    b.status = match e {
-        Ending::Complete => "completed",
-        Ending::Expire(_) => "expired",
-        Ending::Fail => "failed",
-    };
-    (b.output_file_id, b.error_file_id, b.completed, b.failed) = (output, error, done, failed);
 }
