@@ -329,6 +329,39 @@ async fn two_workers(db: support::Db) {
     assert_eq!(mock.violations(), Vec::<String>::new());
 }
 
+both_stores!(lost_answers: an_upload_or_create_whose_answer_was_lost_is_found_not_repeated_on_postgres, an_upload_or_create_whose_answer_was_lost_is_found_not_repeated_on_sqlite);
+
+async fn lost_answers(db: support::Db) {
+    let url = db.url.clone();
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    mock.lose_next_upload_answer();
+    mock.lose_next_create_answer();
+    let cfg = lane_config(&url, &mock, &[]);
+    let q = support::queue_with(&cfg, &lane_jobs(20, "doc-", Lane::Batch)).await;
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+    assert_eq!(tally(&url).await, ((20, 0, 0), (20, 20)));
+    assert_eq!((mock.uploads(), mock.created()), (1, 1), "found by name and by submission_id, not repeated");
+    assert_eq!(batch_states(&url).await, vec![("collected".to_string(), 1)]);
+    assert_eq!(mock.violations(), Vec::<String>::new());
+}
+
+both_stores!(failed_batches: a_failed_batch_spends_an_attempt_so_a_poisonous_file_ends_dead_on_postgres, a_failed_batch_spends_an_attempt_so_a_poisonous_file_ends_dead_on_sqlite);
+
+async fn failed_batches(db: support::Db) {
+    let url = db.url.clone();
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Fail));
+    let cfg = lane_config(&url, &mock, &[("MAX_ATTEMPTS", "2")]);
+    let q = support::queue_with(&cfg, &lane_jobs(4, "doc-", Lane::Batch)).await;
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+    assert_eq!(tally(&url).await, ((0, 4, 0), (0, 0)));
+    assert_eq!(batch_states(&url).await, vec![("failed".to_string(), 2)]);
+    let dead = q.dead_jobs(10).await.expect("dead jobs");
+    let why = dead[0].last_error.clone().unwrap_or_default();
+    assert!(why.contains("ended (failed) without a result"), "{why}");
+}
+
 #[tokio::test]
 async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
     let url = support::pg::fresh_pg_db().await;

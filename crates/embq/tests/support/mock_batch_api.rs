@@ -8,8 +8,9 @@
 //! `input_file_id` (an uploaded batch file), `endpoint` and `completion_window`.
 //!
 //! Batches stay `in_progress` until the test ends them (`end_all`), or end on their first poll
-//! with `auto_end`. Lines whose text a rule picks fail with a status. No sleeps: state moves
-//! only when the test or a request moves it.
+//! with `auto_end`. Lines whose text a rule picks fail with a status; an upload or a create can
+//! be done but answered 500, as if the answer was lost. No sleeps: state moves only when the
+//! test or a request moves it.
 #![allow(dead_code)]
 
 mod requests;
@@ -81,6 +82,9 @@ struct Inner {
     billed: u64,
     /// The most batches running at once.
     max_running: usize,
+    /// The next upload / create is done but answered 500, as if the answer was lost on the way.
+    lose_upload_answer: bool,
+    lose_create_answer: bool,
 }
 
 impl Inner {
@@ -145,6 +149,16 @@ impl MockBatchApi {
         for id in ids {
             end(&mut g, self.dims, &id, e);
         }
+    }
+
+    /// The next upload is stored but answered 500 (the answer lost on the way).
+    pub fn lose_next_upload_answer(&self) {
+        self.lock().lose_upload_answer = true;
+    }
+
+    /// The next batch is created but answered 500 (the answer lost on the way).
+    pub fn lose_next_create_answer(&self) {
+        self.lock().lose_create_answer = true;
     }
 
     /// Batches created.
@@ -277,6 +291,9 @@ fn upload(g: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
     let size = bytes.len();
     g.files.insert(id.clone(), File { filename: filename.clone(), purpose: "batch", bytes });
     g.uploads += 1;
+    if std::mem::take(&mut g.lose_upload_answer) {
+        return err(StatusCode::INTERNAL_SERVER_ERROR, "the answer was lost");
+    }
     ok(json!({"id": id, "object": "file", "bytes": size, "filename": filename, "purpose": "batch"}))
 }
 
@@ -343,6 +360,9 @@ fn create(g: &mut Inner, body: &[u8]) -> Response {
     g.batches.push(b);
     let running = g.batches.iter().filter(|b| b.status == "in_progress").count();
     g.max_running = g.max_running.max(running);
+    if std::mem::take(&mut g.lose_create_answer) {
+        return err(StatusCode::INTERNAL_SERVER_ERROR, "the answer was lost");
+    }
     ok(v)
 }
 
