@@ -286,26 +286,32 @@ async fn gather_limits(db: support::Db) {
         max_requests: 50_000,
         max_bytes,
         max_tokens,
-        first_always: false,
     };
     let g = q.gather_batch("s-1", "m", limits(350, 1_000), &size).await.expect("gather");
     assert_eq!(g.jobs.len(), 3);
     let b = g.batch.expect("a batch");
     assert_eq!((b.requests, b.estimated_tokens, b.state), (3, 3, embq::queue::BatchState::Uploading));
     assert_eq!(q.batch_jobs(&b).await.expect("jobs").len(), 3);
-    // The token limit cuts the same way; with no room left, nothing is taken.
-    let g = q.gather_batch("s-2", "m", limits(u64::MAX, 2), &size).await.expect("gather");
+    // The enqueued-token limit counts the open batch: 5 leaves room for two more.
+    let g = q.gather_batch("s-2", "m", limits(u64::MAX, 5), &size).await.expect("gather");
     assert_eq!(g.jobs.len(), 2);
     assert_eq!(q.enqueued_tokens("m").await.expect("tokens"), 5);
-    let g = q.gather_batch("s-3", "m", limits(u64::MAX, 0), &size).await.expect("gather");
-    assert!(g.batch.is_none() && g.jobs.is_empty());
-    // What was left is ready with no attempt spent; the two batches are leased to their gatherer.
+    let g = q.gather_batch("s-3", "m", limits(u64::MAX, 5), &size).await.expect("gather");
+    assert!(g.batch.is_none() && g.jobs.is_empty(), "no room left");
+    // Gatherings at once never overshoot the limit together.
+    let (a, b) = tokio::join!(
+        q.gather_batch("s-4", "m", limits(u64::MAX, 7), &size),
+        q.gather_batch("s-5", "m", limits(u64::MAX, 7), &size)
+    );
+    assert_eq!(a.expect("gather").jobs.len() + b.expect("gather").jobs.len(), 2);
+    assert_eq!(q.enqueued_tokens("m").await.expect("tokens"), 7);
+    // What was left is ready with no attempt spent; the batches are leased to their gatherer.
     let left: Vec<(i64, i64)> = support::rows(
         &db.url,
         "SELECT count(*), COALESCE(sum(attempts), 0) FROM embq.jobs WHERE state = 'ready' AND lane = 'batch'",
     )
     .await;
-    assert_eq!(left, vec![(5, 0)]);
+    assert_eq!(left, vec![(3, 0)]);
     assert!(q.lease_batch("other", Duration::from_secs(30)).await.expect("lease").is_none());
     // Jobs in a batch are never swept as expired leases.
     assert_eq!(q.rescue_expired(5).await.expect("sweep"), Default::default());

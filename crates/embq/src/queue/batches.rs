@@ -69,11 +69,11 @@ pub struct GatherLimits<'a> {
     pub max_requests: usize,
     /// Most bytes of the file.
     pub max_bytes: u64,
-    /// Most estimated tokens (what the enqueued-token limit leaves free).
+    /// The model's enqueued-token limit: the estimated tokens of its batches not yet ended at the
+    /// provider, this one included, stay within it. Read and taken under one lock, so workers
+    /// gathering at once never overshoot it together. With no batch open, the first job goes
+    /// even if it alone is over (a huge text must not hold the lane up for ever).
     pub max_tokens: u64,
-    /// The first job goes even over `max_tokens` (no batch is open: a text larger than the whole
-    /// limit must not hold the lane up for ever).
-    pub first_always: bool,
 }
 
 /// What one job costs in a batch file: its JSONL line's bytes and its estimated tokens.

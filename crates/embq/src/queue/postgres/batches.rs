@@ -29,9 +29,24 @@ pub(super) async fn gather(
     let (owner, hold) = (limits.owner, limits.lease);
     let lease = lease_of(submission_id);
     let mut tx = pg.begin_without_jit().await?;
+    // One gathering per model at a time: the enqueued tokens read here stay true until commit.
+    pg.q("SELECT pg_advisory_xact_lock(hashtext('embq.batch_gather:' || $1))")
+        .bind(model.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let held: i64 = pg
+        .q_scalar(
+            "SELECT COALESCE(sum(estimated_tokens), 0)::bigint FROM embq.provider_batches
+             WHERE model = $1 AND state IN ('uploading', 'submitted')",
+        )
+        .bind(model.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+    let held = u64::try_from(held).unwrap_or(0);
+    let (room, first_always) = (limits.max_tokens.saturating_sub(held), held == 0);
     let (mut jobs, mut back, mut unchanged) = (Vec::<ClaimedJob>::new(), Vec::<i64>::new(), 0u64);
     let (mut bytes, mut tokens, mut full) = (0u64, 0u64, false);
-    while !full && jobs.len() < limits.max_requests {
+    while room > 0 && !full && jobs.len() < limits.max_requests {
         let want = GATHER_ROUND.min(limits.max_requests - jobs.len());
         let rows: Vec<ClaimedRow> = pg
             .q_as(GATHER_SQL.as_str())
@@ -53,8 +68,8 @@ pub(super) async fn gather(
                 continue;
             }
             let (b, t) = size(&j);
-            let first = jobs.is_empty() && limits.first_always;
-            if full || (!first && (bytes + b > limits.max_bytes || tokens + t > limits.max_tokens)) {
+            let first = jobs.is_empty() && first_always;
+            if full || (!first && (bytes + b > limits.max_bytes || tokens + t > room)) {
                 full = true;
                 back.push(j.id);
                 continue;

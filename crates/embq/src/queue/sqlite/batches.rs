@@ -31,9 +31,19 @@ pub(super) async fn gather(
     let lease = lease_of(submission_id);
     let now = db.now_ms();
     let mut tx = db.begin().await?;
+    // The write lock (BEGIN IMMEDIATE) makes this the only gathering: what is held stays true.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(sum(estimated_tokens), 0) FROM provider_batches
+         WHERE model = ?1 AND state IN ('uploading', 'submitted')",
+    )
+    .bind(model)
+    .fetch_one(&mut *tx)
+    .await?;
+    let held = u64::try_from(held).unwrap_or(0);
+    let (room, first_always) = (limits.max_tokens.saturating_sub(held), held == 0);
     let (mut jobs, mut back, mut unchanged) = (Vec::<ClaimedJob>::new(), Vec::<i64>::new(), 0u64);
     let (mut bytes, mut tokens, mut full) = (0u64, 0u64, false);
-    while !full && jobs.len() < limits.max_requests {
+    while room > 0 && !full && jobs.len() < limits.max_requests {
         let want = GATHER_ROUND.min(limits.max_requests - jobs.len());
         // No lease expiry: the lease sweep leaves a batch's jobs alone.
         let round = claim_in(&mut tx, Pick::Batch, want, &lease, None, now, model).await?;
@@ -44,8 +54,8 @@ pub(super) async fn gather(
                 continue;
             }
             let (b, t) = size(&j);
-            let first = jobs.is_empty() && limits.first_always;
-            if full || (!first && (bytes + b > limits.max_bytes || tokens + t > limits.max_tokens)) {
+            let first = jobs.is_empty() && first_always;
+            if full || (!first && (bytes + b > limits.max_bytes || tokens + t > room)) {
                 full = true;
                 back.push(j.id);
                 continue;

@@ -41,8 +41,8 @@ impl Lane {
     /// waiting; false when there was nothing (more) to submit.
     pub(super) async fn submit_new(&self) -> Result<bool, LaneError> {
         let max = self.ctx.cfg.batch_lane.max_enqueued_tokens;
-        let held = self.ctx.queue.enqueued_tokens(&self.model).await?;
-        if held >= max {
+        // A cheap look first; the gathering checks again under its lock.
+        if self.ctx.queue.enqueued_tokens(&self.model).await? >= max {
             return Ok(false);
         }
         let submission_id = uuid::Uuid::new_v4().to_string();
@@ -51,8 +51,7 @@ impl Lane {
             lease: self.lease(),
             max_requests: self.ctx.cfg.batch_lane.max_requests.get(),
             max_bytes: MAX_FILE_BYTES,
-            max_tokens: max - held,
-            first_always: held == 0,
+            max_tokens: max,
         };
         let size = |j: &ClaimedJob| (self.line(j).len() as u64, self.counter.count(&self.input(&j.text)) as u64);
         let g = self.ctx.queue.gather_batch(&submission_id, &self.model, limits, &size).await?;
