@@ -362,10 +362,43 @@ async fn failed_batches(db: support::Db) {
     let q = support::queue_with(&cfg, &lane_jobs(4, "doc-", Lane::Batch)).await;
     support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
     assert_eq!(tally(&url).await, ((0, 4, 0), (0, 0)));
-    assert_eq!(batch_states(&url).await, vec![("failed".to_string(), 2)]);
+    // Retries come due with jitter, so the second attempts may go in one batch or several.
+    let failed = batch_states(&url).await;
+    assert!(failed.len() == 1 && failed[0].0 == "failed" && (2..=5).contains(&failed[0].1), "{failed:?}");
     let dead = q.dead_jobs(10).await.expect("dead jobs");
+    assert!(dead.iter().all(|d| d.attempts == 2), "each job spent its two attempts: {dead:?}");
     let why = dead[0].last_error.clone().unwrap_or_default();
-    assert!(why.contains("ended (failed) without a result"), "{why}");
+    assert!(why.contains("ended (failed: invalid_request: mock validation failure) without a result"), "{why}");
+}
+
+both_stores!(over_limit: a_batch_refused_for_the_enqueued_token_limit_returns_its_jobs_unspent_on_postgres, a_batch_refused_for_the_enqueued_token_limit_returns_its_jobs_unspent_on_sqlite);
+
+async fn over_limit(db: support::Db) {
+    let url = db.url.clone();
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::OverLimit));
+    let cfg = lane_config(&url, &mock, &[("MAX_ATTEMPTS", "1")]);
+    let q = support::queue_with(&cfg, &lane_jobs(5, "doc-", Lane::Batch)).await;
+    let h = support::harness(&cfg, q.clone(), None);
+    let health = h.health.clone();
+    let worker = tokio::spawn(h.worker.run());
+    support::wait_until(WAIT, "the refused batch is collected", || async {
+        batch_states(&url).await.contains(&("failed".to_string(), 1))
+    })
+    .await;
+    // Its jobs wait for the provider's queue to drain, their attempt refunded (MAX_ATTEMPTS=1).
+    mock.auto_end(Some(Ending::Complete));
+    support::wait_until(WAIT, "a later batch is collected", || async {
+        batch_states(&url).await.contains(&("collected".to_string(), 1))
+    })
+    .await;
+    health.shutdown.cancel();
+    worker.await.expect("worker task").expect("worker ran");
+    assert_eq!(tally(&url).await, ((5, 0, 0), (5, 5)));
+    let why: Vec<(Option<String>,)> =
+        support::rows(&url, "SELECT last_error FROM embq.provider_batches WHERE state = 'failed'").await;
+    assert!(why.iter().all(|w| w.0.as_deref().is_some_and(|e| e.starts_with("token_limit_exceeded"))), "{why:?}");
+    assert_eq!(batch_states(&url).await, vec![("collected".to_string(), 1), ("failed".to_string(), why.len() as i64)]);
 }
 
 #[tokio::test]

@@ -87,12 +87,47 @@ pub struct BatchObject {
     /// Counts.
     #[serde(default)]
     pub request_counts: Option<RequestCounts>,
+    /// Why a batch failed validation (`token_limit_exceeded`, a bad line, ...).
+    #[serde(default)]
+    pub errors: Option<BatchErrors>,
 }
+
+/// The `errors` of a batch that failed validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct BatchErrors {
+    /// One entry per problem.
+    #[serde(default)]
+    pub data: Vec<BatchError>,
+}
+
+/// One validation problem of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct BatchError {
+    /// Such as `token_limit_exceeded`.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// What the provider says.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The code of a batch refused because the organisation's enqueued-token limit was reached.
+pub const OVER_ENQUEUED_LIMIT: &str = "token_limit_exceeded";
 
 impl BatchObject {
     /// Whether the batch has ended at the provider (no status will follow).
     pub fn ended(&self) -> bool {
         matches!(self.status.as_str(), "completed" | "failed" | "expired" | "cancelled")
+    }
+
+    /// Why it failed, as `code: message` per problem; `None` without errors.
+    pub fn failure(&self) -> Option<String> {
+        let data = &self.errors.as_ref()?.data;
+        let parts: Vec<String> = data
+            .iter()
+            .map(|e| format!("{}: {}", e.code.as_deref().unwrap_or("error"), e.message.as_deref().unwrap_or("")))
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     /// The `submission_id` of its metadata, if embq created it.
@@ -298,5 +333,12 @@ mod tests {
             assert!(BatchObject { status: s.into(), ..b.clone() }.ended(), "{s}");
         }
         assert_eq!(path_part("file-a/b"), "file-a%2Fb");
+        assert_eq!(b.failure(), None);
+        let failed: BatchObject = serde_json::from_str(
+            r#"{"id":"batch_2","status":"failed","errors":{"object":"list","data":[
+                {"code":"token_limit_exceeded","message":"Enqueued token limit reached.","line":null}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(failed.failure().as_deref(), Some("token_limit_exceeded: Enqueued token limit reached."));
     }
 }

@@ -39,6 +39,8 @@ pub struct ProviderBatch {
     pub output_file_id: Option<String>,
     /// Per-line errors file.
     pub error_file_id: Option<String>,
+    /// Why the last step failed, or why the provider failed the batch.
+    pub last_error: Option<String>,
 }
 
 impl ProviderBatch {

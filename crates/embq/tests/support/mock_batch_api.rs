@@ -42,6 +42,8 @@ pub enum Ending {
     Expire(usize),
     /// Failed validation: no line answered.
     Fail,
+    /// Refused for the organisation's enqueued-token limit (`token_limit_exceeded`).
+    OverLimit,
 }
 
 /// Picks a failure status for a line's text, or `None` to embed it.
@@ -60,6 +62,8 @@ struct Batch {
     metadata: Value,
     output_file_id: Option<String>,
     error_file_id: Option<String>,
+    /// `errors.data` of a failed batch.
+    errors: Option<Value>,
     total: usize,
     completed: usize,
     failed: usize,
@@ -352,6 +356,7 @@ fn create(g: &mut Inner, body: &[u8]) -> Response {
         metadata: meta,
         output_file_id: None,
         error_file_id: None,
+        errors: None,
         total,
         completed: 0,
         failed: 0,
@@ -379,5 +384,6 @@ fn batch_json(b: &Batch) -> Value {
         "status": b.status, "input_file_id": b.input_file_id, "output_file_id": b.output_file_id,
         "error_file_id": b.error_file_id, "metadata": b.metadata,
         "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
+        "errors": b.errors.as_ref().map(|d| json!({"object": "list", "data": d})),
     })
 }

@@ -15,7 +15,7 @@ const GATHER_ROUND: usize = 2_000;
 
 /// The columns of [`ProviderBatch`].
 const BATCH_COLUMNS: &str = "id, submission_id, state, model, requests, estimated_tokens, input_file_id, batch_id,
-    provider_status, output_file_id, error_file_id";
+    provider_status, output_file_id, error_file_id, last_error";
 
 /// Takes ready `batch`-lane jobs up to `limits` and records them as one batch; see
 /// `Queue::gather_batch`.

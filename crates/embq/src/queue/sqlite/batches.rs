@@ -14,7 +14,7 @@ const GATHER_ROUND: usize = 2_000;
 
 /// The columns of [`ProviderBatch`].
 const BATCH_COLUMNS: &str = "id, submission_id, state, model, requests, estimated_tokens, input_file_id, batch_id,
-    provider_status, output_file_id, error_file_id";
+    provider_status, output_file_id, error_file_id, last_error";
 
 fn json_ids(ids: &[i64]) -> Result<String, QueueError> {
     serde_json::to_string(ids).map_err(|e| QueueError::Invalid(e.to_string()))

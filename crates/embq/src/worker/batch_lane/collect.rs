@@ -18,6 +18,7 @@ use super::failpoint::{check, Step};
 use super::{Lane, LaneError};
 use crate::metrics_batch_lane::BatchStateLabel;
 use crate::outcome::{decide, retry_or_dead, Decision};
+use crate::provider::openai_batch::OVER_ENQUEUED_LIMIT;
 use crate::provider::openai_batch_lines::{parse_result_line, LineResult};
 use crate::queue::{BatchState, BatchUpdate, ClaimedJob, Outcome, ProviderBatch};
 
@@ -57,11 +58,13 @@ impl Lane {
             self.record(&b, u).await?;
             return Ok(());
         }
+        let failure = now.failure().map(|f| self.client.secrets().message(&f));
         let u = BatchUpdate {
             state: Some(BatchState::Collecting),
             provider_status: Some(now.status.clone()),
             output_file_id: now.output_file_id.clone(),
             error_file_id: now.error_file_id.clone(),
+            last_error: failure.clone(),
             ..BatchUpdate::default()
         };
         if !self.record(&b, u).await? {
@@ -73,6 +76,7 @@ impl Lane {
             provider_status: Some(now.status),
             output_file_id: now.output_file_id,
             error_file_id: now.error_file_id,
+            last_error: failure.or(b.last_error),
             ..b
         };
         self.collect(b).await
@@ -118,7 +122,8 @@ impl Lane {
             completed: Some(tally.completed),
             failed: Some(tally.failed),
             billed_tokens: Some(i64::try_from(tally.billed).unwrap_or(i64::MAX)),
-            last_error: Some(String::new()),
+            // A failed batch keeps the provider's reason; a collected one forgets old step errors.
+            last_error: (state == BatchState::Collected).then(String::new),
             release: true,
             ..BatchUpdate::default()
         };
@@ -187,11 +192,18 @@ impl Lane {
         Ok((out, true))
     }
 
-    /// Jobs no line answered: unspent back to the queue when the batch expired or was
-    /// cancelled, else (a failed batch, a line missing) an attempt spent.
+    /// Jobs no line answered: unspent back to the queue when the batch expired, was cancelled
+    /// or was refused for the organisation's enqueued-token limit (then due after a poll
+    /// interval, not at once); else (a failed batch, a line missing) an attempt spent.
     async fn return_the_rest(&self, b: &ProviderBatch, held: HashMap<i64, ClaimedJob>) {
-        let unspent = matches!(b.provider_status.as_deref(), Some("expired" | "cancelled"));
-        let status = b.provider_status.clone().unwrap_or_default();
+        let over_limit = b.provider_status.as_deref() == Some("failed")
+            && b.last_error.as_deref().is_some_and(|e| e.starts_with(OVER_ENQUEUED_LIMIT));
+        let unspent = over_limit || matches!(b.provider_status.as_deref(), Some("expired" | "cancelled"));
+        let after = if over_limit { self.ctx.cfg.batch_lane.poll_interval } else { Duration::ZERO };
+        let status = match &b.last_error {
+            Some(e) => format!("{}: {e}", b.provider_status.as_deref().unwrap_or_default()),
+            None => b.provider_status.clone().unwrap_or_default(),
+        };
         let mut jobs: Vec<ClaimedJob> = held.into_values().collect();
         jobs.sort_by_key(|j| j.id);
         for chunk in jobs.chunks(STORE_CHUNK) {
@@ -199,7 +211,7 @@ impl Lane {
                 .iter()
                 .map(|j| {
                     let o = if unspent {
-                        Outcome::Released { after: Duration::ZERO }
+                        Outcome::Released { after }
                     } else {
                         let why = format!("the provider batch ended ({status}) without a result for this job");
                         retry_or_dead(why, j.attempt, &self.ctx.cfg.retry, &mut rand::thread_rng())

@@ -30,7 +30,7 @@ pub(super) fn end(g: &mut Inner, dims: usize, id: &str, e: Ending) {
     let answered = match e {
         Ending::Complete => usize::MAX,
         Ending::Expire(n) => n,
-        Ending::Fail => 0,
+        Ending::Fail | Ending::OverLimit => 0,
     };
     for (i, line) in String::from_utf8_lossy(&input).lines().enumerate() {
         let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
@@ -41,7 +41,7 @@ pub(super) fn end(g: &mut Inner, dims: usize, id: &str, e: Ending) {
             _ => Vec::new(),
         };
         let rid = format!("batch_req_{i}");
-        if e == Ending::Fail {
+        if matches!(e, Ending::Fail | Ending::OverLimit) {
             continue;
         }
         if i >= answered {
@@ -90,7 +90,13 @@ pub(super) fn end(g: &mut Inner, dims: usize, id: &str, e: Ending) {
     b.status = match e {
         Ending::Complete => "completed",
         Ending::Expire(_) => "expired",
-        Ending::Fail => "failed",
+        Ending::Fail | Ending::OverLimit => "failed",
+    };
+    b.errors = match e {
+        Ending::OverLimit => Some(json!([{"code": "token_limit_exceeded", "line": null,
+            "message": "Enqueued token limit reached for text-embedding-3-small. Please try again once some in_progress batches have been completed."}])),
+        Ending::Fail => Some(json!([{"code": "invalid_request", "line": 1, "message": "mock validation failure"}])),
+        _ => None,
     };
     (b.output_file_id, b.error_file_id, b.completed, b.failed) = (output, error, done, failed);
 }
