@@ -111,6 +111,7 @@ impl Lane {
             }
         }
         self.return_the_rest(&b, held).await;
+        self.all_released(&b).await?;
         let state = match b.provider_status.as_deref() {
             Some("completed") => BatchState::Collected,
             Some("expired") => BatchState::Expired,

@@ -43,6 +43,9 @@ pub(super) enum LaneError {
     /// A downloaded file could not be kept or read.
     #[error("batch results file: {0}")]
     File(String),
+    /// Results of this many jobs could not be written; the batch stays open for another pass.
+    #[error("{0} jobs of the batch still wait for their results to be written")]
+    Unfinished(usize),
 }
 
 impl LaneError {
@@ -52,7 +55,7 @@ impl LaneError {
             Self::Queue(e) => e.kind(),
             Self::Api(BatchApiError::Refused(_)) => "invalid_request",
             Self::Api(BatchApiError::Invalid(_)) => "invalid_response",
-            Self::Api(BatchApiError::Transient(_)) | Self::File(_) => "transient",
+            Self::Api(BatchApiError::Transient(_)) | Self::File(_) | Self::Unfinished(_) => "transient",
         }
     }
 }

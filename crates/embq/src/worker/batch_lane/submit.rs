@@ -155,6 +155,7 @@ impl Lane {
             .map(|j| (j.id, retry_or_dead(error.clone(), j.attempt, &self.ctx.cfg.retry, &mut rand::thread_rng())))
             .collect();
         self.finish_jobs(b, &jobs, outcomes).await;
+        self.all_released(b).await?;
         let u = BatchUpdate {
             state: Some(BatchState::Failed),
             last_error: Some(error),
@@ -163,6 +164,17 @@ impl Lane {
         };
         self.record(b, u).await?;
         self.ctx.metrics.batch_lane.ended.get_or_create(&BatchStateLabel { state: "failed" }).inc();
+        Ok(())
+    }
+
+    /// Fails unless every job has left the batch. Its jobs have no lease expiry, so a batch is
+    /// closed only once none is held: results that could not be written (an outage outlasting
+    /// `store_results`' patience) are written by the next collection instead.
+    pub(super) async fn all_released(&self, b: &ProviderBatch) -> Result<(), LaneError> {
+        let left = self.ctx.queue.batch_jobs(b).await?.len();
+        if left > 0 {
+            return Err(LaneError::Unfinished(left));
+        }
         Ok(())
     }
 
