@@ -203,15 +203,13 @@ impl BatchClient {
         BatchApiError::Transient(self.secrets.message(m))
     }
 
-    /// Uploads a JSONL batch input under `name` (multipart, `purpose=batch`).
-    pub async fn upload(&self, name: &str, jsonl: Vec<u8>) -> Result<FileObject, BatchApiError> {
-        let boundary = format!("embq-{}", uuid::Uuid::new_v4().simple());
-        let body = multipart(&boundary, name, jsonl);
+    /// Uploads a batch input file (multipart, `purpose=batch`).
+    pub async fn upload(&self, file: Upload) -> Result<FileObject, BatchApiError> {
         let req = self
             .request(reqwest::Method::POST, "/files")
-            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .header("content-type", format!("multipart/form-data; boundary={}", file.boundary))
             .timeout(FILE_TIMEOUT)
-            .body(body);
+            .body(file.body);
         self.call(req).await
     }
 
@@ -289,10 +287,26 @@ fn path_part(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
+/// A batch input file ready to upload: its whole `multipart/form-data` body, written in one
+/// buffer (a file may reach 200 MB: it is never copied).
+pub struct Upload {
+    boundary: String,
+    body: Vec<u8>,
+}
+
+impl Upload {
+    /// The upload of file `name` whose JSONL content `write` appends (about `size` bytes).
+    pub fn new(name: &str, size: usize, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let boundary = format!("embq-{}", uuid::Uuid::new_v4().simple());
+        let body = multipart(&boundary, name, size, write);
+        Self { boundary, body }
+    }
+}
+
 /// A `multipart/form-data` body of the `purpose` field and the file.
-fn multipart(boundary: &str, name: &str, file: Vec<u8>) -> Vec<u8> {
+fn multipart(boundary: &str, name: &str, size: usize, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let name = name.replace(['"', '\r', '\n'], "_");
-    let mut out = Vec::with_capacity(file.len() + 512);
+    let mut out = Vec::with_capacity(size + 512);
     out.extend_from_slice(
         format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
@@ -301,7 +315,7 @@ fn multipart(boundary: &str, name: &str, file: Vec<u8>) -> Vec<u8> {
         )
         .as_bytes(),
     );
-    out.extend_from_slice(&file);
+    write(&mut out);
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
 }
@@ -312,7 +326,7 @@ mod tests {
 
     #[test]
     fn the_multipart_body_carries_the_purpose_and_the_named_file() {
-        let body = String::from_utf8(multipart("B", "embq-1.jsonl", b"{}\n".to_vec())).unwrap();
+        let body = String::from_utf8(multipart("B", "embq-1.jsonl", 3, |f| f.extend_from_slice(b"{}\n"))).unwrap();
         assert_eq!(
             body,
             "--B\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--B\r\n\

@@ -224,7 +224,9 @@ impl Lane {
         }
     }
 
-    /// Downloads a file to a temporary file, rewound for reading.
+    /// Downloads a file to a temporary file, rewound for reading: results files can be far
+    /// larger than the input (a vector per line), so they are read back a chunk at a time. (The
+    /// file is local: its reads block this task only briefly.)
     async fn download(&self, file_id: &str) -> Result<std::fs::File, LaneError> {
         let mut resp = self.client.content(file_id).await?;
         let mut f = tempfile::tempfile().map_err(|e| LaneError::File(e.to_string()))?;

@@ -16,7 +16,7 @@ use super::failpoint::{check, Step};
 use super::{Lane, LaneError};
 use crate::metrics_batch_lane::BatchStateLabel;
 use crate::outcome::retry_or_dead;
-use crate::provider::openai_batch::{BatchApiError, BatchObject};
+use crate::provider::openai_batch::{BatchApiError, BatchObject, Upload};
 use crate::provider::openai_batch_lines::{request_line, MAX_FILE_BYTES};
 use crate::queue::{BatchState, BatchUpdate, ClaimedJob, GatherLimits, Outcome, ProviderBatch};
 use crate::tokens::OverlongInput;
@@ -101,8 +101,13 @@ impl Lane {
                         if jobs.is_empty() {
                             return self.nothing_left(b).await;
                         }
-                        let file: Vec<u8> = jobs.iter().flat_map(|j| self.line(j)).collect();
-                        match self.client.upload(&b.file_name(), file).await {
+                        // The texts go as soon as the file is written: one copy of the batch in memory.
+                        let size = jobs.iter().map(|j| j.text.len() + 200).sum();
+                        let file = Upload::new(&b.file_name(), size, |out| {
+                            jobs.iter().for_each(|j| out.extend_from_slice(&self.line(j)))
+                        });
+                        drop(jobs);
+                        match self.client.upload(file).await {
                             Ok(f) => f.id,
                             Err(BatchApiError::Refused(m)) => return self.refused(b, &m).await,
                             Err(e) => return Err(e.into()),
