@@ -401,6 +401,20 @@ async fn over_limit(db: support::Db) {
     assert_eq!(batch_states(&url).await, vec![("collected".to_string(), 1), ("failed".to_string(), why.len() as i64)]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_over_fifty_thousand_jobs_is_split_at_openai_s_file_cap() {
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    // The defaults: 50,000 requests per file, 3,000,000 enqueued tokens (these texts hold ~350k).
+    let cfg = lane_config(&url, &mock, &[]);
+    let q = support::queue_with(&cfg, &lane_jobs(50_001, "d", Lane::Batch)).await;
+    support::drain(support::harness(&cfg, q.clone(), None), Duration::from_secs(300)).await;
+    assert_eq!(mock.violations(), Vec::<String>::new(), "every file within the API's limits");
+    assert_eq!(mock.batch_sizes(), vec![50_000, 1]);
+    assert_eq!(tally(&url).await, ((50_001, 0, 0), (50_001, 50_001)));
+}
+
 #[tokio::test]
 async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
     let url = support::pg::fresh_pg_db().await;

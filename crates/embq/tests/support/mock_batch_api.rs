@@ -121,10 +121,13 @@ impl MockBatchApi {
         let addr = listener.local_addr().expect("mock address");
         let stop = CancellationToken::new();
         let s = inner.clone();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let s = s.clone();
-            async move { handle(&s, dims, method, uri, headers, body) }
-        });
+        let app = axum::Router::new()
+            .fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move { handle(&s, dims, method, uri, headers, body) }
+            })
+            // The API takes files up to 200 MB; a larger body must reach the check, which refuses it.
+            .layer(axum::extract::DefaultBodyLimit::max(2 * MAX_BYTES));
         let stopped = stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await;
