@@ -415,6 +415,28 @@ async fn a_backfill_over_fifty_thousand_jobs_is_split_at_openai_s_file_cap() {
     assert_eq!(tally(&url).await, ((50_001, 0, 0), (50_001, 50_001)));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_works_through_a_transaction_pooler() {
+    let direct = support::pg::fresh_pg_db().await;
+    let db = url::Url::parse(&direct).expect("URL").path().trim_start_matches('/').to_string();
+    let pooled = support::pg::with_db(&support::pg::pgbouncer_admin_url(), &db);
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    support::queue_with(&lane_config(&direct, &mock, &[]), &[]).await;
+    let cfg = lane_config(
+        &pooled,
+        &mock,
+        &[("DATABASE_POOL_MODE", "transaction"), ("BATCH_LANE_MAX_REQUESTS", "40"), ("BATCH_LANE_BACKLOG", "5")],
+    );
+    let q = embq::queue::connect(&cfg.store()).await.expect("store through PgBouncer");
+    q.enqueue(&lane_jobs(100, "doc-", Lane::Batch), &embq::queue::no_progress).await.expect("enqueue");
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+    assert_eq!(tally(&direct).await, ((100, 0, 0), (100, 100)));
+    assert_eq!(mock.batch_sizes(), vec![40, 40, 20]);
+    assert_eq!(q.lane_stats().await.expect("stats").batches_by_state, vec![("collected".to_string(), 3)]);
+    assert_eq!(mock.violations(), Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
     let url = support::pg::fresh_pg_db().await;
