@@ -40,9 +40,14 @@ fn embq(url: &str, mock: &str, envs: &[(&str, &str)]) -> Command {
 
 /// Migrates and enqueues `JOBS` batch-lane jobs with the CLI (`embq enqueue --lane batch`).
 fn prepare(url: &str, mock: &str) {
+    prepare_n(url, mock, JOBS);
+}
+
+/// Migrates and enqueues `n` batch-lane jobs.
+fn prepare_n(url: &str, mock: &str, n: usize) {
     assert!(embq(url, mock, &[]).arg("migrate").status().expect("migrate").success());
     let mut f = tempfile::NamedTempFile::new().expect("temp file");
-    for i in 0..JOBS {
+    for i in 0..n {
         writeln!(f, r#"{{"source_type":"doc","source_id":"{i}","text":"backfill document {i}"}}"#).expect("write");
     }
     let ok = embq(url, mock, &[]).args(["enqueue", "--lane", "batch"]).arg(f.path()).status().expect("enqueue");
@@ -158,4 +163,55 @@ async fn a_crash_halfway_through_storing_results_stores_the_rest_once_on_postgre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_halfway_through_storing_results_stores_the_rest_once_on_sqlite() {
     crash_at_then_recover("mid_store", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_sigkills_of_two_lane_workers_lose_nothing_and_submit_nothing_twice() {
+    use rand::Rng;
+    let url = support::pg::fresh_pg_db().await;
+    let mock = MockBatchApi::start(8).await;
+    mock.auto_end(Some(Ending::Complete));
+    let n = 12_000;
+    prepare_n(&url, &mock.url, n);
+    let spawn = || {
+        support::Reaper(
+            embq(&url, &mock.url, &[("BATCH_LANE_MAX_REQUESTS", "200")]).arg("worker").spawn().expect("spawn worker"),
+        )
+    };
+    let mut workers = vec![spawn(), spawn()];
+    let mut rng = rand::thread_rng();
+    let done =
+        || async { support::rows::<(i64,)>(&url, "SELECT count(*) FROM embq.jobs WHERE state = 'done'").await[0].0 };
+    // The chaos cadence, as in chaos.rs: a SIGKILL every 100–300 ms while work remains, 25 at most.
+    let mut kills = 0;
+    while kills < 25 && done().await < n as i64 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..300))).await;
+        let victim = rng.gen_range(0..workers.len());
+        workers[victim].kill().expect("SIGKILL");
+        workers[victim].wait().expect("reap");
+        workers[victim] = spawn();
+        kills += 1;
+    }
+    drop(workers);
+    eprintln!("{kills} kills; {} of {n} jobs done, {} batches created", done().await, mock.created());
+    assert!(kills >= 5, "the run was long enough to kill workers ({kills})");
+    let mut last = support::Reaper(embq(&url, &mock.url, &[]).args(["worker", "--drain"]).spawn().expect("spawn"));
+    assert!(exits(&mut last, Duration::from_secs(120)).await.success(), "the last worker drained");
+
+    let tally: Vec<(i64, i64, i64, i64, i64)> = support::rows(
+        &url,
+        "SELECT (SELECT count(*) FROM embq.jobs WHERE state = 'done'),
+                (SELECT count(*) FROM embq.jobs WHERE state <> 'done'),
+                (SELECT count(*) FROM embq.embeddings),
+                (SELECT count(DISTINCT job_id) FROM embq.embeddings),
+                (SELECT count(*) FROM embq.provider_batches WHERE state = 'collected')",
+    )
+    .await;
+    let (done, other, embeddings, distinct, batches) = tally[0];
+    let n = n as i64;
+    assert_eq!((done, other, embeddings, distinct), (n, 0, n, n), "every job done once, none lost");
+    assert_eq!(mock.violations(), Vec::<String>::new());
+    assert_eq!(mock.created() as i64, batches, "one provider batch per recorded batch");
+    assert_eq!(mock.uploads(), mock.created(), "one upload per batch");
+    assert_eq!(mock.batch_sizes().iter().sum::<usize>() as i64, n, "each job in exactly one batch");
 }
