@@ -2,7 +2,7 @@
 //! `EMBQ_TEST_ABORT_AT` (no clean-up, as a SIGKILL) after recording a batch, after uploading
 //! its file, after creating it, after downloading its results and halfway through storing
 //! them; then a second worker finishes. No batch is created twice, no file uploaded twice, no
-//! job lost, exactly one embedding per job.
+//! job lost, exactly one embedding per job. Then the same under random SIGKILLs of two workers.
 
 mod support;
 
