@@ -437,6 +437,51 @@ async fn the_lane_works_through_a_transaction_pooler() {
     assert_eq!(mock.violations(), Vec::<String>::new());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_batch_stores_what_finished_and_returns_the_rest_unspent() {
+    let db = support::fresh_db(false).await;
+    let url = db.url.clone();
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Cancel(2)));
+    let cfg = lane_config(&url, &mock, &[("MAX_ATTEMPTS", "1")]);
+    let q = support::queue_with(&cfg, &lane_jobs(5, "doc-", Lane::Batch)).await;
+    let h = support::harness(&cfg, q.clone(), None);
+    let health = h.health.clone();
+    let worker = tokio::spawn(h.worker.run());
+    support::wait_until(WAIT, "the cancelled batch is collected", || async {
+        batch_states(&url).await.contains(&("cancelled".to_string(), 1))
+    })
+    .await;
+    mock.auto_end(Some(Ending::Complete));
+    support::wait_until(WAIT, "the rest is collected", || async {
+        batch_states(&url).await.contains(&("collected".to_string(), 1))
+    })
+    .await;
+    health.shutdown.cancel();
+    worker.await.expect("worker task").expect("worker ran");
+    assert_eq!(tally(&url).await, ((5, 0, 0), (5, 5)));
+    assert_eq!(mock.batch_sizes(), vec![5, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_fails_the_batch_and_spends_an_attempt() {
+    let db = support::fresh_db(true).await;
+    let url = db.url.clone();
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    mock.refuse_next_upload();
+    let cfg = lane_config(&url, &mock, &[("MAX_ATTEMPTS", "2")]);
+    let q = support::queue_with(&cfg, &lane_jobs(3, "doc-", Lane::Batch)).await;
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+    assert_eq!(tally(&url).await, ((3, 0, 0), (3, 3)), "the second attempt went through");
+    assert_eq!(batch_states(&url).await, vec![("collected".to_string(), 1), ("failed".to_string(), 1)]);
+    let attempts: Vec<(i64,)> = support::rows(&url, "SELECT CAST(attempts AS bigint) FROM embq.jobs").await;
+    assert!(attempts.iter().all(|a| a.0 == 2), "{attempts:?}");
+    let why: Vec<(Option<String>,)> =
+        support::rows(&url, "SELECT last_error FROM embq.provider_batches WHERE state = 'failed'").await;
+    assert!(why[0].0.as_deref().is_some_and(|e| e.contains("HTTP 400")), "{why:?}");
+}
+
 #[tokio::test]
 async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
     let url = support::pg::fresh_pg_db().await;

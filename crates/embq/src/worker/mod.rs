@@ -167,9 +167,10 @@ impl Worker {
         let listener = tokio::spawn(listen(ctx.clone(), wake.clone(), stop_maintenance.clone()));
         let pause = tokio::spawn(watch_pause(ctx.clone(), stop_maintenance.clone()));
 
-        // The batch lane runs beside the claim loop and stops with it.
+        // The batch lane runs beside the claim loop (unless processing is off) and stops with it.
         let stop_lane = CancellationToken::new();
-        let lane = ctx.cfg.batch_lane.enabled.then(|| tokio::spawn(batch_lane::run(ctx.clone(), stop_lane.clone())));
+        let on = ctx.cfg.batch_lane.enabled && ctx.cfg.enable_queue_processing;
+        let lane = on.then(|| tokio::spawn(batch_lane::run(ctx.clone(), stop_lane.clone())));
 
         let tracker = TaskTracker::new();
         claim_loop(&ctx, &tracker, &wake, self.drain_when_idle).await;

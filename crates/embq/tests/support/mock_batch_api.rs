@@ -44,6 +44,8 @@ pub enum Ending {
     Fail,
     /// Refused for the organisation's enqueued-token limit (`token_limit_exceeded`).
     OverLimit,
+    /// Cancelled after the first `n` lines were answered; the rest reported `batch_cancelled`.
+    Cancel(usize),
 }
 
 /// Picks a failure status for a line's text, or `None` to embed it.
@@ -89,6 +91,8 @@ struct Inner {
     /// The next upload / create is done but answered 500, as if the answer was lost on the way.
     lose_upload_answer: bool,
     lose_create_answer: bool,
+    /// The next upload is refused (400) as a file the API will not take.
+    refuse_upload: bool,
 }
 
 impl Inner {
@@ -166,6 +170,11 @@ impl MockBatchApi {
     /// The next batch is created but answered 500 (the answer lost on the way).
     pub fn lose_next_create_answer(&self) {
         self.lock().lose_create_answer = true;
+    }
+
+    /// The next upload is refused with a 400 (not counted as a violation: the test asked).
+    pub fn refuse_next_upload(&self) {
+        self.lock().refuse_upload = true;
     }
 
     /// Batches created.
@@ -284,6 +293,9 @@ fn upload(g: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
     let purpose = parts.iter().find(|p| p.0 == "purpose").map(|p| String::from_utf8_lossy(&p.2).to_string());
     if purpose.as_deref() != Some("batch") {
         return violation(g, format!("upload: purpose must be batch, got {purpose:?}"));
+    }
+    if std::mem::take(&mut g.refuse_upload) {
+        return err(StatusCode::BAD_REQUEST, "the file was refused (asked by the test)");
     }
     let Some((_, Some(filename), bytes)) = parts.into_iter().find(|p| p.0 == "file") else {
         return violation(g, "upload: no file part with a filename".into());

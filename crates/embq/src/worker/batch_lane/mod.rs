@@ -168,8 +168,11 @@ impl Lane {
                 None => break,
             }
         }
+        // New batches only while this worker takes on work (the texts of a batch are in memory
+        // while its file is written); open batches are worked on regardless.
+        let h = &self.ctx.health;
         for _ in 0..SUBMISSIONS_PER_ROUND {
-            if !self.submit_new().await? {
+            if h.draining() || h.memory_over() || !self.submit_new().await? {
                 break;
             }
         }

@@ -29,7 +29,7 @@ pub(super) fn end(g: &mut Inner, dims: usize, id: &str, e: Ending) {
     let (mut out, mut errs, mut done, mut failed) = (String::new(), String::new(), 0, 0);
     let answered = match e {
         Ending::Complete => usize::MAX,
-        Ending::Expire(n) => n,
+        Ending::Expire(n) | Ending::Cancel(n) => n,
         Ending::Fail | Ending::OverLimit => 0,
     };
     for (i, line) in String::from_utf8_lossy(&input).lines().enumerate() {
@@ -45,10 +45,11 @@ pub(super) fn end(g: &mut Inner, dims: usize, id: &str, e: Ending) {
             continue;
         }
         if i >= answered {
+            let code = if matches!(e, Ending::Cancel(_)) { "batch_cancelled" } else { "batch_expired" };
             errs.push_str(&format!(
                 "{}\n",
                 json!({"id": rid, "custom_id": custom_id, "response": null,
-                       "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}})
+                       "error": {"code": code, "message": "This request was not executed."}})
             ));
             continue;
         }
@@ -90,6 +91,7 @@ pub(super) fn end(g: &mut Inner, dims: usize, id: &str, e: Ending) {
     b.status = match e {
         Ending::Complete => "completed",
         Ending::Expire(_) => "expired",
+        Ending::Cancel(_) => "cancelled",
         Ending::Fail | Ending::OverLimit => "failed",
     };
     b.errors = match e {
