@@ -155,6 +155,11 @@ impl Health {
     pub fn inflight(&self) -> i64 {
         self.inflight.load(Ordering::Relaxed)
     }
+    /// Whether RSS is above 90 % of `MEMORY_LIMIT_MB` (nothing new is taken on).
+    pub fn memory_over(&self) -> bool {
+        self.memory_over.load(Ordering::Relaxed)
+    }
+
     /// Whether queue processing is enabled at all.
     pub fn processing_enabled(&self) -> bool {
         self.processing_enabled

@@ -5,8 +5,9 @@
 //! - [`queue`]: the `Queue` trait with its PostgreSQL and SQLite stores and migrations.
 //! - [`provider`]: the `Provider` trait and the embedding providers.
 //! - [`outcome`]: how a failed attempt becomes retry, release or dead letter.
-//! - [`worker`]: the claim -> batch -> embed -> store loop, heartbeats, drain.
-//! - [`health`], [`http`], [`metrics`], [`memory`]: what probes and Prometheus see; [`listener`]:
+//! - [`worker`]: the claim -> batch -> embed -> store loop, heartbeats, drain; and the batch
+//!   lane (`worker/batch_lane/`), which sends `batch`-lane jobs through the OpenAI Batch API.
+//! - [`health`], [`http`], [`metrics`] (and [`metrics_batch_lane`]), [`memory`]: what probes and Prometheus see; [`listener`]:
 //!   the accept loop behind their ports (timeouts, a connection cap).
 //! - [`vector`]: vector encoding and validation.
 //! - [`tokens`], [`batching`], [`limiter`]: token counts, request packing, RPM/TPM budgets.
@@ -22,6 +23,7 @@ pub mod limiter;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
+pub mod metrics_batch_lane;
 pub mod outcome;
 pub mod provider;
 pub mod queue;

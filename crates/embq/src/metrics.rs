@@ -140,6 +140,8 @@ pub struct Metrics {
     pub provider_paused_seconds: GaugeF,
     /// embedding_overlong_inputs_total{kind="truncated|rejected"}
     pub overlong_inputs: Family<KindLabel, Counter>,
+    /// The batch lane's (`metrics_batch_lane.rs`).
+    pub batch_lane: crate::metrics_batch_lane::BatchLaneMetrics,
 }
 
 /// Buckets for batched API calls: 5 ms up to about 5 minutes.
@@ -182,6 +184,7 @@ impl Metrics {
             provider_parked: Gauge::default(),
             provider_paused_seconds: GaugeF::default(),
             overlong_inputs: Family::default(),
+            batch_lane: Default::default(),
             registry: Registry::default(),
         };
         // A gauge fixed at 1, not an OpenMetrics `info`: the Prometheus text format has no info type.
@@ -288,6 +291,7 @@ impl Metrics {
             "Inputs longer than the model accepts, by what was done (truncated, rejected)",
             m.overlong_inputs.clone(),
         );
+        m.batch_lane.register(&mut r);
         for kind in ERROR_KINDS {
             drop(m.errors.get_or_create(&KindLabel { kind }));
         }

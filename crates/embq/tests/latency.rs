@@ -70,6 +70,7 @@ impl Bench {
                     text,
                     priority: 0,
                     metadata: None,
+                    lane: embq::queue::Lane::Online,
                 };
                 self.queue.enqueue(&[job], &embq::queue::no_progress).await.expect("enqueue");
             }

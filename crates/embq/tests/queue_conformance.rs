@@ -67,6 +67,7 @@ fn job(id: &str, text: &str, priority: i32) -> NewJob {
         text: text.into(),
         priority,
         metadata: Some(serde_json::json!({"k": id})),
+        lane: embq::queue::Lane::Online,
     }
 }
 
@@ -437,6 +438,7 @@ async fn job_data_is_never_sql(s: Store) {
             text: format!("text {e}"),
             priority: 0,
             metadata: Some(serde_json::json!({ "k": e })),
+            lane: embq::queue::Lane::Online,
         })
         .collect();
     s.q.enqueue(&jobs, &no_progress).await.unwrap();

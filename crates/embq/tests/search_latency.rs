@@ -62,6 +62,7 @@ async fn search_latency_at_100k_vectors() {
             text: text(&mut rng),
             priority: 0,
             metadata: None,
+            lane: embq::queue::Lane::Online,
         })
         .collect();
     let q = support::queue_with(&cfg, &jobs).await;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::CliError;
 use crate::config::Config;
-use crate::queue::{EnqueueReport, NewJob};
+use crate::queue::{EnqueueReport, Lane, NewJob};
 
 /// Jobs handed to the store at once: its own transaction (SQLite's commit interval too).
 const CHUNK_JOBS: usize = 20_000;
@@ -30,6 +30,15 @@ pub struct Args {
     /// Queue the valid lines and report the invalid ones instead of refusing the whole input.
     #[arg(long)]
     pub skip_invalid: bool,
+    /// online | batch: the lane of every job of the input, over each line's own `lane`
+    /// (batch: the OpenAI Batch API at half price, done within 24 hours; needs BATCH_LANE=on
+    /// on the workers, else the jobs are embedded online).
+    #[arg(long, value_parser = parse_lane)]
+    pub lane: Option<Lane>,
+}
+
+fn parse_lane(v: &str) -> Result<Lane, String> {
+    Lane::ALL.into_iter().find(|l| l.as_str() == v).ok_or_else(|| "must be online or batch".to_string())
 }
 
 /// A parsed input: the jobs and the problems, by line number.
@@ -221,7 +230,10 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let reader = source.reader()?;
     let producer = tokio::task::spawn_blocking(move || send_chunks(reader, tx));
     let mut total = EnqueueReport::default();
-    while let Some(chunk) = rx.recv().await {
+    while let Some(mut chunk) = rx.recv().await {
+        if let Some(lane) = args.lane {
+            chunk.iter_mut().for_each(|j| j.lane = lane);
+        }
         let before = total.inserted + total.replaced;
         let bar2 = bar.clone();
         let r = q

@@ -2,11 +2,12 @@
 
 use super::CliError;
 use crate::config::Config;
+use crate::queue::{LaneStats, QueueError};
 
 /// `embq queue` subcommands.
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
-    /// Jobs by state, oldest ready age, ready jobs per priority.
+    /// Jobs by state, oldest ready age, ready jobs per priority and per lane, provider batches.
     Stats {
         /// Print JSON.
         #[arg(long)]
@@ -18,6 +19,20 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The batch lane's part of `embq queue stats`.
+fn print_lanes(l: &LaneStats) {
+    let lane = |name: &str| l.ready_by_lane.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    println!("ready by lane: online {}, batch {}", lane("online"), lane("batch"));
+    if l.batches_by_state.is_empty() {
+        return;
+    }
+    let batches: Vec<String> = l.batches_by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("provider batches: {}", batches.join(", "));
+    println!("  jobs inside open batches: {}", l.in_batches);
+    println!("  estimated tokens enqueued at the provider: {}", l.enqueued_tokens);
+    println!("  tokens billed at batch price: {}", l.billed_tokens);
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
@@ -32,9 +47,16 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
         Cmd::Stats { json: as_json } => {
             let s = q.stats().await?;
             let pauses = super::budget::pauses(&cfg).await?;
+            // Stores without the batch lane have nothing to show for it.
+            let lanes = match q.lane_stats().await {
+                Ok(l) => Some(l),
+                Err(QueueError::Invalid(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
             if as_json {
                 let mut v = serde_json::to_value(&s).map_err(|e| CliError::Other(e.to_string()))?;
                 v["provider_pauses"] = serde_json::to_value(&pauses).map_err(|e| CliError::Other(e.to_string()))?;
+                v["lanes"] = serde_json::to_value(&lanes).map_err(|e| CliError::Other(e.to_string()))?;
                 println!("{}", json(&v)?);
                 return Ok(());
             }
@@ -51,6 +73,9 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
             }
             for (prio, n) in &s.ready_by_priority {
                 println!("  priority {prio:>4}: {n} ready");
+            }
+            if let Some(l) = &lanes {
+                print_lanes(l);
             }
             for p in &pauses {
                 println!(

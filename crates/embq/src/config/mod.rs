@@ -16,6 +16,7 @@ use crate::provider::openai::OpenAiSettings;
 use crate::provider::{BuildError, Provider, ProviderSpec};
 use crate::queue::{StoreSettings, VectorSettings};
 
+mod batch_lane;
 mod raw;
 mod validate;
 
@@ -25,6 +26,7 @@ mod tests;
 pub use crate::provider::ProviderKind;
 pub use crate::queue::PoolMode;
 pub use crate::redact::{DatabaseUrl, HttpUrl, Secret};
+pub use batch_lane::BatchLaneConfig;
 pub use raw::RawConfig;
 pub use validate::{parse_duration, ConfigError};
 
@@ -125,6 +127,8 @@ pub struct Config {
     /// How long one-shot commands retry reaching the database.
     #[serde(serialize_with = "ser_ms")]
     pub database_connect_timeout: Duration,
+    /// The OpenAI Batch API lane.
+    pub batch_lane: BatchLaneConfig,
 }
 
 /// Whether the per-minute budgets hold per process or for every worker sharing the key.
@@ -163,7 +167,7 @@ impl Default for RetryPolicy {
     }
 }
 
-fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{}ms", d.as_millis()))
 }
 
@@ -195,6 +199,7 @@ impl Config {
                 dims: self.dimensions,
                 model: self.model.clone(),
             },
+            batch_lane: self.batch_lane.enabled,
         }
     }
 

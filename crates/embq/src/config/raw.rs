@@ -140,4 +140,25 @@ pub struct RawConfig {
     /// true lets loopback callers of POST /shutdown omit SHUTDOWN_TOKEN [default: false]
     #[arg(long, env = "SHUTDOWN_LOOPBACK_EXEMPT", global = true)]
     pub shutdown_loopback_exempt: Option<String>,
+    /// on | off: send `batch`-lane jobs through the OpenAI Batch API (half price, within 24h);
+    /// needs EMBEDDING_PROVIDER=openai [default: off]
+    #[arg(long, env = "BATCH_LANE", global = true)]
+    pub batch_lane: Option<String>,
+    /// How often an open provider batch is polled, with its unit [default: 60s]
+    #[arg(long, env = "BATCH_LANE_POLL_INTERVAL", global = true)]
+    pub batch_lane_poll_interval: Option<String>,
+    /// Move ready online jobs of a priority below BATCH_LANE_MAX_PRIORITY to the batch lane once
+    /// more than this many are ready [default: unset, no automatic move]
+    #[arg(long, env = "BATCH_LANE_BACKLOG", global = true)]
+    pub batch_lane_backlog: Option<String>,
+    /// Priorities below this count as backlog for BATCH_LANE_BACKLOG [default: 0]
+    #[arg(long, env = "BATCH_LANE_MAX_PRIORITY", global = true)]
+    pub batch_lane_max_priority: Option<String>,
+    /// Estimated tokens open batches may hold per model (OpenAI's batch queue limit)
+    /// [default: 3000000, tier 1 for text-embedding-3]
+    #[arg(long, env = "BATCH_LANE_MAX_ENQUEUED_TOKENS", global = true)]
+    pub batch_lane_max_enqueued_tokens: Option<String>,
+    /// Most requests in one batch file, 1–50000 [default: 50000]
+    #[arg(long, env = "BATCH_LANE_MAX_REQUESTS", global = true)]
+    pub batch_lane_max_requests: Option<String>,
 }

@@ -32,10 +32,10 @@ fn default_model_cache_dir() -> std::path::PathBuf {
 pub struct ConfigError(pub Vec<String>);
 
 /// Collects problems while fields are parsed.
-struct Problems(Vec<String>);
+pub(super) struct Problems(pub(super) Vec<String>);
 
 impl Problems {
-    fn field<T>(
+    pub(super) fn field<T>(
         &mut self,
         var: &str,
         raw: &Option<String>,
@@ -62,7 +62,7 @@ impl Problems {
 }
 
 /// A whole number in `min..=max` (bounds keep every later conversion and allocation sane).
-fn bounded(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
+pub(super) fn bounded(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
     move |v| match v.parse::<u64>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!("must be a whole number from {min} to {max}")),
@@ -115,7 +115,7 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn nonzero_duration(v: &str) -> Result<Duration, String> {
+pub(super) fn nonzero_duration(v: &str) -> Result<Duration, String> {
     let d = parse_duration(v)?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
@@ -348,6 +348,8 @@ impl RawConfig {
         let shutdown_loopback_exempt =
             p.field("SHUTDOWN_LOOPBACK_EXEMPT", &self.shutdown_loopback_exempt, false, boolean);
 
+        let batch_lane = super::batch_lane::parse(self, &mut p, provider);
+
         if !p.0.is_empty() {
             return Err(ConfigError(p.0));
         }
@@ -391,6 +393,7 @@ impl RawConfig {
             vector_index,
             shutdown_loopback_exempt,
             database_connect_timeout,
+            batch_lane,
         })
     }
 }

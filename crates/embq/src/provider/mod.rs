@@ -11,6 +11,8 @@ pub mod local;
 pub mod local_files;
 pub mod message;
 pub mod openai;
+pub mod openai_batch;
+pub mod openai_batch_lines;
 pub mod remote;
 pub mod signals;
 

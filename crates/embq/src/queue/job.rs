@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::Lane;
+
 /// A job to enqueue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +26,9 @@ pub struct NewJob {
     /// Free-form JSON kept with the job.
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    /// `online` (the default) or `batch`: the half-price OpenAI Batch API lane.
+    #[serde(default)]
+    pub lane: Lane,
 }
 
 fn default_content_type() -> String {
@@ -140,6 +145,7 @@ mod tests {
             text: text.into(),
             priority: 0,
             metadata: None,
+            lane: Lane::Online,
         }
     }
 
@@ -190,6 +196,12 @@ mod tests {
         assert_eq!(j.source_id, "7");
         assert_eq!(j.content_type, "default");
         assert_eq!(j.priority, 0);
+        assert_eq!(j.lane, Lane::Online);
+        let j: NewJob = serde_json::from_str(r#"{"source_type":"r","source_id":1,"text":"x","lane":"batch"}"#).unwrap();
+        assert_eq!(j.lane, Lane::Batch);
+        assert!(
+            serde_json::from_str::<NewJob>(r#"{"source_type":"r","source_id":1,"text":"x","lane":"slow"}"#).is_err()
+        );
         let e =
             serde_json::from_str::<NewJob>(r#"{"source_type":"r","source_id":"1","text":"x","colour":1}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");

@@ -14,6 +14,7 @@
 //! `migrate.rs`); `schema.rs` the embedded migrations; `search.rs` the client-side scan;
 //! `errors.rs` how database errors are sorted.
 
+mod batches;
 mod errors;
 mod job;
 mod postgres;
@@ -25,6 +26,7 @@ mod sqlite;
 mod state;
 mod stats;
 
+pub use batches::{lease_of, BatchUpdate, GatherLimits, Gathered, LaneStats, ProviderBatch, Sizer, BATCH_LEASE_OWNER};
 pub(crate) use job::dedupe_keys;
 pub use job::{text_sha256, NewJob, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES};
 pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};
@@ -32,7 +34,7 @@ pub use schema::SCHEMA_VERSION;
 pub use search::{scan, Search, SearchHit, SearchMethod};
 pub use settings::{PoolMode, StoreSettings, VectorSettings};
 pub use sqlite::SqliteQueue;
-pub use state::{JobState, UnknownState, WorkerState};
+pub use state::{BatchState, JobState, Lane, UnknownState, WorkerState};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -361,7 +363,8 @@ pub trait Queue: Send + Sync + 'static {
     async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError>;
     /// Counts jobs by state.
     async fn stats(&self) -> Result<QueueStats, QueueError>;
-    /// True when no job is ready now or due within `within`, and none is running anywhere.
+    /// True when no job is ready now or due within `within`, none is running anywhere and no
+    /// provider batch is open (one may still hold results to store).
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError>;
     /// Lists dead-lettered jobs, newest first.
     async fn dead_jobs(&self, limit: i64) -> Result<Vec<DeadJob>, QueueError>;
@@ -377,6 +380,65 @@ pub trait Queue: Send + Sync + 'static {
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError>;
     /// Waits for a new-job notification; returns `None` if this store cannot notify.
     async fn listener(&self) -> Option<Box<dyn JobListener>>;
+
+    // The batch lane (OpenAI Batch API); both stores implement it. The defaults refuse, for a
+    // store that would not.
+
+    /// Takes ready `batch`-lane jobs within `limits` (each job's cost from `size`) and records
+    /// them, in the same transaction, as a batch in state `uploading` under `submission_id`.
+    /// Jobs whose vector is current are completed instead, as in `claim`.
+    async fn gather_batch(
+        &self,
+        submission_id: &str,
+        model: &str,
+        limits: GatherLimits<'_>,
+        size: &Sizer<'_>,
+    ) -> Result<Gathered, QueueError> {
+        let _ = (submission_id, model, limits, size);
+        Err(no_batch_lane())
+    }
+    /// Moves every ready `online` job below priority `below` to the batch lane once more than
+    /// `backlog` of them are ready; returns how many moved.
+    async fn move_backlog(&self, backlog: u64, below: i32) -> Result<u64, QueueError> {
+        let _ = (backlog, below);
+        Err(no_batch_lane())
+    }
+    /// Leases the open batch due soonest to `owner` for `duration`, unless another worker holds it.
+    async fn lease_batch(&self, owner: &str, duration: Duration) -> Result<Option<ProviderBatch>, QueueError> {
+        let _ = (owner, duration);
+        Err(no_batch_lane())
+    }
+    /// Records a step of batch `id`, only while `owner` holds its lease (renewed for `lease`
+    /// unless the update releases it); false when the lease was lost.
+    async fn update_batch(
+        &self,
+        id: i64,
+        owner: &str,
+        lease: Duration,
+        update: &BatchUpdate,
+    ) -> Result<bool, QueueError> {
+        let _ = (id, owner, lease, update);
+        Err(no_batch_lane())
+    }
+    /// The jobs a batch still holds (running under its lease), in id order.
+    async fn batch_jobs(&self, batch: &ProviderBatch) -> Result<Vec<ClaimedJob>, QueueError> {
+        let _ = batch;
+        Err(no_batch_lane())
+    }
+    /// Estimated tokens held by batches of `model` that have not ended at the provider.
+    async fn enqueued_tokens(&self, model: &str) -> Result<u64, QueueError> {
+        let _ = model;
+        Err(no_batch_lane())
+    }
+    /// Jobs per lane and provider batches per state.
+    async fn lane_stats(&self) -> Result<LaneStats, QueueError> {
+        Err(no_batch_lane())
+    }
+}
+
+/// The error of a store without the batch lane.
+fn no_batch_lane() -> QueueError {
+    QueueError::Invalid("this store has no batch lane".into())
 }
 
 /// A progress callback: jobs written so far.
@@ -421,7 +483,8 @@ pub async fn connect_until(
 /// Opens a store with an explicit clock (tests).
 pub async fn connect_with_clock(settings: &StoreSettings, clock: Clock) -> Result<Arc<dyn Queue>, QueueError> {
     if settings.url.is_sqlite() {
-        Ok(Arc::new(SqliteQueue::connect(settings.url.expose(), settings.max_connections, clock).await?))
+        let db = SqliteQueue::connect(settings.url.expose(), settings.max_connections, clock).await?;
+        Ok(Arc::new(db.with_batch_lane(settings.batch_lane)))
     } else {
         Ok(Arc::new(PgQueue::connect(settings, clock).await?))
     }

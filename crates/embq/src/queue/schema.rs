@@ -3,7 +3,7 @@
 use super::QueueError;
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// PostgreSQL migrations, in order; index + 1 is the version.
 pub(super) const POSTGRES: &[&str] = &[
@@ -15,6 +15,7 @@ pub(super) const POSTGRES: &[&str] = &[
     include_str!("../../migrations/postgres/0006_destinations.sql"),
     include_str!("../../migrations/postgres/0007_enqueue_limits.sql"),
     include_str!("../../migrations/postgres/0008_rate_shape.sql"),
+    include_str!("../../migrations/postgres/0009_batch_lane.sql"),
 ];
 
 /// SQLite migrations, in order; index + 1 is the version.
@@ -27,6 +28,7 @@ pub(super) const SQLITE: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_destinations.sql"),
     include_str!("../../migrations/sqlite/0007_enqueue_limits.sql"),
     include_str!("../../migrations/sqlite/0008_rate_shape.sql"),
+    include_str!("../../migrations/sqlite/0009_batch_lane.sql"),
 ];
 
 /// Compares the stored version with ours and says what to do when they differ.

@@ -45,4 +45,7 @@ pub struct StoreSettings {
     pub connect_timeout: Duration,
     /// Vector column and index.
     pub vectors: VectorSettings,
+    /// The batch lane is on (`BATCH_LANE=on`): the online claim takes only `online`-lane jobs.
+    /// Off, `batch`-lane jobs are claimed online like any other, so none is stranded.
+    pub batch_lane: bool,
 }

@@ -72,11 +72,86 @@ impl WorkerState {
     }
 }
 
+/// Which way a job is embedded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// Claimed by workers and embedded within seconds (the default).
+    #[default]
+    Online,
+    /// Gathered into OpenAI Batch API submissions: half price, done within 24 hours.
+    Batch,
+}
+
+impl Lane {
+    /// Every lane.
+    pub const ALL: [Self; 2] = [Self::Online, Self::Batch];
+
+    /// The lane's text in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Batch => "batch",
+        }
+    }
+}
+
+/// Where a provider batch is (`embq.provider_batches.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchState {
+    /// Recorded with its jobs; the input file is being uploaded or the batch created.
+    Uploading,
+    /// Created at the provider; polled until it ends.
+    Submitted,
+    /// Ended at the provider; its results are being stored.
+    Collecting,
+    /// Completed and every result stored.
+    Collected,
+    /// Failed at the provider; finished lines stored, the rest returned to the queue.
+    Failed,
+    /// Not done within the completion window; finished lines stored, the rest returned.
+    Expired,
+    /// Cancelled; finished lines stored, the rest returned.
+    Cancelled,
+}
+
+impl BatchState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 7] = [
+        Self::Uploading,
+        Self::Submitted,
+        Self::Collecting,
+        Self::Collected,
+        Self::Failed,
+        Self::Expired,
+        Self::Cancelled,
+    ];
+
+    /// The state's text in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uploading => "uploading",
+            Self::Submitted => "submitted",
+            Self::Collecting => "collecting",
+            Self::Collected => "collected",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Still needs a worker: not yet ended at the provider, or its results not yet stored.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Uploading | Self::Submitted | Self::Collecting)
+    }
+}
+
 /// A state text the database holds that this binary does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} state {text:?} in the database")]
 pub struct UnknownState {
-    /// `job` or `worker`.
+    /// `job`, `worker`, `lane` or `batch`.
     pub kind: &'static str,
     /// The text found.
     pub text: String,
@@ -141,6 +216,8 @@ macro_rules! text_state {
 
 text_state!(JobState, "job");
 text_state!(WorkerState, "worker");
+text_state!(Lane, "lane");
+text_state!(BatchState, "batch");
 
 #[cfg(test)]
 mod tests {

@@ -25,6 +25,7 @@ use crate::provider::Provider;
 use crate::queue::{Queue, QueueError, WorkerInfo, WorkerState};
 
 mod batch;
+pub mod batch_lane;
 mod claim;
 mod counters;
 mod leases;
@@ -166,8 +167,17 @@ impl Worker {
         let listener = tokio::spawn(listen(ctx.clone(), wake.clone(), stop_maintenance.clone()));
         let pause = tokio::spawn(watch_pause(ctx.clone(), stop_maintenance.clone()));
 
+        // The batch lane runs beside the claim loop (unless processing is off) and stops with it.
+        let stop_lane = CancellationToken::new();
+        let on = ctx.cfg.batch_lane.enabled && ctx.cfg.enable_queue_processing;
+        let lane = on.then(|| tokio::spawn(batch_lane::run(ctx.clone(), stop_lane.clone())));
+
         let tracker = TaskTracker::new();
         claim_loop(&ctx, &tracker, &wake, self.drain_when_idle).await;
+        stop_lane.cancel();
+        if let Some(lane) = lane {
+            let _ = lane.await;
+        }
 
         // Drain: no more claims; in-flight batches get until the drain timeout.
         ctx.health.set_draining();

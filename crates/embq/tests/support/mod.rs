@@ -2,6 +2,7 @@
 //! embedding API (`mock_provider`) and PostgreSQL (`pg`).
 #![allow(dead_code)]
 
+pub mod mock_batch_api;
 pub mod mock_provider;
 pub mod pg;
 
@@ -16,6 +17,40 @@ use embq::metrics::Metrics;
 use embq::provider::Provider;
 use embq::queue::{NewJob, Queue};
 use embq::worker::{RunSummary, Worker};
+use sqlx::Connection;
+
+/// A database of either store (the SQLite file lives as long as this).
+pub struct Db {
+    /// Its DATABASE_URL.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh, empty PostgreSQL database or SQLite file.
+pub async fn fresh_db(sqlite: bool) -> Db {
+    if !sqlite {
+        return Db { url: pg::fresh_pg_db().await, _dir: None };
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    Db { url: format!("sqlite://{}", dir.path().join("q.db").display()), _dir: Some(dir) }
+}
+
+/// Rows of `sql` (written for PostgreSQL's `embq.` schema; SQLite's tables have no schema).
+pub async fn rows<T>(url: &str, sql: &str) -> Vec<T>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+{
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.expect("connect");
+        sqlx::query_as(&sql.replace("embq.", "")).fetch_all(&mut c).await.expect("query")
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+        sqlx::query_as(sql).fetch_all(&mut c).await.expect("query")
+    }
+}
 
 /// A validated config from (variable, value) pairs; unknown names are a test bug.
 pub fn config(pairs: &[(&str, &str)]) -> Config {
@@ -54,6 +89,12 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
             "HEARTBEAT_INTERVAL" => r.heartbeat_interval = v,
             "RETRY_MAX_DELAY" => r.retry_max_delay = v,
             "DRAIN_TIMEOUT" => r.drain_timeout = v,
+            "BATCH_LANE" => r.batch_lane = v,
+            "BATCH_LANE_POLL_INTERVAL" => r.batch_lane_poll_interval = v,
+            "BATCH_LANE_BACKLOG" => r.batch_lane_backlog = v,
+            "BATCH_LANE_MAX_PRIORITY" => r.batch_lane_max_priority = v,
+            "BATCH_LANE_MAX_ENQUEUED_TOKENS" => r.batch_lane_max_enqueued_tokens = v,
+            "BATCH_LANE_MAX_REQUESTS" => r.batch_lane_max_requests = v,
             other => panic!("support::config does not know {other}"),
         }
     }
@@ -96,6 +137,7 @@ pub fn jobs(n: usize, text: impl Fn(usize) -> String) -> Vec<NewJob> {
             text: text(i),
             priority: 0,
             metadata: None,
+            lane: embq::queue::Lane::Online,
         })
         .collect()
 }
@@ -186,6 +228,7 @@ pub fn jobs_named(n: usize, prefix: &str) -> Vec<embq::queue::NewJob> {
             text: format!("text of {prefix} number {i}"),
             priority: 0,
             metadata: None,
+            lane: embq::queue::Lane::Online,
         })
         .collect()
 }

@@ -1,6 +1,7 @@
 //! Claiming jobs: the claim statement, benchmarked (`scripts/bench/claim-finish.sql` runs it as
 //! the pgbench ceiling; `bench_ceiling.rs` keeps the two in step), and its call.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::PgQueue;
@@ -45,6 +46,18 @@ pub(super) const CLAIM_SQL: &str = "WITH picked AS (
     RETURNING j.id, j.source_type, j.source_id, j.content_type, j.text, j.attempts, j.priority,
         c.unchanged";
 
+/// Where the claim picks its jobs; the lane variants below replace this line.
+const PICK_ANY: &str = "WHERE state = 'ready' AND run_at";
+
+/// The claim of an online worker while the batch lane is on: `batch`-lane jobs are left to it.
+static CLAIM_ONLINE_SQL: LazyLock<String> =
+    LazyLock::new(|| CLAIM_SQL.replacen(PICK_ANY, "WHERE state = 'ready' AND lane = 'online' AND run_at", 1));
+
+/// The batch lane's gathering: the same statement (so unchanged texts are completed, not sent)
+/// over `batch`-lane jobs, bound with no lease length so the lease never expires.
+pub(super) static GATHER_SQL: LazyLock<String> =
+    LazyLock::new(|| CLAIM_SQL.replacen(PICK_ANY, "WHERE state = 'ready' AND lane = 'batch' AND run_at", 1));
+
 /// Leases up to `limit` ready jobs; see `Queue::claim`.
 pub(super) async fn claim(
     pg: &PgQueue,
@@ -60,8 +73,9 @@ pub(super) async fn claim(
     // one round trip and binds it in the next, and a transaction pooler may route those two
     // to different server connections unless a transaction pins them together.
     let mut tx = pg.begin_without_jit().await?;
+    let sql = if pg.online_only { CLAIM_ONLINE_SQL.as_str() } else { CLAIM_SQL };
     let rows: Vec<ClaimedRow> = pg
-        .q_as(CLAIM_SQL)
+        .q_as(sql)
         .bind(pg.now())
         .bind(limit as i64)
         .bind(lease.owner.clone())

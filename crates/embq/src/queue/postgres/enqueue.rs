@@ -23,18 +23,20 @@ pub(super) async fn enqueue(pg: &PgQueue, jobs: &[NewJob], progress: &Progress) 
         let sh: Vec<Vec<u8>> = chunk.iter().map(|j| j.text_sha256()).collect();
         let pr: Vec<i32> = chunk.iter().map(|j| j.priority).collect();
         let md: Vec<Option<String>> = chunk.iter().map(|j| j.metadata.as_ref().map(|m| m.to_string())).collect();
+        let ln: Vec<&str> = chunk.iter().map(|j| j.lane.as_str()).collect();
         let inserted: Vec<bool> = pg
             .q_scalar(
                 "INSERT INTO embq.jobs AS j
                 (source_type, source_id, content_type, text, text_sha256, priority, metadata,
-                 run_at, created_at, updated_at)
-             SELECT u.st, u.si, u.ct, u.tx, u.sh, u.pr, u.md::jsonb, c.n, c.n, c.n
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::text[])
-                  AS u(st, si, ct, tx, sh, pr, md),
+                 run_at, created_at, updated_at, lane)
+             SELECT u.st, u.si, u.ct, u.tx, u.sh, u.pr, u.md::jsonb, c.n, c.n, c.n, u.ln
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int[], $7::text[],
+                         $9::text[])
+                  AS u(st, si, ct, tx, sh, pr, md, ln),
                   (SELECT COALESCE($8::timestamptz, now()) AS n) c
              ON CONFLICT (source_type, source_id, content_type) WHERE state = 'ready'
              DO UPDATE SET text = EXCLUDED.text, text_sha256 = EXCLUDED.text_sha256,
-                 priority = EXCLUDED.priority, metadata = EXCLUDED.metadata, attempts = 0,
+                 priority = EXCLUDED.priority, metadata = EXCLUDED.metadata, lane = EXCLUDED.lane, attempts = 0,
                  run_at = EXCLUDED.run_at, updated_at = EXCLUDED.updated_at, last_error = NULL
              RETURNING (xmax = 0) AS inserted",
             )
@@ -46,6 +48,7 @@ pub(super) async fn enqueue(pg: &PgQueue, jobs: &[NewJob], progress: &Progress) 
             .bind(pr)
             .bind(md)
             .bind(pg.now())
+            .bind(ln)
             .fetch_all(&mut *tx)
             .await?;
         for new in inserted {

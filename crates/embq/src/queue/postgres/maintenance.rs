@@ -122,14 +122,17 @@ pub(super) async fn stats(pg: &PgQueue) -> Result<QueueStats, QueueError> {
     Ok(fold_stats(rows))
 }
 
-/// Whether no job is due within `within` and none is running; see `Queue::is_idle`.
+/// Whether no job is due within `within`, none is running and no provider batch is open; see
+/// `Queue::is_idle`.
 pub(super) async fn is_idle(pg: &PgQueue, within: Duration) -> Result<bool, QueueError> {
     let mut tx = pg.begin().await?;
     let idle: bool = sqlx::query_scalar(
         "SELECT NOT EXISTS (SELECT 1 FROM embq.jobs
                             WHERE state = 'ready'
                               AND run_at <= COALESCE($1::timestamptz, now()) + make_interval(secs => $2))
-            AND NOT EXISTS (SELECT 1 FROM embq.jobs WHERE state = 'running')",
+            AND NOT EXISTS (SELECT 1 FROM embq.jobs WHERE state = 'running')
+            AND NOT EXISTS (SELECT 1 FROM embq.provider_batches
+                            WHERE state IN ('uploading', 'submitted', 'collecting'))",
     )
     .persistent(pg.persistent)
     .bind(pg.now())

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, FromRow, PgConnection, Postgres, Transaction};
 
+mod batches;
 #[cfg(test)]
 mod bench_ceiling;
 mod claim;
@@ -45,8 +46,9 @@ use layout::Layout;
 use super::search::Search;
 use super::settings::{PoolMode, StoreSettings, VectorSettings};
 use super::{
-    ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, JobListener, Lease, MigrateOptions,
-    MigrateReport, NewJob, Outcome, Progress, Queue, QueueError, QueueStats, RescueReport, StoredEmbedding, WorkerInfo,
+    BatchUpdate, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, GatherLimits, Gathered,
+    JobListener, LaneStats, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress, ProviderBatch, Queue,
+    QueueError, QueueStats, RescueReport, Sizer, StoredEmbedding, WorkerInfo,
 };
 use crate::redact::DatabaseUrl;
 
@@ -63,6 +65,8 @@ pub struct PgQueue {
     listen: Option<PgConnectOptions>,
     /// The vector storage the configuration asks for (`embq migrate`, the start-up check).
     vectors: VectorSettings,
+    /// The batch lane is on: the online claim leaves `batch`-lane jobs to it.
+    online_only: bool,
     /// The vector storage the catalog has, and when it was read; `migrate` forgets it.
     layout: std::sync::RwLock<Option<(std::time::Instant, Arc<Layout>)>>,
 }
@@ -133,7 +137,15 @@ impl PgQueue {
             (None, PoolMode::Transaction) => None,
         };
         let vectors = settings.vectors.clone();
-        Ok(Self { pool, clock, persistent: session, listen, vectors, layout: std::sync::RwLock::default() })
+        Ok(Self {
+            pool,
+            clock,
+            persistent: session,
+            listen,
+            vectors,
+            online_only: settings.batch_lane,
+            layout: std::sync::RwLock::default(),
+        })
     }
 
     /// A statement, kept prepared on the server only where that is safe (see `persistent`).
@@ -322,5 +334,39 @@ impl Queue for PgQueue {
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
         listen::listener(self).await
+    }
+
+    async fn gather_batch(
+        &self,
+        submission_id: &str,
+        model: &str,
+        limits: GatherLimits<'_>,
+        size: &Sizer<'_>,
+    ) -> Result<Gathered, QueueError> {
+        batches::gather(self, submission_id, model, limits, size).await
+    }
+
+    async fn move_backlog(&self, backlog: u64, below: i32) -> Result<u64, QueueError> {
+        batches::move_backlog(self, backlog, below).await
+    }
+
+    async fn lease_batch(&self, owner: &str, duration: Duration) -> Result<Option<ProviderBatch>, QueueError> {
+        batches::lease(self, owner, duration).await
+    }
+
+    async fn update_batch(&self, id: i64, owner: &str, lease: Duration, u: &BatchUpdate) -> Result<bool, QueueError> {
+        batches::update(self, id, owner, lease, u).await
+    }
+
+    async fn batch_jobs(&self, batch: &ProviderBatch) -> Result<Vec<ClaimedJob>, QueueError> {
+        batches::jobs(self, batch).await
+    }
+
+    async fn enqueued_tokens(&self, model: &str) -> Result<u64, QueueError> {
+        batches::enqueued_tokens(self, model).await
+    }
+
+    async fn lane_stats(&self) -> Result<LaneStats, QueueError> {
+        batches::stats(self).await
     }
 }

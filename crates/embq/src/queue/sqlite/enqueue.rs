@@ -6,7 +6,7 @@ use crate::queue::{dedupe_keys, EnqueueReport, NewJob, Progress, QueueError};
 
 /// Jobs per enqueue transaction: each holds SQLite's write lock for a fraction of a second.
 const ENQUEUE_TX_JOBS: usize = 20_000;
-/// Rows per INSERT statement (10 parameters each, well under SQLite's 32,766).
+/// Rows per INSERT statement (11 parameters each, well under SQLite's 32,766).
 const ENQUEUE_ROWS: usize = 500;
 
 /// Adds jobs in transactions of `ENQUEUE_TX_JOBS`; see `Queue::enqueue`.
@@ -37,14 +37,15 @@ pub(super) async fn enqueue(
                 q = q.bind(&j.source_type).bind(&j.source_id).bind(&j.content_type);
             }
             let pending = q.fetch_one(&mut *tx).await?.max(0) as u64;
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
             let sql = format!(
                 "INSERT INTO jobs (source_type, source_id, content_type, text, text_sha256, priority, metadata,
-                                   run_at, created_at, updated_at)
+                                   run_at, created_at, updated_at, lane)
                  VALUES {values}
                  ON CONFLICT (source_type, source_id, content_type) WHERE state = 'ready'
                  DO UPDATE SET text = excluded.text, text_sha256 = excluded.text_sha256,
-                     priority = excluded.priority, metadata = excluded.metadata, attempts = 0,
+                     priority = excluded.priority, metadata = excluded.metadata, lane = excluded.lane,
+                     attempts = 0,
                      run_at = excluded.run_at, updated_at = excluded.updated_at, last_error = NULL"
             );
             let mut q = sqlx::query(&sql);
@@ -59,7 +60,8 @@ pub(super) async fn enqueue(
                     .bind(j.metadata.as_ref().map(|m| m.to_string()))
                     .bind(now)
                     .bind(now)
-                    .bind(now);
+                    .bind(now)
+                    .bind(j.lane);
             }
             q.execute(&mut *tx).await?;
             report.replaced += pending;

@@ -111,11 +111,13 @@ pub(super) async fn stats(db: &SqliteQueue) -> Result<QueueStats, QueueError> {
     Ok(fold_stats(rows))
 }
 
-/// Whether no job is due within `within` and none is running; see `Queue::is_idle`.
+/// Whether no job is due within `within`, none is running and no provider batch is open; see
+/// `Queue::is_idle`.
 pub(super) async fn is_idle(db: &SqliteQueue, within: Duration) -> Result<bool, QueueError> {
     let idle: bool = sqlx::query_scalar(
         "SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'ready' AND run_at <= ?1)
-            AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'running')",
+            AND NOT EXISTS (SELECT 1 FROM jobs WHERE state = 'running')
+            AND NOT EXISTS (SELECT 1 FROM provider_batches WHERE state IN ('uploading', 'submitted', 'collecting'))",
     )
     .bind(db.now_ms().saturating_add(ms(within)))
     .fetch_one(&db.pool)

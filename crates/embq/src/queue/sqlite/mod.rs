@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, Transaction};
 
+mod batches;
 mod claim;
 mod dead_letters;
 mod enqueue;
@@ -24,15 +25,17 @@ mod search;
 
 use super::search::Search;
 use super::{
-    ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, IndexOutcome, JobListener, Lease,
-    MigrateOptions, MigrateReport, NewJob, Outcome, Progress, Queue, QueueError, QueueStats, RescueReport,
-    StoredEmbedding, WorkerInfo,
+    BatchUpdate, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, GatherLimits, Gathered,
+    IndexOutcome, JobListener, LaneStats, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress,
+    ProviderBatch, Queue, QueueError, QueueStats, RescueReport, Sizer, StoredEmbedding, WorkerInfo,
 };
 
 /// Queue store in one SQLite file.
 pub struct SqliteQueue {
     pool: SqlitePool,
     clock: Clock,
+    /// The batch lane is on: the online claim leaves `batch`-lane jobs to it.
+    online_only: bool,
 }
 
 /// A duration in whole milliseconds, the unit of SQLite's times.
@@ -62,7 +65,13 @@ impl SqliteQueue {
             .connect_with(opts)
             .await
             .map_err(|e| QueueError::Unavailable(format!("cannot open {}: {e}", crate::redact::redact_url(url))))?;
-        Ok(Self { pool, clock })
+        Ok(Self { pool, clock, online_only: false })
+    }
+
+    /// With the batch lane on, the online claim takes only `online`-lane jobs.
+    pub fn with_batch_lane(mut self, on: bool) -> Self {
+        self.online_only = on;
+        self
     }
 
     /// Now on this store's clock, in SQLite's unit (milliseconds since the epoch).
@@ -178,5 +187,39 @@ impl Queue for SqliteQueue {
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
         None
+    }
+
+    async fn gather_batch(
+        &self,
+        submission_id: &str,
+        model: &str,
+        limits: GatherLimits<'_>,
+        size: &Sizer<'_>,
+    ) -> Result<Gathered, QueueError> {
+        batches::gather(self, submission_id, model, limits, size).await
+    }
+
+    async fn move_backlog(&self, backlog: u64, below: i32) -> Result<u64, QueueError> {
+        batches::move_backlog(self, backlog, below).await
+    }
+
+    async fn lease_batch(&self, owner: &str, duration: Duration) -> Result<Option<ProviderBatch>, QueueError> {
+        batches::lease(self, owner, duration).await
+    }
+
+    async fn update_batch(&self, id: i64, owner: &str, lease: Duration, u: &BatchUpdate) -> Result<bool, QueueError> {
+        batches::update(self, id, owner, lease, u).await
+    }
+
+    async fn batch_jobs(&self, batch: &ProviderBatch) -> Result<Vec<ClaimedJob>, QueueError> {
+        batches::jobs(self, batch).await
+    }
+
+    async fn enqueued_tokens(&self, model: &str) -> Result<u64, QueueError> {
+        batches::enqueued_tokens(self, model).await
+    }
+
+    async fn lane_stats(&self) -> Result<LaneStats, QueueError> {
+        batches::stats(self).await
     }
 }
