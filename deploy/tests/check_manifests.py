@@ -47,7 +47,8 @@ RATE_LIMIT_SCOPE PROVIDER_TIMEOUT MODEL_CACHE_DIR DATABASE_POOL_MODE
 DB_MAX_CONNECTIONS WORKER_ID DATABASE_URL DATABASE_LISTEN_URL OPENAI_API_KEY
 GEMINI_API_KEY SHUTDOWN_TOKEN OPENAI_MAX_TOKENS_PER_REQUEST OPENAI_MAX_TOKENS_PER_INPUT
 GEMINI_BASE_URL VECTOR_TYPE VECTOR_INDEX SHUTDOWN_LOOPBACK_EXEMPT DATABASE_CONNECT_TIMEOUT
-MAX_PROVIDER_PAUSE
+MAX_PROVIDER_PAUSE BATCH_LANE BATCH_LANE_POLL_INTERVAL BATCH_LANE_BACKLOG BATCH_LANE_MAX_PRIORITY
+BATCH_LANE_MAX_REQUESTS BATCH_LANE_MAX_ENQUEUED_TOKENS
 """.split()
 ASSUMED_METRICS = """
 worker_uptime_seconds worker_memory_usage_bytes embedding_jobs_processed_total
@@ -69,6 +70,7 @@ OPTIONAL_VARS = {
     "OPENAI_BASE_URL": "only for openai-compatible servers; unset means the public API",
     "GEMINI_BASE_URL": "unset means Google's public endpoint",
     "DB_MAX_CONNECTIONS": "the worker sizes its pool from what it needs (3 + min(MAX_CONCURRENT_JOBS, 3)) when unset",
+    "BATCH_LANE_BACKLOG": "unset means only jobs enqueued with lane batch take the batch lane",
 }
 
 # Secret-backed variables: name -> (secret, key). Nothing else may come from
