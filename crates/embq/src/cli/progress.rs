@@ -67,10 +67,14 @@ fn done(c: &Counters) -> u64 {
 }
 
 fn new_bar(total: u64) -> indicatif::ProgressBar {
-    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs  {rate}  ETA {eta}")
+    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs  {rate}  ETA {left}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
             let _ = write!(w, "{:.0} jobs/s", s.per_sec());
+        })
+        // indicatif's own ETA says 0s before the first batch lands; say "?" until there is a rate.
+        .with_key("left", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = if s.pos() == 0 { write!(w, "?") } else { write!(w, "{}", human(s.eta())) };
         });
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(style);
