@@ -298,6 +298,13 @@ fn demo_without_a_terminal_prints_plain_progress_and_keeps_batch_lines_at_debug(
     let debug = s.run(&[("EMBEDDING_PROVIDER", "hash"), ("RUST_LOG", "embq=debug")], &["demo"], "");
     assert!(debug.status.success(), "{}", text(&debug.stderr));
     assert!(text(&debug.stderr).contains("batch finished"), "{}", text(&debug.stderr));
+    // `embq worker` keeps its line per batch at info.
+    let s = Sandbox::new();
+    assert!(s.run(&[], &["migrate"], "").status.success());
+    assert!(s.run(&[], &["enqueue"], GOOD).status.success());
+    let worker = s.run(&[("EMBEDDING_PROVIDER", "hash"), ("RUST_LOG", "info")], &["worker", "--drain"], "");
+    assert!(worker.status.success(), "{}", text(&worker.stderr));
+    assert!(text(&worker.stderr).contains("batch finished"), "{}", text(&worker.stderr));
 }
 
 #[test]
