@@ -282,3 +282,64 @@ fn in_json_log_mode_the_fatal_error_is_a_json_line_too() {
     let out = s.run(&[("BATCH_SIZE", "0")], &["queue", "stats"], "");
     assert!(text(&out.stderr).starts_with("embq: "), "{}", text(&out.stderr));
 }
+
+#[test]
+fn demo_without_a_terminal_prints_plain_progress_and_keeps_batch_lines_at_debug() {
+    let s = Sandbox::new();
+    let info = s.run(&[("EMBEDDING_PROVIDER", "hash"), ("RUST_LOG", "info")], &["demo"], "");
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    let err = text(&info.stderr);
+    assert!(!err.contains("batch finished"), "no per-batch lines at info: {err}");
+    let progress: Vec<&str> = err.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(progress.last().is_some_and(|l| l.starts_with("progress: 300/300 jobs, ")), "{err}");
+    assert!(progress.iter().all(|l| l.contains(" jobs/s, ETA ")), "{err}");
+    // The same lines are one RUST_LOG away (a fresh store: a second run embeds nothing).
+    let s = Sandbox::new();
+    let debug = s.run(&[("EMBEDDING_PROVIDER", "hash"), ("RUST_LOG", "embq=debug")], &["demo"], "");
+    assert!(debug.status.success(), "{}", text(&debug.stderr));
+    assert!(text(&debug.stderr).contains("batch finished"), "{}", text(&debug.stderr));
+    // `embq worker` keeps its line per batch at info.
+    let s = Sandbox::new();
+    assert!(s.run(&[], &["migrate"], "").status.success());
+    assert!(s.run(&[], &["enqueue"], GOOD).status.success());
+    let worker = s.run(&[("EMBEDDING_PROVIDER", "hash"), ("RUST_LOG", "info")], &["worker", "--drain"], "");
+    assert!(worker.status.success(), "{}", text(&worker.stderr));
+    assert!(text(&worker.stderr).contains("batch finished"), "{}", text(&worker.stderr));
+}
+
+#[test]
+fn demo_ends_with_a_search_example_and_a_command_that_runs_from_where_it_was_started() {
+    let s = Sandbox::new();
+    let out = s.run(&[("EMBEDDING_PROVIDER", "hash")], &["demo"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = lines.iter().position(|l| l.starts_with("search \"coffee\"")).unwrap_or_else(|| panic!("{stdout}"));
+    let hits = &lines[at + 1..at + 4];
+    for h in hits {
+        let cols: Vec<&str> = h.trim().split('\t').collect();
+        assert_eq!(cols.len(), 3, "{h}");
+        assert!(cols[0].parse::<f64>().is_ok() && cols[1].starts_with("receipt/") && !cols[2].is_empty(), "{h}");
+    }
+    // Outside any cargo project the binary's own path is what works; the command repeats the
+    // provider and the SQLite file this run used.
+    let last = *lines.last().expect("a last line");
+    assert!(last.ends_with(&format!("{BIN} search \"coffee\"")), "{last}");
+    assert!(last.contains("EMBEDDING_PROVIDER=hash") && last.contains("DATABASE_URL="), "{last}");
+    let again = Command::new("sh")
+        .args(["-c", last])
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .current_dir(s.dir.path())
+        .output()
+        .expect("run sh");
+    assert!(again.status.success(), "{last}: {}", text(&again.stderr));
+    assert_eq!(text(&again.stdout).lines().count(), 5, "{}", text(&again.stdout));
+    assert!(text(&again.stdout).lines().all(|l| l.split('\t').count() == 3), "{}", text(&again.stdout));
+    // Inside a cargo project the demo says `cargo run`.
+    std::fs::write(s.dir.path().join("Cargo.toml"), "").expect("write Cargo.toml");
+    let out = s.run(&[("EMBEDDING_PROVIDER", "hash")], &["demo"], "");
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().expect("a last line");
+    assert!(last.ends_with("cargo run -p embq -- search \"coffee\""), "{last}");
+}

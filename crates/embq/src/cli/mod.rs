@@ -5,9 +5,11 @@ mod budget;
 mod demo;
 mod dlq;
 mod enqueue;
+mod invocation;
 mod migrate;
 pub use enqueue::{parse_jsonl, Parsed};
 pub mod model;
+mod progress;
 mod queue;
 mod search;
 mod worker;
@@ -128,9 +130,10 @@ pub fn env_vars() -> Vec<String> {
     vars
 }
 
-fn init_tracing(format: LogFormat) {
+/// Installs logging on stderr; `RUST_LOG` overrides `default_filter`.
+fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
@@ -173,11 +176,18 @@ pub fn main(cli: Cli) -> ExitCode {
             return fatal(json, &e.to_string(), 2);
         }
     };
-    init_tracing(cfg.log_format);
+    // The demo shows its own progress on stderr: only warnings and errors print among it
+    // unless RUST_LOG asks for more.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info,sqlx=warn" };
+    init_tracing(cfg.log_format, default_filter);
     // The demo prefers the local model unless the user picked a provider.
-    let provider_chosen = cli.config.embedding_provider.is_some();
+    let chosen = demo::Chosen {
+        provider: cli.config.embedding_provider.is_some(),
+        batch_size: cli.config.batch_size.is_some(),
+        database_url: cli.config.database_url.is_some(),
+    };
     let json = cfg.log_format == LogFormat::Json;
-    let result = runtime(&cfg).and_then(|rt| rt.block_on(run(cli.command, cfg, provider_chosen)));
+    let result = runtime(&cfg).and_then(|rt| rt.block_on(run(cli.command, cfg, chosen)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fatal(json, &e.to_string(), e.exit_code()),
@@ -202,7 +212,7 @@ fn fatal(json: bool, error: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(), CliError> {
+async fn run(command: Command, cfg: Config, chosen: demo::Chosen) -> Result<(), CliError> {
     match command {
         Command::Worker(args) => worker::run(cfg, args).await,
         Command::Migrate(args) => migrate::run(cfg, args).await,
@@ -231,11 +241,11 @@ async fn run(command: Command, cfg: Config, provider_chosen: bool) -> Result<(),
             Ok(())
         }
         Command::Config(ConfigCmd::Vars) | Command::Metrics(MetricsCmd::Names) => Ok(()),
-        Command::Demo(args) => demo::run(cfg, args, provider_chosen).await,
+        Command::Demo(args) => demo::run(cfg, args, chosen).await,
         Command::Search(args) => {
             // Search must embed the query with the demo's model, so it makes the same choice.
             let mut cfg = cfg;
-            if !provider_chosen {
+            if !chosen.provider {
                 let note = tokio::task::block_in_place(|| model::prefer_local_for_demo(&mut cfg));
                 tracing::info!("{note}");
             }

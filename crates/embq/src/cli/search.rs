@@ -3,7 +3,8 @@
 
 use super::CliError;
 use crate::config::Config;
-use crate::queue::SearchMethod;
+use crate::provider::Provider;
+use crate::queue::{Queue, Search, SearchHit, SearchMethod};
 
 /// `embq search` options.
 #[derive(clap::Args, Debug)]
@@ -35,14 +36,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let provider = cfg.provider().map_err(|e| CliError::Other(e.to_string()))?;
     let q = crate::queue::connect(&cfg.store()).await?;
     q.check_schema().await?;
-    let embedded = provider
-        .embed(&[args.query.as_str()])
-        .await
-        .map_err(|e| CliError::Other(format!("could not embed the query: {e}")))?;
-    let Some(query) = embedded.vectors.into_iter().next() else {
-        return Err(CliError::Other("the provider returned no vector for the query".into()));
-    };
-    let found = q.search(&query, provider.model(), args.k, args.source_type.as_deref()).await?;
+    let found = nearest(provider.as_ref(), q.as_ref(), &args.query, args.k, args.source_type.as_deref()).await?;
     if args.json {
         let text = serde_json::to_string_pretty(&found).map_err(|e| CliError::Other(e.to_string()))?;
         println!("{text}");
@@ -53,8 +47,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
         return Ok(());
     }
     for h in &found.hits {
-        let text = h.text.as_deref().map(snippet).unwrap_or_else(|| "(text no longer kept)".into());
-        println!("{:.4}\t{}/{}/{}\t{text}", h.score, h.source_type, h.source_id, h.content_type);
+        println!("{}", hit_line(h));
     }
     let how = match &found.method {
         SearchMethod::Database => "ranked by PostgreSQL (pgvector)".to_string(),
@@ -65,9 +58,38 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-/// One line of at most `SNIPPET_CHARS` characters.
+/// Embeds `query` with `provider` and returns the stored embeddings of its model nearest to it.
+pub(super) async fn nearest(
+    provider: &dyn Provider,
+    q: &dyn Queue,
+    query: &str,
+    k: usize,
+    source_type: Option<&str>,
+) -> Result<Search, CliError> {
+    let embedded =
+        provider.embed(&[query]).await.map_err(|e| CliError::Other(format!("could not embed the query: {e}")))?;
+    let Some(vector) = embedded.vectors.into_iter().next() else {
+        return Err(CliError::Other("the provider returned no vector for the query".into()));
+    };
+    Ok(q.search(&vector, provider.model(), k, source_type).await?)
+}
+
+/// One hit as printed: score, key and a one-line snippet of its text, tab-separated.
+pub(super) fn hit_line(h: &SearchHit) -> String {
+    let text = h.text.as_deref().map(snippet).unwrap_or_else(|| "(text no longer kept)".into());
+    format!("{:.4}\t{}/{}/{}\t{text}", h.score, h.source_type, h.source_id, h.content_type)
+}
+
+/// One line of at most `SNIPPET_CHARS` characters: whitespace runs (newlines included) become
+/// one space, and other control characters are escaped so a stored text cannot drive the terminal.
 fn snippet(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] })
+        .collect();
     match flat.char_indices().nth(SNIPPET_CHARS) {
         Some((end, _)) => format!("{}…", &flat[..end]),
         None => flat,
@@ -80,7 +102,8 @@ mod tests {
 
     #[test]
     fn snippets_are_one_bounded_line() {
-        assert_eq!(snippet("a\n  b\tc"), "a b c");
+        assert_eq!(snippet("a\n  b\tc\r\nd"), "a b c d");
+        assert_eq!(snippet("red\u{1b}[31m"), "red\\u{1b}[31m");
         let long = "é".repeat(200);
         let s = snippet(&long);
         assert_eq!(s.chars().count(), 81);

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info_span, warn, Instrument};
 
 use super::requests::embed_jobs;
 use super::store_results::store_results;
@@ -84,16 +84,27 @@ fn record(ctx: &Ctx, r: &FinishReport, batch: usize, took: Duration) {
     } else {
         "ok"
     };
-    // One line per batch, inside the batch span (provider, model, jobs, tokens).
-    info!(
-        outcome,
-        latency_ms = took.as_millis() as u64,
-        stored = r.stored,
-        unchanged = r.unchanged,
-        retried = r.retried,
-        dead = r.dead,
-        released = r.released,
-        cancelled = r.cancelled,
-        "batch finished"
-    );
+    // One line per batch, inside the batch span (provider, model, jobs, tokens); a tracing
+    // level must be a constant, hence the macro and its two expansions.
+    macro_rules! batch_line {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                outcome,
+                latency_ms = took.as_millis() as u64,
+                stored = r.stored,
+                unchanged = r.unchanged,
+                retried = r.retried,
+                dead = r.dead,
+                released = r.released,
+                cancelled = r.cancelled,
+                "batch finished"
+            )
+        };
+    }
+    if ctx.quiet_batches {
+        batch_line!(tracing::Level::DEBUG);
+    } else {
+        batch_line!(tracing::Level::INFO);
+    }
 }

@@ -70,6 +70,8 @@ struct Ctx {
     limiter: Option<Arc<Limiter>>,
     /// Set while the provider is parked (quota exhausted).
     parked: Arc<std::sync::atomic::AtomicBool>,
+    /// Log each finished batch at debug instead of info (the demo shows a progress bar instead).
+    quiet_batches: bool,
 }
 
 /// A configured worker, ready to run.
@@ -110,6 +112,7 @@ impl Worker {
             live: Arc::default(),
             limiter,
             parked: Arc::default(),
+            quiet_batches: false,
         };
         Self { ctx: Arc::new(ctx), drain_when_idle: false }
     }
@@ -117,6 +120,15 @@ impl Worker {
     /// Exit once no job is ready and none is running (`embq worker --drain`).
     pub fn drain_when_idle(mut self, yes: bool) -> Self {
         self.drain_when_idle = yes;
+        self
+    }
+
+    /// Logs each finished batch at debug level instead of info (`embq demo` shows progress
+    /// its own way; `embq worker` keeps one info line per batch).
+    pub fn quiet_batches(mut self, yes: bool) -> Self {
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.quiet_batches = yes;
+        }
         self
     }
 
