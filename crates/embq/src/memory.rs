@@ -66,6 +66,19 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// Gives the allocator's free pages back to the system, where the platform allows it.
+///
+/// glibc keeps freed memory in its arenas; after a large batch an idle worker's RSS can
+/// stay above the memory guard with nothing left to finish, and then it would never claim
+/// again.
+pub fn return_free_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas; 0 keeps no padding at the top.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn page_size() -> u64 {
     // Every Linux platform embq targets uses 4 KiB pages for statm accounting.
     4096
@@ -82,6 +95,12 @@ impl Guard {
     /// A guard for `limit` bytes.
     pub fn new(limit: u64) -> Self {
         Self { limit, over: false }
+    }
+    /// Judges a reading taken with nothing in flight: no hysteresis, since nothing the
+    /// worker holds can bring it down further.
+    pub fn judge_idle(&mut self, rss: u64) -> bool {
+        self.over = rss >= self.limit / 10 * 9;
+        self.over
     }
     /// Feeds a reading; returns true while the worker must not claim.
     pub fn update(&mut self, rss: u64) -> bool {
@@ -107,6 +126,15 @@ mod tests {
         assert!(g.update(900));
         assert!(g.update(850));
         assert!(!g.update(799));
+    }
+
+    #[test]
+    fn an_idle_reading_clears_the_guard_without_waiting_for_eighty_percent() {
+        let mut g = Guard::new(1000);
+        assert!(g.update(950));
+        assert!(g.update(850), "hysteresis holds while work is in flight");
+        assert!(!g.judge_idle(850), "with nothing in flight, under 90 % is enough");
+        assert!(g.judge_idle(900));
     }
 
     // The unit-test binary counts like the embq binary does.

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::batch::{count_outcomes, process_batch, record_unchanged};
+use super::inflight::BytesHeld;
 use super::leases::LiveLease;
 use super::store_results::store_results;
 use super::Ctx;
@@ -34,6 +35,8 @@ struct Held {
     jobs: Vec<ClaimedJob>,
     /// Keeps the lease heartbeated until the batch is recorded (or given up).
     live: LiveLease,
+    /// Its share of the in-flight byte budget, given back when the batch is recorded.
+    bytes: BytesHeld,
 }
 
 /// Fetches work while there are free slots; returns when told to stop or, in drain mode, when idle.
@@ -51,6 +54,7 @@ pub(super) async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Not
             count_outcomes(&ctx2, &report);
             ctx2.health.add_inflight(-n);
             drop(h.live);
+            drop(h.bytes);
         });
     }
 }
@@ -59,12 +63,13 @@ pub(super) async fn claim_loop(ctx: &Arc<Ctx>, tracker: &TaskTracker, wake: &Not
 fn start_held(ctx: &Arc<Ctx>, tracker: &TaskTracker, slots: &Arc<Semaphore>, held: &mut VecDeque<Held>) {
     while !held.is_empty() {
         let Ok(permit) = slots.clone().try_acquire_owned() else { return };
-        let Some(Held { lease, jobs, live }) = held.pop_front() else { return };
+        let Some(Held { lease, jobs, live, bytes }) = held.pop_front() else { return };
         let ctx2 = ctx.clone();
         tracker.spawn(async move {
             let n = jobs.len() as i64;
             process_batch(&ctx2, &lease, jobs).await;
             drop(live);
+            drop(bytes);
             ctx2.health.add_inflight(-n);
             drop(permit);
             ctx2.slot_freed.notify_one();
@@ -97,7 +102,14 @@ async fn claim_into(
         // A batch per free slot; extra (mostly unchanged) jobs only while no changed ones wait.
         let extra_now = if held.is_empty() { extra } else { 0 };
         let want = slots.available_permits().saturating_sub(held.len()) * batch + extra_now;
+        // Never more than the in-flight byte budget has room for, whatever the counts say.
+        let want = want.min(ctx.inflight_bytes.room());
         if !ctx.health.can_claim() || want == 0 {
+            // A draining worker that may not claim (memory, a parked provider) still ends
+            // once the queue is idle, rather than waiting for a claim it will never make.
+            if drain_when_idle && ctx.health.inflight() == 0 && held.is_empty() && drained(ctx).await {
+                return;
+            }
             tokio::select! {
                 _ = ctx.slot_freed.notified() => {}
                 _ = tokio::time::sleep(tick) => {}
@@ -145,6 +157,7 @@ async fn claim_into(
             }
         }
         let got = jobs.len();
+        ctx.inflight_bytes.observe_texts(jobs.iter().map(|j| j.text.len()).sum(), got);
         // Unchanged jobs were completed by the claim itself: count them, embed the rest.
         let (unchanged, jobs): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| j.unchanged);
         debug!(want, got, unchanged = unchanged.len(), "claimed");
@@ -158,7 +171,8 @@ async fn claim_into(
             if chunk.is_empty() {
                 break;
             }
-            held.push_back(Held { lease: lease.clone(), jobs: chunk, live: ctx.live.hold(&lease.token) });
+            let bytes = ctx.inflight_bytes.hold(chunk.iter().map(|j| ctx.inflight_bytes.job_bytes(j.text.len())).sum());
+            held.push_back(Held { lease: lease.clone(), jobs: chunk, live: ctx.live.hold(&lease.token), bytes });
         }
         start_held(ctx, tracker, slots, held);
         let backlog = got == want;
@@ -172,16 +186,8 @@ async fn claim_into(
             // A full claim means a backlog: fetch again at once instead of waiting for the poll.
             continue;
         }
-        if drain_when_idle && got == 0 && ctx.health.inflight() == 0 {
-            // Retries due soon and jobs released by a throttled provider still count as work.
-            match ctx.queue.is_idle(drain_horizon(ctx)).await {
-                Ok(true) => {
-                    info!("queue drained; exiting");
-                    return;
-                }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "idle check failed"),
-            }
+        if drain_when_idle && got == 0 && ctx.health.inflight() == 0 && drained(ctx).await {
+            return;
         }
         if drain_when_idle && got > 0 && ctx.health.inflight() == 0 {
             // A short claim with nothing left in flight (all unchanged): the queue may be empty
@@ -200,6 +206,22 @@ async fn claim_into(
             // A freed slot starts a held batch; in drain mode it may mean the queue is empty now.
             _ = ctx.slot_freed.notified(), if drain_when_idle || got > 0 || !held.is_empty() => {}
             _ = soft.cancelled() => return,
+        }
+    }
+}
+
+/// Whether the fleet has nothing left to do, for a draining worker with nothing in flight.
+/// Retries due soon and jobs released by a throttled provider still count as work.
+async fn drained(ctx: &Ctx) -> bool {
+    match ctx.queue.is_idle(drain_horizon(ctx)).await {
+        Ok(true) => {
+            info!("queue drained; exiting");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            warn!(error = %e, "idle check failed");
+            false
         }
     }
 }

@@ -19,6 +19,8 @@ pub(super) async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: 
     let mut rescue = tokio::time::interval(ctx.cfg.rescue_interval());
     let mut stats = tokio::time::interval(Duration::from_secs(10));
     let mut second = tokio::time::interval(Duration::from_secs(1));
+    // Warned once that the limit is below what the idle process needs.
+    let mut told_too_small = false;
     for i in [&mut heartbeat, &mut rescue, &mut stats, &mut second] {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -71,13 +73,33 @@ pub(super) async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: 
             },
             _ = second.tick() => {
                 ctx.metrics.processing_rate.set(ctx.rate.per_second(ctx.health.uptime()));
-                if let Some(rss) = memory::rss_bytes() {
-                    let over = guard.update(rss);
-                    ctx.health.set_memory_over(over);
-                }
+                check_memory(&ctx, &mut guard, &mut told_too_small);
             }
         }
     }
+}
+
+/// Feeds the memory guard. Over the limit with nothing in flight, what is over is memory the
+/// allocator kept or the process itself: free pages go back and the reading is judged again,
+/// so a worker that finished a large batch claims again instead of waiting forever.
+fn check_memory(ctx: &Ctx, guard: &mut memory::Guard, told_too_small: &mut bool) {
+    let Some(rss) = memory::rss_bytes() else { return };
+    let mut over = guard.update(rss);
+    if over && ctx.health.inflight() == 0 {
+        memory::return_free_pages();
+        let rss = memory::rss_bytes().unwrap_or(rss);
+        over = guard.judge_idle(rss);
+        if over && !*told_too_small {
+            *told_too_small = true;
+            warn!(
+                rss_mib = rss >> 20,
+                limit_mib = ctx.cfg.memory_limit_bytes >> 20,
+                "over 90% of MEMORY_LIMIT_MB with no job in flight: the limit is below what this worker needs \
+                   when idle (a local model's weights count); claiming nothing until it is raised"
+            );
+        }
+    }
+    ctx.health.set_memory_over(over);
 }
 
 /// Shows the provider's pause (this worker's, or any worker's on a fleet budget) in `/ready`

@@ -28,6 +28,7 @@ mod batch;
 pub mod batch_lane;
 mod claim;
 mod counters;
+mod inflight;
 mod leases;
 mod maintain;
 mod requests;
@@ -35,6 +36,7 @@ mod rescue;
 mod store_results;
 
 pub use counters::{Counters, RunSummary};
+pub use inflight::InflightBytes;
 
 use claim::claim_loop;
 use counters::RateWindow;
@@ -66,6 +68,8 @@ struct Ctx {
     released_until: Mutex<Option<Instant>>,
     /// Leases of the batches held or running; heartbeats extend only these.
     live: Arc<LiveLeases>,
+    /// What the batches held or running hold in bytes, against a share of `MEMORY_LIMIT_MB`.
+    inflight_bytes: Arc<InflightBytes>,
     /// The provider's budget; `None` for providers that spend none (hash, local).
     limiter: Option<Arc<Limiter>>,
     /// Set while the provider is parked (quota exhausted).
@@ -98,6 +102,7 @@ impl Worker {
             }))
         });
         metrics.init_provider(provider.kind().as_str());
+        let inflight_bytes = Arc::new(InflightBytes::new(cfg.memory_limit_bytes, provider.dimensions()));
         let ctx = Ctx {
             cfg,
             queue,
@@ -110,6 +115,7 @@ impl Worker {
             slot_freed: Notify::new(),
             released_until: Mutex::new(None),
             live: Arc::default(),
+            inflight_bytes,
             limiter,
             parked: Arc::default(),
             quiet_batches: false,
@@ -146,6 +152,11 @@ impl Worker {
     /// Live counters.
     pub fn counters(&self) -> Arc<Counters> {
         self.ctx.counters.clone()
+    }
+
+    /// The in-flight byte budget and what is held against it (its peak included).
+    pub fn inflight_bytes(&self) -> Arc<InflightBytes> {
+        self.ctx.inflight_bytes.clone()
     }
 
     /// The token that cancels in-flight work at once (a second signal).

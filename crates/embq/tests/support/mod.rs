@@ -89,6 +89,7 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
             "HEARTBEAT_INTERVAL" => r.heartbeat_interval = v,
             "RETRY_MAX_DELAY" => r.retry_max_delay = v,
             "DRAIN_TIMEOUT" => r.drain_timeout = v,
+            "MEMORY_LIMIT_MB" => r.memory_limit_mb = v,
             "BATCH_LANE" => r.batch_lane = v,
             "BATCH_LANE_POLL_INTERVAL" => r.batch_lane_poll_interval = v,
             "BATCH_LANE_BACKLOG" => r.batch_lane_backlog = v,
