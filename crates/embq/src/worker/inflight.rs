@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::queue::MAX_TEXT_BYTES;
+
 /// The share of `MEMORY_LIMIT_MB` that jobs in flight may hold. The rest is the process
 /// itself (binary, pools, a local model's weights and activations) and the allocator's
 /// slack: freed memory is not always returned to the system at once.
@@ -24,8 +26,11 @@ const TEXT_COPIES: u64 = 3;
 /// The job's row apart from its text and vector: ids, lease, metadata, outcome.
 const JOB_OVERHEAD: u64 = 512;
 
-/// The text length assumed before the first claim says otherwise.
+/// The least text length assumed before the first claim says otherwise.
 const FIRST_TEXT_GUESS: u64 = 2048;
+
+/// Bytes a token takes in text, roughly, for the first guess from the provider's input cap.
+const BYTES_PER_TOKEN: u64 = 4;
 
 /// The in-flight byte budget of one worker and what is held against it.
 #[derive(Debug)]
@@ -40,14 +45,18 @@ pub struct InflightBytes {
 }
 
 impl InflightBytes {
-    /// A budget of a quarter of `memory_limit` for jobs of `dimensions`-long vectors.
-    pub fn new(memory_limit: u64, dimensions: usize) -> Self {
+    /// A budget of a quarter of `memory_limit` for jobs of `dimensions`-long vectors. Until
+    /// the first claim is seen, texts are assumed as long as `max_tokens_per_input` allows:
+    /// a first claim of unknown texts errs on the small side.
+    pub fn new(memory_limit: u64, dimensions: usize, max_tokens_per_input: usize) -> Self {
+        let longest = (max_tokens_per_input as u64).saturating_mul(BYTES_PER_TOKEN).min(MAX_TEXT_BYTES as u64);
+        let first_guess = FIRST_TEXT_GUESS.max(longest);
         Self {
             limit: (memory_limit / SHARE_DIVISOR).max(1),
             per_job_fixed: JOB_OVERHEAD + dimensions as u64 * BYTES_PER_DIMENSION,
             used: AtomicU64::new(0),
             peak: AtomicU64::new(0),
-            text_guess: AtomicU64::new(FIRST_TEXT_GUESS),
+            text_guess: AtomicU64::new(first_guess),
         }
     }
 
@@ -125,18 +134,32 @@ mod tests {
 
     #[test]
     fn the_budget_is_a_quarter_of_the_memory_limit_and_sizes_claims_by_dimensions() {
-        let small = Arc::new(InflightBytes::new(128 * MIB, 1536));
+        let small = Arc::new(InflightBytes::new(128 * MIB, 1536, 256));
         assert_eq!(small.limit(), 32 * MIB);
         let job = small.job_bytes(2048);
         assert_eq!(small.room() as u64, 32 * MIB / job);
         // The same limit holds ~3x as many 384-dimension jobs (with 2 KiB texts).
-        let narrow = InflightBytes::new(128 * MIB, 384);
+        let narrow = InflightBytes::new(128 * MIB, 384, 256);
         assert!(narrow.room() > 2 * small.room(), "{} vs {}", narrow.room(), small.room());
     }
 
     #[test]
+    fn before_any_claim_texts_are_assumed_as_long_as_the_provider_accepts() {
+        // OpenAI takes 8,191 tokens an input: the first claim assumes ~32 KiB texts.
+        let openai = InflightBytes::new(1024 * MIB, 1536, 8191);
+        let local = InflightBytes::new(1024 * MIB, 1536, 256);
+        assert!(openai.room() * 2 < local.room(), "{} vs {}", openai.room(), local.room());
+        // A provider without a per-input cap is assumed at the longest text accepted.
+        let uncapped = InflightBytes::new(1024 * MIB, 1536, usize::MAX);
+        assert!(uncapped.room() >= 1 && uncapped.room() < openai.room());
+        // One claim of short texts brings it most of the way down.
+        openai.observe_texts(100 * 1000, 1000);
+        assert!(openai.room() > local.room() / 2);
+    }
+
+    #[test]
     fn held_bytes_shrink_the_room_and_come_back_when_dropped() {
-        let b = Arc::new(InflightBytes::new(64 * MIB, 384));
+        let b = Arc::new(InflightBytes::new(64 * MIB, 384, 256));
         let before = b.room();
         let held = b.hold(8 * MIB);
         assert!(b.room() < before);
@@ -149,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_full_budget_has_no_room_but_an_empty_one_always_takes_one_job() {
-        let b = Arc::new(InflightBytes::new(4 * MIB, 1536));
+        let b = Arc::new(InflightBytes::new(4 * MIB, 1536, 256));
         let held = b.hold(b.limit());
         assert_eq!(b.room(), 0);
         drop(held);
@@ -160,7 +183,7 @@ mod tests {
 
     #[test]
     fn long_texts_are_believed_at_once_and_forgotten_slowly() {
-        let b = InflightBytes::new(256 * MIB, 384);
+        let b = InflightBytes::new(256 * MIB, 384, 256);
         let short = b.room();
         b.observe_texts(100_000 * 10, 10);
         let long = b.room();

@@ -102,7 +102,11 @@ impl Worker {
             }))
         });
         metrics.init_provider(provider.kind().as_str());
-        let inflight_bytes = Arc::new(InflightBytes::new(cfg.memory_limit_bytes, provider.dimensions()));
+        let inflight_bytes = Arc::new(InflightBytes::new(
+            cfg.memory_limit_bytes,
+            provider.dimensions(),
+            provider.caps().max_tokens_per_input,
+        ));
         let ctx = Ctx {
             cfg,
             queue,
