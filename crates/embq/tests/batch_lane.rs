@@ -497,3 +497,25 @@ async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
     let e = sqlx::query("SELECT embq.enqueue('r', '3', 'x', p_lane => 'slow')").execute(&mut c).await.unwrap_err();
     assert!(e.to_string().contains("lane must be online or batch"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lane_s_files_are_bounded_by_the_worker_s_memory_budget() {
+    // MEMORY_LIMIT_MB=256: jobs in flight may hold 64 MiB, and a batch is in memory twice while
+    // its file is written, so a file holds at most 32 MiB: ~1,100 of these 30 KB texts.
+    let db = support::fresh_db(true).await;
+    let mock = MockBatchApi::start(DIMS).await;
+    mock.auto_end(Some(Ending::Complete));
+    let extra = [("MEMORY_LIMIT_MB", "256"), ("BATCH_LANE_MAX_ENQUEUED_TOKENS", "100000000")];
+    let cfg = lane_config(&db.url, &mock, &extra);
+    let jobs: Vec<NewJob> = support::jobs(2_400, |i| format!("{i} {}", "word ".repeat(6_000)))
+        .into_iter()
+        .map(|j| NewJob { lane: Lane::Batch, ..j })
+        .collect();
+    let q = support::queue_with(&cfg, &jobs).await;
+    support::drain(support::harness(&cfg, q.clone(), None), WAIT).await;
+    assert_eq!(mock.violations(), Vec::<String>::new());
+    let sizes = mock.batch_sizes();
+    assert_eq!(sizes.iter().sum::<usize>(), 2_400, "{sizes:?}");
+    assert!(sizes.len() >= 3 && sizes.iter().all(|&n| n <= 1_120), "files of at most 32 MiB: {sizes:?}");
+    assert_eq!(tally(&db.url).await, ((2_400, 0, 0), (2_400, 2_400)));
+}

@@ -70,6 +70,11 @@ impl InflightBytes {
         self.used.load(Ordering::Relaxed)
     }
 
+    /// Bytes not held now.
+    pub fn free(&self) -> u64 {
+        self.limit.saturating_sub(self.used())
+    }
+
     /// The most bytes held at once.
     pub fn peak(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
@@ -83,7 +88,7 @@ impl InflightBytes {
     /// How many more jobs of the expected size fit; at least one while nothing is held, so a
     /// budget smaller than a single job slows the worker down but never stops it.
     pub fn room(&self) -> usize {
-        let free = self.limit.saturating_sub(self.used());
+        let free = self.free();
         let each = self.job_bytes(self.text_guess.load(Ordering::Relaxed) as usize);
         let n = (free / each.max(1)) as usize;
         if n == 0 && self.used() == 0 {

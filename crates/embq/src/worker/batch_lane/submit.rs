@@ -50,7 +50,9 @@ impl Lane {
             owner: self.owner(),
             lease: self.lease(),
             max_requests: self.ctx.cfg.batch_lane.max_requests.get(),
-            max_bytes: MAX_FILE_BYTES,
+            // The batch is in memory twice while its file is written (texts, then lines): it
+            // takes its bytes from the worker's in-flight budget like an online batch.
+            max_bytes: MAX_FILE_BYTES.min(self.ctx.inflight_bytes.free() / 2),
             max_tokens: max,
         };
         let size = |j: &ClaimedJob| (self.line(j).len() as u64, self.counter.count(&self.input(&j.text)) as u64);
@@ -62,9 +64,11 @@ impl Lane {
         check(Step::AfterRecord);
         info!(batch = batch.id, submission_id = %batch.submission_id, jobs = g.jobs.len(),
               tokens = batch.estimated_tokens, "provider batch recorded");
+        let held = self.ctx.inflight_bytes.hold(2 * g.jobs.iter().map(|j| j.text.len() as u64 + 200).sum::<u64>());
         let renew = self.keep_leased(&batch);
         let result = self.upload_and_create(&batch, Some(g.jobs)).await;
         drop(renew);
+        drop(held);
         if let Err(e) = result {
             self.later(&batch, &e).await;
         }
