@@ -26,10 +26,13 @@ use crate::tokens::{CountTokens, TokenCounter};
 /// sentence-transformers' `max_seq_length` for this model, special tokens included.
 pub const MAX_TOKENS: usize = 256;
 
-/// Per-request caps: memory grows steeply with batch length × size, so requests are
-/// capped by tokens as well as by count.
+/// Per-request caps: memory grows steeply with batch length × size (attention holds
+/// inputs × 12 heads × length² scores), so requests are capped by tokens as well as by
+/// count. 2,048 tokens is 32 short texts or 8 of the longest: a worker at batch 32 with
+/// long texts peaked at ~300 MiB with it against ~420 MiB at 4,096, at the same speed
+/// (BENCHMARKS.md, "Memory bounded by bytes").
 pub const LOCAL_CAPS: RequestCaps =
-    RequestCaps { max_inputs: 32, max_tokens_per_request: 32 * 128, max_tokens_per_input: MAX_TOKENS };
+    RequestCaps { max_inputs: 32, max_tokens_per_request: 32 * 64, max_tokens_per_input: MAX_TOKENS };
 
 /// The model's own tokenizer with padding and truncation switched off: counts are exact,
 /// and the model path pads and truncates explicitly.
