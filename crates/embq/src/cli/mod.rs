@@ -10,6 +10,7 @@ mod migrate;
 pub use enqueue::{parse_jsonl, Parsed};
 pub mod model;
 mod progress;
+mod prune;
 mod queue;
 mod search;
 mod worker;
@@ -49,6 +50,8 @@ pub enum Command {
     /// Inspect the queue.
     #[command(subcommand)]
     Queue(queue::Cmd),
+    /// Delete finished jobs older than a retention period, in short batches.
+    Prune(prune::Args),
     /// End a provider's pause of the fleet rate budgets.
     #[command(subcommand)]
     Budget(budget::Cmd),
@@ -219,6 +222,7 @@ async fn run(command: Command, cfg: Config, chosen: demo::Chosen) -> Result<(), 
         Command::Index(cmd) => migrate::index(cfg, cmd).await,
         Command::Enqueue(args) => enqueue::run(cfg, args).await,
         Command::Queue(cmd) => queue::run(cfg, cmd).await,
+        Command::Prune(args) => prune::run(cfg, args).await,
         Command::Budget(cmd) => budget::run(cfg, cmd).await,
         Command::Dlq(cmd) => dlq::run(cfg, cmd).await,
         Command::Config(ConfigCmd::Check { json }) => {
