@@ -19,7 +19,7 @@ pub struct Args {
     pub dead: bool,
     /// Rows per delete; each batch is its own short transaction.
     #[arg(long, default_value_t = PRUNE_BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub batch_size: u32,
+    pub rows_per_batch: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -34,7 +34,7 @@ fn parse_duration(v: &str) -> Result<Duration, String> {
 pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     let q = crate::queue::connect(&cfg.store()).await?;
     q.check_schema().await?;
-    let req = PruneRequest { older_than: args.older_than, dead: args.dead, batch_size: args.batch_size };
+    let req = PruneRequest { older_than: args.older_than, dead: args.dead, batch_size: args.rows_per_batch };
     let started = Instant::now();
     let report = q.prune(&req, &|_| {}).await?;
     let took = started.elapsed();
