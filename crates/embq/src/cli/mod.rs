@@ -123,10 +123,16 @@ impl CliError {
     }
 }
 
-/// Every environment variable the binary reads, from the flag definitions.
+/// Every environment variable the binary reads, from the flag definitions: the global ones and
+/// those of subcommands (`PRUNE_OLDER_THAN`), leaving out hidden development switches.
 pub fn env_vars() -> Vec<String> {
-    let mut vars: Vec<String> =
-        Cli::command().get_arguments().filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned())).collect();
+    let cmd = Cli::command();
+    let subcommand_args = cmd.get_subcommands().flat_map(|s| s.get_arguments());
+    let mut vars: Vec<String> = cmd
+        .get_arguments()
+        .chain(subcommand_args.filter(|a| !a.is_hide_set()))
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
     vars.push("RUST_LOG".into());
     vars.sort();
     vars.dedup();

@@ -12,7 +12,7 @@ use crate::queue::{PruneRequest, PRUNE_BATCH_SIZE};
 pub struct Args {
     /// Delete jobs finished longer ago than this (`7d`, `36h`, `90m`): done, superseded and
     /// cancelled ones; their vectors stay in embq.embeddings.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "PRUNE_OLDER_THAN", value_parser = parse_duration)]
     pub older_than: Duration,
     /// Also delete dead-lettered jobs that failed longer ago (kept by default, for `embq dlq`).
     #[arg(long)]
