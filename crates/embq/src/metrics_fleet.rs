@@ -5,8 +5,9 @@
 //! `embq metrics names` see them) with no sample: `sum()`/`max()` over the fleet then read the
 //! one exporter's values, never a stale copy from a replica that lost the lease.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -28,29 +29,31 @@ pub struct FleetGauges {
     pub dead_letter_jobs: Gauge,
     /// embedding_queue_oldest_ready_age_seconds
     pub oldest_ready_age_seconds: Gauge<f64, AtomicU64>,
-    /// Set while this worker holds the fleet-stats lease (or is alone, on SQLite).
-    exporting: Arc<AtomicBool>,
+    /// Until when this worker's counts may be exported: the end of the fleet-stats lease it
+    /// holds, as measured from before it was taken, so it ends no later than the database's
+    /// (a worker that stalls stops exporting before another can take over); `None` when withdrawn.
+    valid_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl FleetGauges {
-    /// Records fresh counts and starts exporting them.
-    pub fn publish(&self, s: &QueueStats) {
+    /// Records fresh counts and exports them until `valid_until`.
+    pub fn publish(&self, s: &QueueStats, valid_until: Instant) {
         self.queue_depth.set(s.ready as i64);
         self.queue_scheduled.set(s.scheduled as i64);
         self.queue_running.set(s.running as i64);
         self.dead_letter_jobs.set(s.dead as i64);
         self.oldest_ready_age_seconds.set(s.oldest_ready_age_seconds.unwrap_or(0.0));
-        self.exporting.store(true, Ordering::Relaxed);
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(valid_until);
     }
 
     /// Stops exporting: another worker holds the lease, or the counts could not be refreshed.
     pub fn withdraw(&self) {
-        self.exporting.store(false, Ordering::Relaxed);
+        *self.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Whether this worker exports the gauges now.
     pub fn exporting(&self) -> bool {
-        self.exporting.load(Ordering::Relaxed)
+        self.valid_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| Instant::now() < t)
     }
 }
 
@@ -111,7 +114,8 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("# TYPE embedding_queue_depth gauge"), "{text}");
         assert!(!text.lines().any(|l| l.starts_with("embedding_queue_depth ")), "no sample before publishing");
-        m.fleet.publish(&stats);
+        let later = Instant::now() + std::time::Duration::from_secs(60);
+        m.fleet.publish(&stats, later);
         let text = m.encode();
         for sample in
             ["embedding_queue_depth 7", "embedding_dead_letter_jobs 2", "embedding_queue_oldest_ready_age_seconds 3.5"]
@@ -122,5 +126,7 @@ mod tests {
         let text = m.encode();
         assert!(!text.lines().any(|l| l.starts_with("embedding_queue_depth ")), "withdrawn:\n{text}");
         assert!(m.names().contains(&"embedding_queue_oldest_ready_age_seconds".to_string()));
+        m.fleet.publish(&stats, Instant::now());
+        assert!(!m.fleet.exporting(), "counts whose lease has run out are not exported");
     }
 }

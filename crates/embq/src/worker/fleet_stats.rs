@@ -3,7 +3,7 @@
 //! the others withdraw their samples. A holder that stops releases the lease, one that crashes
 //! lets it expire, and the next worker to try takes over.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
@@ -25,6 +25,8 @@ fn lease_ttl(cfg: &Config) -> Duration {
 pub(super) async fn refresh(ctx: &Ctx) {
     let fleet = &ctx.metrics.fleet;
     let was_exporting = fleet.exporting();
+    // Measured from before the lease is asked for: it ends no later than the database's.
+    let valid_until = Instant::now() + lease_ttl(&ctx.cfg);
     match ctx.queue.hold_lease(FLEET_STATS_LEASE, &ctx.cfg.worker_id, lease_ttl(&ctx.cfg)).await {
         Ok(true) => {}
         Ok(false) => {
@@ -43,7 +45,7 @@ pub(super) async fn refresh(ctx: &Ctx) {
     }
     match ctx.queue.live_stats().await {
         Ok(s) => {
-            fleet.publish(&s);
+            fleet.publish(&s, valid_until);
             if !was_exporting {
                 info!("holding the fleet-stats lease: this worker exports the queue gauges");
             }
