@@ -1,11 +1,15 @@
 //! `embq prune`: delete finished jobs older than a retention period, in short batches, so the
 //! jobs table (and every scan of it) stops growing with history.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::CliError;
 use crate::config::Config;
 use crate::queue::{PruneRequest, PRUNE_BATCH_SIZE};
+
+/// Rows between two progress lines.
+const PROGRESS_EVERY: u64 = 100_000;
 
 /// `embq prune` options.
 #[derive(clap::Args, Debug)]
@@ -36,7 +40,16 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     q.check_schema().await?;
     let req = PruneRequest { older_than: args.older_than, dead: args.dead, batch_size: args.rows_per_batch };
     let started = Instant::now();
-    let report = q.prune(&req, &|_| {}).await?;
+    // A first run through a large history takes minutes: say how far it got, every 100,000 rows.
+    let logged = AtomicU64::new(0);
+    let progress = move |deleted: u64| {
+        let step = deleted / PROGRESS_EVERY;
+        if step > logged.load(Ordering::Relaxed) {
+            logged.store(step, Ordering::Relaxed);
+            tracing::info!(deleted, "pruning");
+        }
+    };
+    let report = q.prune(&req, &progress).await?;
     let took = started.elapsed();
     if args.json {
         let mut v = serde_json::to_value(report).map_err(|e| CliError::Other(e.to_string()))?;
