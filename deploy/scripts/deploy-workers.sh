@@ -2,8 +2,9 @@
 # Deploy the embq embedding queue workers to Kubernetes.
 #
 # Steps: check prerequisites (kubectl, cluster, required Secrets) -> render the
-# environment's kustomize overlay -> validate it (server-side dry run) -> apply
-# -> wait for every Deployment's rollout -> check that the workers are Ready.
+# environment's kustomize overlay and the migrate Job with the workers' image ->
+# validate them (server-side dry run) -> run the migrate Job and wait for it ->
+# apply -> wait for every Deployment's rollout -> check that the workers are Ready.
 # Run with --help for the options and exit codes.
 set -euo pipefail
 
@@ -15,10 +16,15 @@ readonly EXIT_VALIDATION=6
 readonly EXIT_APPLY=7
 readonly EXIT_ROLLOUT=8
 readonly EXIT_HEALTH=9
+readonly EXIT_MIGRATE=10
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
 readonly OVERLAYS_DIR="${EMBQ_OVERLAYS_DIR:-$SCRIPT_DIR/../kubernetes/overlays}"
+readonly MIGRATE_DIR="${EMBQ_MIGRATE_DIR:-$SCRIPT_DIR/../kubernetes/jobs/migrate}"
+readonly MIGRATE_JOB="embq-migrate"
+readonly MIGRATE_TIMEOUT="${MIGRATE_TIMEOUT:-600s}"
+readonly MIGRATE_POLL_INTERVAL="${MIGRATE_POLL_INTERVAL:-2}"
 readonly KUBECTL="${KUBECTL:-kubectl}"
 readonly ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-600s}"
 readonly REQUEST_TIMEOUT="${REQUEST_TIMEOUT:-15s}"
@@ -72,6 +78,7 @@ Options:
 Environment:
   KUBECTL            kubectl binary to use (default: kubectl)
   ROLLOUT_TIMEOUT    how long to wait for each rollout (default: 600s)
+  MIGRATE_TIMEOUT    how long to wait for the migrate Job (default: 600s)
   REQUEST_TIMEOUT    timeout of single API requests (default: 15s)
 
 Required Secrets in the target namespace (see deploy/README.md):
@@ -83,6 +90,14 @@ Exit codes:
   2 bad usage                      7 kubectl apply failed
   3 kubectl not found              8 rollout failed or timed out
   4 cluster not reachable          9 workers not healthy after the rollout
+                                  10 the migrate Job failed or timed out
+                                     (nothing was applied to the workers)
+
+Schema migrations: before anything is applied, the Job embq-migrate runs
+`embq migrate` with the workers' image and the rollout waits for it. Rolling
+back is deploying the previous image the same way: its migrate Job changes
+nothing when every migration since is additive (the older workers run on the
+newer schema), and fails, changing nothing, when one is breaking.
 EOF
 }
 
@@ -373,9 +388,89 @@ validate() {
       cat "$workdir/validate.out" >&2
       die "$EXIT_VALIDATION" "the API server rejected the manifests"
     fi
+    if ! kube apply --dry-run=server --validate=strict -f "$workdir/migrate.yaml" >"$workdir/validate.out" 2>&1; then
+      cat "$workdir/validate.out" >&2
+      die "$EXIT_VALIDATION" "the API server rejected the migrate Job"
+    fi
   else
     log "no cluster: rendering succeeded; schemas are checked by scripts/validate-deploy.sh"
   fi
+}
+
+# A kustomization of the migrate Job at relative path $1 in the target
+# namespace, with `images` entries $2 (if any).
+migration_kustomization() {
+  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n'
+  printf 'resources:\n  - %s\nnamespace: %s\n' "$1" "$namespace"
+  if [[ -n "$2" ]]; then
+    printf 'images:\n%s\n' "$2"
+  fi
+}
+
+# The migrate Job, rendered for the target namespace with the workers' image, so
+# the schema is migrated by the very release that is rolled out (or, on a
+# rollback, checked by it).
+render_migration() {
+  [[ -f "$MIGRATE_DIR/kustomization.yaml" ]] || die "$EXIT_VALIDATION" "migrate Job not found: $MIGRATE_DIR"
+  local dir="$workdir/migrate" rel worker job_image
+  mkdir -p "$dir"
+  rel=$(realpath --relative-to="$dir" "$MIGRATE_DIR")
+  worker=$(deployment_image embedding-queue-workers)
+  migration_kustomization "$rel" "" >"$dir/kustomization.yaml"
+  if ! "$KUBECTL" kustomize "$dir" >"$workdir/migrate.yaml" 2>"$workdir/render.err"; then
+    cat "$workdir/render.err" >&2
+    die "$EXIT_VALIDATION" "kustomize could not render $MIGRATE_DIR"
+  fi
+  job_image=$(awk '/^ +image: / { print $2; exit }' "$workdir/migrate.yaml")
+  migration_kustomization "$rel" "$(image_entry "$(split_image "$job_image" | cut -d' ' -f1)" "$worker")" >"$dir/kustomization.yaml"
+  if ! "$KUBECTL" kustomize "$dir" >"$workdir/migrate.yaml" 2>"$workdir/render.err"; then
+    cat "$workdir/render.err" >&2
+    die "$EXIT_VALIDATION" "kustomize could not render $MIGRATE_DIR with image $worker"
+  fi
+  job_image=$(awk '/^ +image: / { print $2; exit }' "$workdir/migrate.yaml")
+  [[ "$job_image" == "$worker" ]] ||
+    die "$EXIT_VALIDATION" "the migrate Job would run $job_image, not the workers' image $worker"
+  log "migrate Job image: $job_image"
+}
+
+# Prints the migrate Job's conditions as "Type=Status ..." (empty while it runs).
+migration_conditions() {
+  kube get job "$MIGRATE_JOB" -n "$namespace" \
+    -o 'jsonpath={range .status.conditions[*]}{.type}={.status}{" "}{end}' 2>/dev/null || true
+}
+
+migration_failed() {
+  warn "the migration's log (kubectl logs job/$MIGRATE_JOB -n $namespace):"
+  kube logs "job/$MIGRATE_JOB" -n "$namespace" --tail=30 >&2 2>/dev/null || true
+  die "$EXIT_MIGRATE" "job/$MIGRATE_JOB $1; nothing was applied to the workers. If the log says a migration since this image is breaking, this image cannot run on the database's schema: deploy a release at least as new as the schema"
+}
+
+# Runs `embq migrate` as a Job with the workers' image and waits for it, so no
+# worker of this release starts on a schema it cannot use.
+run_migration() {
+  local limit=${MIGRATE_TIMEOUT%s} conditions deadline
+  [[ "$limit" =~ ^[0-9]+$ ]] || die "$EXIT_USAGE" "MIGRATE_TIMEOUT must be a number of seconds such as 600s, not '$MIGRATE_TIMEOUT'"
+  log "migrating the schema: job/$MIGRATE_JOB (timeout $MIGRATE_TIMEOUT)"
+  # A Job's pod template cannot change: the previous run's Job goes first.
+  if ! kube delete job "$MIGRATE_JOB" -n "$namespace" --ignore-not-found --wait=true >/dev/null; then
+    die "$EXIT_MIGRATE" "could not delete the previous job/$MIGRATE_JOB in $namespace"
+  fi
+  if ! kube apply -f "$workdir/migrate.yaml" >/dev/null; then
+    die "$EXIT_MIGRATE" "could not create job/$MIGRATE_JOB in $namespace; nothing was applied to the workers"
+  fi
+  deadline=$((SECONDS + limit))
+  while true; do
+    conditions=" $(migration_conditions) "
+    case "$conditions" in
+      *" Complete=True "*)
+        log "schema migrated"
+        return 0
+        ;;
+      *" Failed=True "*) migration_failed "failed" ;;
+    esac
+    [[ $SECONDS -lt $deadline ]] || migration_failed "did not finish within $MIGRATE_TIMEOUT"
+    sleep "$MIGRATE_POLL_INTERVAL"
+  done
 }
 
 # Deployment names in the rendered manifests (kustomize prints one document per
@@ -406,7 +501,7 @@ wait_for_rollouts() {
     if ! "$KUBECTL" rollout status "deployment/$deployment" -n "$namespace" --timeout="$ROLLOUT_TIMEOUT"; then
       warn "recent events in $namespace:"
       kube get events -n "$namespace" --sort-by=.lastTimestamp 2>/dev/null | tail -n 20 >&2 || true
-      die "$EXIT_ROLLOUT" "deployment/$deployment did not roll out; inspect with: kubectl describe deployment/$deployment -n $namespace; roll back with: kubectl rollout undo deployment/$deployment -n $namespace"
+      die "$EXIT_ROLLOUT" "deployment/$deployment did not roll out; inspect with: kubectl describe deployment/$deployment -n $namespace; roll back with: kubectl rollout undo deployment/$deployment -n $namespace (the previous image runs on this schema unless a migration since it is breaking; to check first, deploy it with --image PREVIOUS, which runs its migrate Job before the rollout)"
     fi
   done < <(rendered_deployments)
 }
@@ -442,12 +537,16 @@ main() {
   check_prerequisites
   check_secrets
   render
+  render_migration
   validate
   if [[ "$dry_run" == true ]]; then
     cat "$workdir/rendered.yaml"
+    printf -- '---\n'
+    cat "$workdir/migrate.yaml"
     log "dry run complete: nothing was changed"
     return 0
   fi
+  run_migration
   apply_manifests
   wait_for_rollouts
   check_health

@@ -48,7 +48,7 @@ DB_MAX_CONNECTIONS WORKER_ID DATABASE_URL DATABASE_LISTEN_URL OPENAI_API_KEY
 GEMINI_API_KEY SHUTDOWN_TOKEN OPENAI_MAX_TOKENS_PER_REQUEST OPENAI_MAX_TOKENS_PER_INPUT
 GEMINI_BASE_URL VECTOR_TYPE VECTOR_INDEX SHUTDOWN_LOOPBACK_EXEMPT DATABASE_CONNECT_TIMEOUT
 MAX_PROVIDER_PAUSE BATCH_LANE BATCH_LANE_POLL_INTERVAL BATCH_LANE_BACKLOG BATCH_LANE_MAX_PRIORITY
-BATCH_LANE_MAX_REQUESTS BATCH_LANE_MAX_ENQUEUED_TOKENS
+BATCH_LANE_MAX_REQUESTS BATCH_LANE_MAX_ENQUEUED_TOKENS PRUNE_OLDER_THAN
 """.split()
 ASSUMED_METRICS = """
 worker_uptime_seconds worker_memory_usage_bytes embedding_jobs_processed_total
@@ -223,11 +223,11 @@ def container(deploy, name):
 
 
 def parse_duration_ms(value):
-    """The worker's duration syntax: milliseconds, or a number with ms/s/m/h."""
-    m = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h)?\s*", str(value))
+    """The worker's duration syntax: milliseconds, or a number with ms/s/m/h/d."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|m|h|d)?\s*", str(value))
     if not m:
         raise ValueError(f"not a duration: {value!r}")
-    factor = {None: 1, "ms": 1, "s": 1e3, "m": 60e3, "h": 3600e3}[m.group(2)]
+    factor = {None: 1, "ms": 1, "s": 1e3, "m": 60e3, "h": 3600e3, "d": 86400e3}[m.group(2)]
     return float(m.group(1)) * factor
 
 
@@ -473,6 +473,49 @@ def check_migrate_job(c, docs, vars_read):
         )
     c.check(job["metadata"].get("namespace") == "paperless-maverick", "migrate: not in paperless-maverick")
     check_pod_security(c, "migrate", job)
+
+
+def check_prune_cronjob(c, where, docs, config, vars_read):
+    """Retention runs: one CronJob `embq prune` with the workers' image, its settings from the
+    workers' ConfigMap and Secret, never two runs at once, a retention of at least an hour."""
+    crons = find(docs, "CronJob", "embq-prune")
+    if not c.check(len(crons) == 1, f"{where}: expected CronJob embq-prune (retention of finished jobs)"):
+        return
+    cron = crons[0]
+    tag = f"{where}: CronJob embq-prune"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    ctr = pod["containers"][0]
+    argv = [os.path.basename(a) if i == 0 else a for i, a in
+            enumerate((ctr.get("command") or []) + (ctr.get("args") or []))]
+    c.check(argv[:2] == ["embq", "prune"], f"{tag}: runs {argv}, not `embq prune`")
+    c.check(cron["spec"].get("concurrencyPolicy") == "Forbid", f"{tag}: concurrencyPolicy should be Forbid")
+    workers = [container(d, "worker") for d in worker_deployments(docs)]
+    images = {w["image"] for w in workers if w}
+    c.check(images == {ctr.get("image")}, f"{tag}: image {ctr.get('image')} is not the workers' {sorted(images)}")
+    env = {e["name"]: e for e in ctr.get("env", [])}
+    for name in env:
+        c.check(name in vars_read, f"{tag}: env {name} is not a variable embq reads")
+    c.check(
+        env.get("DATABASE_URL", {}).get("valueFrom", {}).get("secretKeyRef")
+        == {"name": "supabase-secrets", "key": "database-url"},
+        f"{tag}: DATABASE_URL should come from supabase-secrets/database-url",
+    )
+    data = (config or {}).get("data", {})
+    for var in ("DATABASE_POOL_MODE", "PRUNE_OLDER_THAN"):
+        ref = env.get(var, {}).get("valueFrom", {}).get("configMapKeyRef")
+        c.check(
+            ref == {"name": "embedding-worker-config", "key": var} and var in data,
+            f"{tag}: {var} should come from ConfigMap embedding-worker-config, which must set it",
+        )
+    try:
+        retention_ms = parse_duration_ms(data.get("PRUNE_OLDER_THAN", ""))
+    except ValueError:
+        retention_ms = None
+    c.check(
+        retention_ms is not None and retention_ms >= 3600e3,
+        f"{tag}: PRUNE_OLDER_THAN {data.get('PRUNE_OLDER_THAN')!r} should be a duration of at least 1h",
+    )
+    check_pod_security(c, where, {"kind": "CronJob", "metadata": cron["metadata"], "spec": cron["spec"]["jobTemplate"]["spec"]})
 
 
 def check_pod_security(c, where, deploy):
@@ -849,6 +892,7 @@ def main():
             check_wiring(c, overlay, docs, deployments, config)
             check_autoscaling(c, overlay, docs, deployments, metrics, adapter_served, overlay == "production")
             check_alerts(c, overlay, docs, metrics, queries)
+            check_prune_cronjob(c, overlay, docs, config, vars_read)
 
     check_migrate_job(c, render("migrate", args.rendered_dir, DEPLOY / "kubernetes" / "jobs" / "migrate"), vars_read)
 

@@ -48,13 +48,21 @@ def autoscaling_check(c, d):
     cm.check_autoscaling(c, "t", d, cm.worker_deployments(d), METRICS, served, True)
 
 
+def prune_check(c, d):
+    cm.check_prune_cronjob(c, "t", d, config(d), VARS)
+
+
+def prune_container(d):
+    return cm.find(d, "CronJob", "embq-prune")[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+
+
 def wiring_check(c, d):
     cm.check_wiring(c, "t", d, cm.worker_deployments(d), config(d))
 
 
 class UnchangedManifests(unittest.TestCase):
     def test_the_production_overlay_passes_every_check(self):
-        for check in (deployment_check, autoscaling_check, wiring_check):
+        for check in (deployment_check, autoscaling_check, wiring_check, prune_check):
             self.assertEqual(failures(lambda d: None, check), "")
 
 
@@ -183,6 +191,34 @@ class MetricNames(unittest.TestCase):
         self.assertEqual(cm.parse_duration_ms("1m"), 60000)
         with self.assertRaises(ValueError):
             cm.parse_duration_ms("25 seconds")
+
+
+
+
+class Retention(unittest.TestCase):
+    def test_a_missing_prune_cronjob(self):
+        def drop(d):
+            d[:] = [x for x in d if x.get("kind") != "CronJob"]
+        self.assertIn("expected CronJob embq-prune", failures(drop, prune_check))
+
+    def test_a_prune_image_apart_from_the_workers(self):
+        def pin(d):
+            prune_container(d)["image"] = "registry.example.com/paperless-maverick/embq:0.0.9"
+        self.assertIn("is not the workers'", failures(pin, prune_check))
+
+    def test_a_retention_without_unit_or_too_short(self):
+        for value in ("7", "5m"):
+            def set_retention(d, value=value):
+                config(d)["data"]["PRUNE_OLDER_THAN"] = value
+            self.assertIn("at least 1h", failures(set_retention, prune_check))
+
+    def test_a_retention_set_outside_the_configmap(self):
+        def inline(d):
+            for e in prune_container(d)["env"]:
+                if e["name"] == "PRUNE_OLDER_THAN":
+                    e.pop("valueFrom")
+                    e["value"] = "7d"
+        self.assertIn("PRUNE_OLDER_THAN should come from ConfigMap", failures(inline, prune_check))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 //! worker serves it on `/metrics`, parsed by the controller's reader. A metric renamed on
 //! either side reads as 0 here and fails the test.
 
+use std::time::{Duration, Instant};
+
 use embq::metrics::{Metrics, ProviderLabel};
+use embq::queue::QueueStats;
 use embq_controller::observe::parse_worker_metrics;
 
 #[test]
@@ -14,7 +17,8 @@ fn every_metric_the_controller_reads_is_exported_by_the_worker() {
     m.jobs_failed.inc_by(2);
     m.provider_rate_limited.get_or_create(&provider).inc_by(3);
     m.rate_limit_wait_seconds.get_or_create(&provider).inc_by(1.5);
-    m.queue_depth.set(42);
+    // Exported by the worker holding the fleet-stats lease (the others export no sample).
+    m.fleet.publish(&QueueStats { ready: 42, ..Default::default() }, Instant::now() + Duration::from_secs(60));
     m.inflight_jobs.set(4);
     m.processing_seconds.observe(0.2);
     m.processing_seconds.observe(12.0);

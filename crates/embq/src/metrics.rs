@@ -106,16 +106,8 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     /// embedding_batch_size_jobs
     pub batch_size_jobs: Histogram,
-    /// embedding_queue_depth
-    pub queue_depth: Gauge,
-    /// embedding_queue_scheduled_jobs
-    pub queue_scheduled: Gauge,
-    /// embedding_queue_running_jobs
-    pub queue_running: Gauge,
-    /// embedding_dead_letter_jobs
-    pub dead_letter_jobs: Gauge,
-    /// embedding_queue_oldest_ready_age_seconds
-    pub oldest_ready_age_seconds: GaugeF,
+    /// The fleet-wide queue gauges, exported by one worker at a time (`metrics_fleet.rs`).
+    pub fleet: crate::metrics_fleet::FleetGauges,
     /// embedding_queue_processing_rate
     pub processing_rate: GaugeF,
     /// embedding_inflight_jobs
@@ -167,11 +159,7 @@ impl Metrics {
             lease_reclaims: Counter::default(),
             processing_seconds: Histogram::new(duration_buckets()),
             batch_size_jobs: Histogram::new([1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2048.0]),
-            queue_depth: Gauge::default(),
-            queue_scheduled: Gauge::default(),
-            queue_running: Gauge::default(),
-            dead_letter_jobs: Gauge::default(),
-            oldest_ready_age_seconds: GaugeF::default(),
+            fleet: Default::default(),
             processing_rate: GaugeF::default(),
             inflight_jobs: Gauge::default(),
             ready: Gauge::default(),
@@ -242,15 +230,7 @@ impl Metrics {
             m.processing_seconds.clone(),
         );
         r.register("embedding_batch_size_jobs", "Jobs per processed batch", m.batch_size_jobs.clone());
-        r.register("embedding_queue_depth", "Jobs ready to run now", m.queue_depth.clone());
-        r.register("embedding_queue_scheduled_jobs", "Jobs waiting for a retry time", m.queue_scheduled.clone());
-        r.register("embedding_queue_running_jobs", "Jobs leased to any worker", m.queue_running.clone());
-        r.register("embedding_dead_letter_jobs", "Jobs in the dead-letter queue", m.dead_letter_jobs.clone());
-        r.register(
-            "embedding_queue_oldest_ready_age_seconds",
-            "How long the oldest ready job has waited",
-            m.oldest_ready_age_seconds.clone(),
-        );
+        r.register_collector(Box::new(m.fleet.clone()));
         r.register(
             "embedding_queue_processing_rate",
             "Jobs completed per second by this worker over the last minute",

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use embq::queue::{no_progress, Clock, DeadSelection, Lease, NewJob, Outcome, Queue, WorkerInfo, WorkerState};
+use embq::queue::{
+    no_progress, Clock, DeadSelection, Lease, NewJob, Outcome, PruneRequest, Queue, WorkerInfo, WorkerState,
+};
 
 const MODEL: &str = "hash-v1";
 const LEASE: Duration = Duration::from_secs(30);
@@ -468,6 +470,59 @@ async fn migrate_is_idempotent_and_checked(s: Store) {
     s.q.check_schema().await.unwrap();
 }
 
+/// Finished jobs older than the retention go, in batches; live and recent ones stay; dead ones
+/// only when asked; stored vectors stay.
+async fn prune_deletes_old_finished_jobs_in_batches(s: Store) {
+    let keys = ["a", "b", "c", "d", "e", "f"];
+    s.q.enqueue(&keys.map(|k| job(k, k, 0)), &no_progress).await.unwrap();
+    let l = lease("w");
+    let got = s.q.claim(6, &l, LEASE, MODEL).await.unwrap();
+    let id = |k: &str| got.iter().find(|j| j.source_id == k).unwrap().id;
+    // A newer text for f is pending: releasing the running one supersedes it.
+    s.q.enqueue(&[job("f", "f2", 0)], &no_progress).await.unwrap();
+    let mut outcomes: Vec<_> = ["a", "b", "c"].map(|k| (id(k), Outcome::Done(vector(1.0)))).into();
+    outcomes.push((id("d"), Outcome::Dead("bad input".into())));
+    outcomes.push((id("e"), Outcome::Retry { after: Duration::from_secs(60), error: "flaky".into() }));
+    outcomes.push((id("f"), Outcome::Released { after: Duration::ZERO }));
+    let r = s.q.finish(&l, MODEL, &outcomes).await.unwrap();
+    assert_eq!((r.stored, r.dead, r.retried, r.superseded), (3, 1, 1, 1));
+    s.clock.advance(Duration::from_secs(8 * 24 * 3600));
+    s.q.enqueue(&[job("g", "g", 9)], &no_progress).await.unwrap();
+    let l2 = lease("w2");
+    let recent = s.q.claim(1, &l2, LEASE, MODEL).await.unwrap();
+    assert_eq!(recent[0].source_id, "g", "g goes first by priority: {recent:?}");
+    s.q.finish(&l2, MODEL, &[(recent[0].id, Outcome::Done(vector(2.0)))]).await.unwrap();
+
+    let week = PruneRequest { older_than: Duration::from_secs(7 * 24 * 3600), dead: false, batch_size: 2 };
+    let r = s.q.prune(&week, &no_progress).await.unwrap();
+    assert_eq!((r.finished, r.dead, r.batches), (4, 0, 3), "a, b, c done and f superseded, two at a time");
+    let st = s.q.stats().await.unwrap();
+    assert_eq!((st.done, st.superseded, st.dead), (1, 0, 1), "the recent done job and the dead one stay: {st:?}");
+    assert_eq!((st.ready, st.running), (2, 0), "the retried e and the newer f stay: {st:?}");
+    assert_eq!(s.q.embeddings(MODEL, 10).await.unwrap().len(), 4, "stored vectors are not pruned");
+    let r = s.q.prune(&PruneRequest { dead: true, ..week }, &no_progress).await.unwrap();
+    assert_eq!((r.finished, r.dead), (0, 1));
+    assert_eq!(s.q.dead_jobs(10).await.unwrap().len(), 0);
+}
+
+/// The live stats agree with the full ones on every live state and skip the finished ones.
+async fn live_stats_count_only_live_states(s: Store) {
+    s.q.enqueue(&[job("1", "a", 3), job("2", "b", 0), job("3", "c", 0), job("4", "d", 0)], &no_progress).await.unwrap();
+    let l = lease("w");
+    let got = s.q.claim(3, &l, LEASE, MODEL).await.unwrap();
+    s.q.finish(&l, MODEL, &[(got[0].id, Outcome::Done(vector(1.0))), (got[1].id, Outcome::Dead("no".into()))])
+        .await
+        .unwrap();
+    s.clock.advance(Duration::from_secs(5));
+    let (full, live) = (s.q.stats().await.unwrap(), s.q.live_stats().await.unwrap());
+    assert_eq!(full.done, 1);
+    assert_eq!((live.ready, live.running, live.dead, live.scheduled), (full.ready, full.running, full.dead, 0));
+    assert_eq!((live.ready, live.running, live.dead), (1, 1, 1));
+    assert_eq!(live.ready_by_priority, full.ready_by_priority);
+    assert_eq!(live.oldest_ready_age_seconds, full.oldest_ready_age_seconds);
+    assert_eq!((live.done, live.superseded, live.cancelled), (0, 0, 0), "finished states are not counted");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -504,6 +559,8 @@ conformance!(
     a_batch_of_vectors_round_trips_bit_for_bit,
     job_data_is_never_sql,
     migrate_is_idempotent_and_checked,
+    prune_deletes_old_finished_jobs_in_batches,
+    live_stats_count_only_live_states,
 );
 
 #[tokio::test]

@@ -14,8 +14,8 @@ use embq::metrics::Metrics;
 use embq::provider::{Embedded, Provider, ProviderError};
 use embq::queue::{
     no_progress, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, IndexOutcome, JobListener,
-    Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress, Queue, QueueError, QueueStats, RescueReport,
-    Search, StoredEmbedding, WorkerInfo,
+    Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress, PruneReport, PruneRequest, Queue, QueueError,
+    QueueStats, RescueReport, SchemaFit, Search, StoredEmbedding, WorkerInfo,
 };
 use embq::worker::Worker;
 
@@ -207,8 +207,11 @@ impl Queue for RefusesOneFinish {
     async fn search(&self, q: &[f32], model: &str, k: usize, st: Option<&str>) -> Result<Search, QueueError> {
         self.inner.search(q, model, k, st).await
     }
-    async fn check_schema(&self) -> Result<(), QueueError> {
+    async fn check_schema(&self) -> Result<SchemaFit, QueueError> {
         self.inner.check_schema().await
+    }
+    async fn prune(&self, req: &PruneRequest, progress: &Progress) -> Result<PruneReport, QueueError> {
+        self.inner.prune(req, progress).await
     }
     async fn ping(&self) -> Result<(), QueueError> {
         self.inner.ping().await

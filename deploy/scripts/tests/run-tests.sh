@@ -419,6 +419,106 @@ head -n 1 "$out" | grep -q '^apiVersion: ' || fail "stdout does not start with a
 expect_out '^kind: HorizontalPodAutoscaler$'
 end
 
+# --- schema migration ------------------------------------------------------------
+
+# The migrate Job the last run created (empty if none).
+migrate_job() {
+  find "$state" -name 'job-*' | sort | tail -n 1
+}
+
+expect_job() {
+  local file
+  file=$(migrate_job)
+  if [[ -z "$file" ]]; then
+    fail "no migrate Job was created"
+  elif ! grep -Eq -- "$1" "$file"; then
+    fail "the migrate Job lacks /$1/"
+  fi
+}
+
+begin "the migrate Job runs with the workers' image and ends before anything else is applied"
+run_deploy -- --image "$IMAGE"
+expect_rc 0
+expect_job "image: $IMAGE$"
+expect_job '^  namespace: paperless-maverick$'
+expect_job '^  name: embq-migrate$'
+delete=$(call_line 'delete job embq-migrate -n paperless-maverick --ignore-not-found')
+job=$(call_line 'apply -f .*/migrate\.yaml$')
+waited=$(call_line 'get job embq-migrate -n paperless-maverick')
+apply=$(call_line 'apply -f .*/rendered\.yaml$')
+rollout=$(call_line '^rollout status ')
+if ! [[ "$delete" -gt 0 && "$delete" -lt "$job" && "$job" -lt "$waited" && "$waited" -lt "$apply" && "$apply" -lt "$rollout" ]]; then
+  fail "migration out of order: delete=$delete job=$job wait=$waited apply=$apply rollout=$rollout"
+fi
+expect_err 'schema migrated'
+end
+
+begin "a tag-only --image gives the migrate Job the workers' retagged image"
+run_deploy -- --image 1.5.0 --force --namespace embq-blue
+expect_rc 0
+expect_job 'image: registry.example.com/paperless-maverick/embq:1.5.0$'
+expect_job '^  namespace: embq-blue$'
+end
+
+begin "a failed migration exits 10 with its log and leaves the workers alone"
+run_deploy FAKE_MIGRATE=failed -- --image "$IMAGE"
+expect_rc 10
+expect_call ' logs job/embq-migrate -n paperless-maverick'
+expect_err 'is breaking'
+expect_err 'nothing was applied to the workers'
+expect_nothing_applied
+expect_no_call '^rollout'
+end
+
+begin "a migration that does not end in time exits 10"
+run_deploy FAKE_MIGRATE=running MIGRATE_TIMEOUT=1s MIGRATE_POLL_INTERVAL=0.2 -- --image "$IMAGE"
+expect_rc 10
+expect_err 'did not finish within 1s'
+expect_nothing_applied
+end
+
+begin "a MIGRATE_TIMEOUT without seconds is a usage error"
+run_deploy MIGRATE_TIMEOUT=ten -- --image "$IMAGE"
+expect_rc 2
+expect_nothing_applied
+end
+
+begin "--dry-run validates and prints the migrate Job but runs nothing"
+run_deploy -- --dry-run --image "$IMAGE"
+expect_rc 0
+expect_call 'apply --dry-run=server --validate=strict -f .*/migrate\.yaml$'
+expect_no_call ' delete '
+[[ -z "$(migrate_job)" ]] || fail "a migrate Job was created"
+expect_out '^  name: embq-migrate$'
+end
+
+begin "a rollback across an additive migration runs the old image's migrate Job, then the old workers"
+schema="$scratch/schema-additive"
+releases="1.4.2=10 1.5.0=11/10"
+for tag in 1.4.2 1.5.0 1.4.2; do
+  run_deploy FAKE_SCHEMA_FILE="$schema" FAKE_RELEASES="$releases" -- --image "ghcr.io/acme/embq:$tag"
+  expect_rc 0
+  expect_job "image: ghcr.io/acme/embq:$tag$"
+  expect_applied "image: ghcr.io/acme/embq:$tag$"
+done
+[[ "$(sort -n "$schema" | tail -n 1)" == "11 10" ]] || fail "the schema moved back: $(tr '\n' ' ' <"$schema")"
+expect_call '^rollout status deployment/embedding-queue-workers '
+end
+
+begin "a rollback across a breaking migration is refused before the workers change"
+schema="$scratch/schema-breaking"
+releases="1.4.2=10 1.6.0=12/12"
+run_deploy FAKE_SCHEMA_FILE="$schema" FAKE_RELEASES="$releases" -- --image ghcr.io/acme/embq:1.4.2
+expect_rc 0
+run_deploy FAKE_SCHEMA_FILE="$schema" FAKE_RELEASES="$releases" -- --image ghcr.io/acme/embq:1.6.0
+expect_rc 0
+run_deploy FAKE_SCHEMA_FILE="$schema" FAKE_RELEASES="$releases" -- --image ghcr.io/acme/embq:1.4.2
+expect_rc 10
+expect_err 'version 12, and a migration since this binary.s version 10 is breaking'
+expect_nothing_applied
+expect_no_call '^rollout'
+end
+
 # --- every combination of the boolean flags, in both environments -------------
 
 for environment in production staging; do

@@ -10,6 +10,7 @@ mod migrate;
 pub use enqueue::{parse_jsonl, Parsed};
 pub mod model;
 mod progress;
+mod prune;
 mod queue;
 mod search;
 mod worker;
@@ -49,6 +50,8 @@ pub enum Command {
     /// Inspect the queue.
     #[command(subcommand)]
     Queue(queue::Cmd),
+    /// Delete finished jobs older than a retention period, in short batches.
+    Prune(prune::Args),
     /// End a provider's pause of the fleet rate budgets.
     #[command(subcommand)]
     Budget(budget::Cmd),
@@ -120,10 +123,16 @@ impl CliError {
     }
 }
 
-/// Every environment variable the binary reads, from the flag definitions.
+/// Every environment variable the binary reads, from the flag definitions: the global ones and
+/// those of subcommands (`PRUNE_OLDER_THAN`), leaving out hidden development switches.
 pub fn env_vars() -> Vec<String> {
-    let mut vars: Vec<String> =
-        Cli::command().get_arguments().filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned())).collect();
+    let cmd = Cli::command();
+    let subcommand_args = cmd.get_subcommands().flat_map(|s| s.get_arguments());
+    let mut vars: Vec<String> = cmd
+        .get_arguments()
+        .chain(subcommand_args.filter(|a| !a.is_hide_set()))
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
     vars.push("RUST_LOG".into());
     vars.sort();
     vars.dedup();
@@ -219,6 +228,7 @@ async fn run(command: Command, cfg: Config, chosen: demo::Chosen) -> Result<(), 
         Command::Index(cmd) => migrate::index(cfg, cmd).await,
         Command::Enqueue(args) => enqueue::run(cfg, args).await,
         Command::Queue(cmd) => queue::run(cfg, cmd).await,
+        Command::Prune(args) => prune::run(cfg, args).await,
         Command::Budget(cmd) => budget::run(cfg, cmd).await,
         Command::Dlq(cmd) => dlq::run(cfg, cmd).await,
         Command::Config(ConfigCmd::Check { json }) => {

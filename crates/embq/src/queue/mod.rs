@@ -18,6 +18,7 @@ mod batches;
 mod errors;
 mod job;
 mod postgres;
+mod prune;
 mod rows;
 mod schema;
 mod search;
@@ -30,7 +31,8 @@ pub use batches::{lease_of, BatchUpdate, GatherLimits, Gathered, LaneStats, Prov
 pub(crate) use job::dedupe_keys;
 pub use job::{text_sha256, NewJob, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES};
 pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};
-pub use schema::SCHEMA_VERSION;
+pub use prune::{PruneReport, PruneRequest, PRUNE_BATCH_SIZE};
+pub use schema::{SchemaFit, SCHEMA_VERSION};
 pub use search::{scan, Search, SearchHit, SearchMethod};
 pub use settings::{PoolMode, StoreSettings, VectorSettings};
 pub use sqlite::SqliteQueue;
@@ -336,8 +338,9 @@ pub trait Queue: Send + Sync + 'static {
         k: usize,
         source_type: Option<&str>,
     ) -> Result<Search, QueueError>;
-    /// Fails unless the schema is exactly the version this binary expects.
-    async fn check_schema(&self) -> Result<(), QueueError>;
+    /// Fails unless this binary runs against the installed schema: its own version, or a newer
+    /// one whose migrations since are all additive (`schema.rs`).
+    async fn check_schema(&self) -> Result<SchemaFit, QueueError>;
     /// Cheap round trip to see whether the database answers.
     async fn ping(&self) -> Result<(), QueueError>;
     /// Adds jobs (validated first, all or none); a key with a pending job gets its text replaced.
@@ -361,8 +364,29 @@ pub trait Queue: Send + Sync + 'static {
     async fn heartbeat(&self, worker: &WorkerInfo, leases: &[String], duration: Duration) -> Result<u64, QueueError>;
     /// Returns jobs whose lease expired to ready (or dead after their last attempt).
     async fn rescue_expired(&self, max_attempts: u32) -> Result<RescueReport, QueueError>;
-    /// Counts jobs by state.
+    /// Counts jobs by state, finished ones included (a scan of all history: `embq queue stats`).
     async fn stats(&self) -> Result<QueueStats, QueueError>;
+    /// Counts only the live states (ready, scheduled, running, dead) through an index that holds
+    /// nothing else, so its cost does not grow with finished history; `done`, `superseded` and
+    /// `cancelled` are left at 0. The workers' gauges come from this.
+    async fn live_stats(&self) -> Result<QueueStats, QueueError> {
+        self.stats().await
+    }
+    /// Takes lease `name` for `holder` until `ttl` from now, or renews it, unless another holder's
+    /// is unexpired; true when `holder` holds it. One statement, so it works through a
+    /// transaction pooler. A store with one process (SQLite) holds every lease.
+    async fn hold_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
+    /// Gives up `holder`'s lease `name` so another may take it at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), QueueError> {
+        let _ = (name, holder);
+        Ok(())
+    }
+    /// Deletes finished jobs older than the request says, a batch per short transaction (rows
+    /// another transaction holds are skipped, never waited for); `progress` gets rows so far.
+    async fn prune(&self, req: &PruneRequest, progress: &Progress) -> Result<PruneReport, QueueError>;
     /// True when no job is ready now or due within `within`, none is running anywhere and no
     /// provider batch is open (one may still hold results to store).
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError>;
@@ -435,6 +459,9 @@ pub trait Queue: Send + Sync + 'static {
         Err(no_batch_lane())
     }
 }
+
+/// The lease naming the one worker that counts the queue and exports the fleet-wide gauges.
+pub const FLEET_STATS_LEASE: &str = "fleet-stats";
 
 /// The error of a store without the batch lane.
 fn no_batch_lane() -> QueueError {

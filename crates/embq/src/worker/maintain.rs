@@ -1,5 +1,5 @@
-//! The worker's background tasks: heartbeats, the lease sweep, gauges and the memory guard;
-//! the provider's pause; LISTEN notifications.
+//! The worker's background tasks: heartbeats, the lease sweep, the fleet gauges (`fleet_stats.rs`)
+//! and the memory guard; the provider's pause; LISTEN notifications.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::fleet_stats;
 use super::rescue::RescueGate;
 use super::{worker_info, Ctx};
 use crate::memory;
@@ -17,7 +18,7 @@ use crate::queue::WorkerState;
 pub(super) async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: memory::Guard, mut gate: RescueGate) {
     let mut heartbeat = tokio::time::interval(ctx.cfg.heartbeat_interval);
     let mut rescue = tokio::time::interval(ctx.cfg.rescue_interval());
-    let mut stats = tokio::time::interval(Duration::from_secs(10));
+    let mut stats = tokio::time::interval(fleet_stats::interval(&ctx.cfg));
     let mut second = tokio::time::interval(Duration::from_secs(1));
     // Warned once that the limit is below what the idle process needs.
     let mut told_too_small = false;
@@ -26,7 +27,10 @@ pub(super) async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: 
     }
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                fleet_stats::release(&ctx).await;
+                return;
+            }
             _ = heartbeat.tick() => {
                 let state = if ctx.health.draining() { WorkerState::Draining } else { WorkerState::Running };
                 let leases = ctx.live.tokens();
@@ -57,20 +61,7 @@ pub(super) async fn maintain(ctx: Arc<Ctx>, stop: CancellationToken, mut guard: 
                     debug!(error = %e, "lease sweep failed");
                 }
             },
-            _ = stats.tick() => match ctx.queue.stats().await {
-                Ok(s) => {
-                    let m = &ctx.metrics;
-                    m.queue_depth.set(s.ready as i64);
-                    m.queue_scheduled.set(s.scheduled as i64);
-                    m.queue_running.set(s.running as i64);
-                    m.dead_letter_jobs.set(s.dead as i64);
-                    m.oldest_ready_age_seconds.set(s.oldest_ready_age_seconds.unwrap_or(0.0));
-                }
-                Err(e) => {
-                    ctx.metrics.error(e.kind());
-                    debug!(error = %e, "queue stats failed");
-                }
-            },
+            _ = stats.tick() => fleet_stats::refresh(&ctx).await,
             _ = second.tick() => {
                 ctx.metrics.processing_rate.set(ctx.rate.per_second(ctx.health.uptime()));
                 check_memory(&ctx, &mut guard, &mut told_too_small);

@@ -22,12 +22,13 @@ use crate::limiter::{Limiter, LimiterSink};
 use crate::memory;
 use crate::metrics::Metrics;
 use crate::provider::Provider;
-use crate::queue::{Queue, QueueError, WorkerInfo, WorkerState};
+use crate::queue::{Queue, QueueError, SchemaFit, WorkerInfo, WorkerState};
 
 mod batch;
 pub mod batch_lane;
 mod claim;
 mod counters;
+mod fleet_stats;
 mod inflight;
 mod leases;
 mod maintain;
@@ -237,7 +238,15 @@ async fn startup(ctx: &Ctx, soft: &CancellationToken) -> Result<Option<bool>, Wo
     let mut waited = false;
     loop {
         match ctx.queue.check_schema().await {
-            Ok(()) => break,
+            Ok(SchemaFit::Exact) => break,
+            Ok(SchemaFit::NewerCompatible { installed }) => {
+                info!(
+                    installed,
+                    built_for = crate::queue::SCHEMA_VERSION,
+                    "the schema is newer, with additive migrations only: running against it"
+                );
+                break;
+            }
             Err(QueueError::Schema(msg)) => return Err(WorkerError::Schema(msg)),
             Err(e) => {
                 ctx.health.set_db_ok(false);

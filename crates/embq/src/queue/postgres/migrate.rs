@@ -7,7 +7,7 @@ use super::column::{migrate_column, ColumnPlan};
 use super::index::{create_hnsw, IndexOutcome};
 use super::pgvector::VectorIndex;
 use super::{PgQueue, NO_JIT_HERE};
-use crate::queue::schema::{self, SCHEMA_VERSION};
+use crate::queue::schema::{self, Installed, SchemaFit, RECORDS_COMPAT_FROM, SCHEMA_VERSION};
 use crate::queue::{MigrateOptions, MigrateReport, QueueError};
 
 /// Applies pending migrations and settles the vector column; see `Queue::migrate_with`.
@@ -15,11 +15,20 @@ pub(super) async fn migrate_with(pg: &PgQueue, opts: MigrateOptions) -> Result<M
     let mut tx = pg.begin().await?;
     // Several pods may run `embq migrate` at once; one applies, the others wait and find it done.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('embq.migrate'))").persistent(false).execute(&mut *tx).await?;
-    let current = schema_version(pg, &mut tx).await?.unwrap_or(0);
+    let installed = installed(pg, &mut tx).await?;
+    let current = installed.map_or(0, |i| i.version);
     if current > SCHEMA_VERSION {
-        return Err(schema::check_version(Some(current))
-            .err()
-            .unwrap_or_else(|| QueueError::Schema(format!("schema version {current} is newer than this binary's"))));
+        // A rollback's migrate Job runs the older image: nothing to apply when the newer schema
+        // keeps this binary working, a clear refusal when it does not.
+        let SchemaFit::NewerCompatible { installed } = schema::check_version(installed)? else {
+            return Err(QueueError::Schema(format!("schema version {current} is newer than this binary's")));
+        };
+        tx.commit().await?;
+        let note = format!(
+            "the schema is at version {installed}, newer than this binary's {SCHEMA_VERSION}; \
+             every migration since is additive, so this binary runs against it unchanged"
+        );
+        return Ok(MigrateReport { version: installed, notes: vec![note] });
     }
     for (i, script) in schema::POSTGRES.iter().enumerate().skip(current as usize) {
         let version = i as i32 + 1;
@@ -28,9 +37,15 @@ pub(super) async fn migrate_with(pg: &PgQueue, opts: MigrateOptions) -> Result<M
         sqlx::Executor::execute(&mut *tx, sql.as_str())
             .await
             .map_err(|e| QueueError::Schema(format!("migration {version} failed: {e}")))?;
-        sqlx::query("INSERT INTO embq.schema_version (version) VALUES ($1)")
+        let insert = if version >= RECORDS_COMPAT_FROM {
+            "INSERT INTO embq.schema_version (version, compatible_from) VALUES ($1, $2)"
+        } else {
+            "INSERT INTO embq.schema_version (version) VALUES ($1)"
+        };
+        sqlx::query(insert)
             .persistent(false)
             .bind(version)
+            .bind(schema::compatible_from(version))
             .execute(&mut *tx)
             .await?;
     }
@@ -44,10 +59,10 @@ pub(super) async fn migrate_with(pg: &PgQueue, opts: MigrateOptions) -> Result<M
     Ok(MigrateReport { version: SCHEMA_VERSION, notes })
 }
 
-/// Fails unless the schema is exactly this binary's version.
-pub(super) async fn check_schema(pg: &PgQueue) -> Result<(), QueueError> {
+/// Fails unless this binary runs against the installed schema; see `Queue::check_schema`.
+pub(super) async fn check_schema(pg: &PgQueue) -> Result<SchemaFit, QueueError> {
     let mut tx = pg.begin().await?;
-    let v = schema_version(pg, &mut tx).await?;
+    let v = installed(pg, &mut tx).await?;
     tx.commit().await?;
     schema::check_version(v)
 }
@@ -68,8 +83,8 @@ pub(super) async fn create_index(pg: &PgQueue) -> Result<IndexOutcome, QueueErro
     create_hnsw(&mut conn).await
 }
 
-/// The installed schema version; `None` before the first migration.
-async fn schema_version(pg: &PgQueue, tx: &mut Transaction<'static, Postgres>) -> Result<Option<i32>, QueueError> {
+/// The installed schema version and what it keeps working; `None` before the first migration.
+async fn installed(pg: &PgQueue, tx: &mut Transaction<'static, Postgres>) -> Result<Option<Installed>, QueueError> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('embq.schema_version') IS NOT NULL")
         .persistent(pg.persistent)
         .fetch_one(&mut **tx)
@@ -77,10 +92,21 @@ async fn schema_version(pg: &PgQueue, tx: &mut Transaction<'static, Postgres>) -
     if !exists {
         return Ok(None);
     }
-    Ok(sqlx::query_scalar("SELECT max(version) FROM embq.schema_version")
+    let version: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM embq.schema_version")
         .persistent(pg.persistent)
         .fetch_one(&mut **tx)
-        .await?)
+        .await?;
+    let Some(version) = version else { return Ok(None) };
+    if version < RECORDS_COMPAT_FROM {
+        return Ok(Some(Installed { version, compatible_from: version }));
+    }
+    // Rows from before the column count as breaking for the binaries older than themselves.
+    let compatible_from: Option<i32> =
+        sqlx::query_scalar("SELECT max(COALESCE(compatible_from, version)) FROM embq.schema_version")
+            .persistent(pg.persistent)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(Some(Installed { version, compatible_from: compatible_from.unwrap_or(version) }))
 }
 
 /// What building the index did, for the operator.

@@ -36,6 +36,7 @@ mod listen;
 mod maintenance;
 mod migrate;
 mod pgvector;
+mod retention;
 mod search;
 
 pub use index::{IndexOutcome, HNSW_INDEX};
@@ -47,8 +48,9 @@ use super::search::Search;
 use super::settings::{PoolMode, StoreSettings, VectorSettings};
 use super::{
     BatchUpdate, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, GatherLimits, Gathered,
-    JobListener, LaneStats, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress, ProviderBatch, Queue,
-    QueueError, QueueStats, RescueReport, Sizer, StoredEmbedding, WorkerInfo,
+    JobListener, LaneStats, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress, ProviderBatch,
+    PruneReport, PruneRequest, Queue, QueueError, QueueStats, RescueReport, SchemaFit, Sizer, StoredEmbedding,
+    WorkerInfo,
 };
 use crate::redact::DatabaseUrl;
 
@@ -259,7 +261,7 @@ impl Queue for PgQueue {
         search::search(self, query, model, k, source_type).await
     }
 
-    async fn check_schema(&self) -> Result<(), QueueError> {
+    async fn check_schema(&self) -> Result<SchemaFit, QueueError> {
         migrate::check_schema(self).await
     }
 
@@ -302,6 +304,22 @@ impl Queue for PgQueue {
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         maintenance::stats(self).await
+    }
+
+    async fn live_stats(&self) -> Result<QueueStats, QueueError> {
+        retention::live_stats(self).await
+    }
+
+    async fn prune(&self, req: &PruneRequest, progress: &Progress) -> Result<PruneReport, QueueError> {
+        retention::prune(self, req, progress).await
+    }
+
+    async fn hold_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
+        retention::hold_lease(self, name, holder, ttl).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), QueueError> {
+        retention::release_lease(self, name, holder).await
     }
 
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {

@@ -3,26 +3,39 @@
 use sqlx::{Sqlite, Transaction};
 
 use super::SqliteQueue;
-use crate::queue::schema::{self, SCHEMA_VERSION};
+use crate::queue::schema::{self, Installed, SchemaFit, RECORDS_COMPAT_FROM, SCHEMA_VERSION};
 use crate::queue::{MigrateOptions, MigrateReport, QueueError};
 
 /// Applies pending migrations; vectors need no settling (blobs take any dimensions).
 pub(super) async fn migrate_with(db: &SqliteQueue, _opts: MigrateOptions) -> Result<MigrateReport, QueueError> {
     let mut tx = db.begin().await?;
-    let current = schema_version(&mut tx).await?.unwrap_or(0);
+    let installed = installed(&mut tx).await?;
+    let current = installed.map_or(0, |i| i.version);
     if current > SCHEMA_VERSION {
-        return Err(schema::check_version(Some(current))
-            .err()
-            .unwrap_or_else(|| QueueError::Schema("schema is newer than this binary".into())));
+        let SchemaFit::NewerCompatible { installed } = schema::check_version(installed)? else {
+            return Err(QueueError::Schema(format!("schema version {current} is newer than this binary's")));
+        };
+        tx.commit().await?;
+        let note = format!(
+            "the schema is at version {installed}, newer than this binary's {SCHEMA_VERSION}; \
+             every migration since is additive, so this binary runs against it unchanged"
+        );
+        return Ok(MigrateReport { version: installed, notes: vec![note] });
     }
     for (i, script) in schema::SQLITE.iter().enumerate().skip(current as usize) {
         let version = i as i32 + 1;
         sqlx::Executor::execute(&mut *tx, *script)
             .await
             .map_err(|e| QueueError::Schema(format!("migration {version} failed: {e}")))?;
-        sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)")
+        let insert = if version >= RECORDS_COMPAT_FROM {
+            "INSERT INTO schema_version (version, applied_at, compatible_from) VALUES (?, ?, ?)"
+        } else {
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)"
+        };
+        sqlx::query(insert)
             .bind(version)
             .bind(db.now_ms())
+            .bind(schema::compatible_from(version))
             .execute(&mut *tx)
             .await?;
     }
@@ -31,24 +44,16 @@ pub(super) async fn migrate_with(db: &SqliteQueue, _opts: MigrateOptions) -> Res
     Ok(MigrateReport { version: SCHEMA_VERSION, notes })
 }
 
-/// Fails unless the schema is exactly this binary's version.
-pub(super) async fn check_schema(db: &SqliteQueue) -> Result<(), QueueError> {
-    let mut conn = db.pool.acquire().await?;
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let v = if exists {
-        sqlx::query_scalar("SELECT max(version) FROM schema_version").fetch_one(&mut *conn).await?
-    } else {
-        None
-    };
+/// Fails unless this binary runs against the installed schema; see `Queue::check_schema`.
+pub(super) async fn check_schema(db: &SqliteQueue) -> Result<SchemaFit, QueueError> {
+    let mut tx = db.pool.begin().await?;
+    let v = installed(&mut tx).await?;
+    tx.commit().await?;
     schema::check_version(v)
 }
 
-/// The installed schema version; `None` before the first migration.
-async fn schema_version(tx: &mut Transaction<'static, Sqlite>) -> Result<Option<i32>, QueueError> {
+/// The installed schema version and what it keeps working; `None` before the first migration.
+async fn installed(tx: &mut Transaction<'static, Sqlite>) -> Result<Option<Installed>, QueueError> {
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version')",
     )
@@ -57,5 +62,16 @@ async fn schema_version(tx: &mut Transaction<'static, Sqlite>) -> Result<Option<
     if !exists {
         return Ok(None);
     }
-    Ok(sqlx::query_scalar("SELECT max(version) FROM schema_version").fetch_one(&mut **tx).await?)
+    let version: Option<i32> =
+        sqlx::query_scalar("SELECT max(version) FROM schema_version").fetch_one(&mut **tx).await?;
+    let Some(version) = version else { return Ok(None) };
+    if version < RECORDS_COMPAT_FROM {
+        return Ok(Some(Installed { version, compatible_from: version }));
+    }
+    // Rows from before the column count as breaking for the binaries older than themselves.
+    let compatible_from: Option<i32> =
+        sqlx::query_scalar("SELECT max(COALESCE(compatible_from, version)) FROM schema_version")
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(Some(Installed { version, compatible_from: compatible_from.unwrap_or(version) }))
 }

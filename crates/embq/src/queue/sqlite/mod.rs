@@ -21,13 +21,15 @@ mod enqueue;
 mod finish;
 mod maintenance;
 mod migrate;
+mod retention;
 mod search;
 
 use super::search::Search;
 use super::{
     BatchUpdate, ClaimedJob, Clock, DeadJob, DeadSelection, EnqueueReport, FinishReport, GatherLimits, Gathered,
     IndexOutcome, JobListener, LaneStats, Lease, MigrateOptions, MigrateReport, NewJob, Outcome, Progress,
-    ProviderBatch, Queue, QueueError, QueueStats, RescueReport, Sizer, StoredEmbedding, WorkerInfo,
+    ProviderBatch, PruneReport, PruneRequest, Queue, QueueError, QueueStats, RescueReport, SchemaFit, Sizer,
+    StoredEmbedding, WorkerInfo,
 };
 
 /// Queue store in one SQLite file.
@@ -113,7 +115,7 @@ impl Queue for SqliteQueue {
         search::search(self, query, model, k, source_type).await
     }
 
-    async fn check_schema(&self) -> Result<(), QueueError> {
+    async fn check_schema(&self) -> Result<SchemaFit, QueueError> {
         migrate::check_schema(self).await
     }
 
@@ -155,6 +157,14 @@ impl Queue for SqliteQueue {
 
     async fn stats(&self) -> Result<QueueStats, QueueError> {
         maintenance::stats(self).await
+    }
+
+    async fn live_stats(&self) -> Result<QueueStats, QueueError> {
+        retention::live_stats(self).await
+    }
+
+    async fn prune(&self, req: &PruneRequest, progress: &Progress) -> Result<PruneReport, QueueError> {
+        retention::prune(self, req, progress).await
     }
 
     async fn is_idle(&self, within: Duration) -> Result<bool, QueueError> {
