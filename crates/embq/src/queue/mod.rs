@@ -15,6 +15,7 @@
 //! `errors.rs` how database errors are sorted.
 
 mod batches;
+mod browse;
 mod errors;
 mod job;
 mod postgres;
@@ -26,6 +27,10 @@ mod sqlite;
 mod state;
 mod stats;
 
+pub use browse::{
+    minute_floor, Activity, DeadGroup, JobDetail, JobFilter, JobSummary, MinuteActivity, VectorInfo, WorkerLeases,
+    MAX_LISTING,
+};
 pub use batches::{lease_of, BatchUpdate, GatherLimits, Gathered, LaneStats, ProviderBatch, Sizer, BATCH_LEASE_OWNER};
 pub(crate) use job::dedupe_keys;
 pub use job::{text_sha256, NewJob, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES};
@@ -378,6 +383,18 @@ pub trait Queue: Send + Sync + 'static {
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError>;
     /// All stored embeddings of one model, for a brute-force search.
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError>;
+    /// Jobs matching the filter, newest first (the console's listing).
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, QueueError>;
+    /// One job in full with its key's stored vector; `None` if there is no such job.
+    async fn job(&self, id: i64) -> Result<Option<JobDetail>, QueueError>;
+    /// Dead jobs grouped by last error, largest group first.
+    async fn dead_groups(&self, limit: i64) -> Result<Vec<DeadGroup>, QueueError>;
+    /// Ids of the dead jobs whose last error is exactly `error` (the empty text for none).
+    async fn dead_ids(&self, error: &str) -> Result<Vec<i64>, QueueError>;
+    /// Jobs enqueued, done and dead per minute, and the backlog, for `minutes` minutes from `since`.
+    async fn activity(&self, since: DateTime<Utc>, minutes: usize) -> Result<Activity, QueueError>;
+    /// Workers with their last heartbeat and the jobs leased to them.
+    async fn worker_leases(&self) -> Result<Vec<WorkerLeases>, QueueError>;
     /// Waits for a new-job notification; returns `None` if this store cannot notify.
     async fn listener(&self) -> Option<Box<dyn JobListener>>;
 

@@ -23,6 +23,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{ConnectOptions, Connection, FromRow, PgConnection, Postgres, Transaction};
 
 mod batches;
+mod browse;
 #[cfg(test)]
 mod bench_ceiling;
 mod claim;
@@ -330,6 +331,34 @@ impl Queue for PgQueue {
 
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
         search::embeddings(self, model, limit).await
+    }
+
+    async fn jobs(&self, filter: &super::JobFilter) -> Result<Vec<super::JobSummary>, QueueError> {
+        browse::jobs(self, filter).await
+    }
+
+    async fn job(&self, id: i64) -> Result<Option<super::JobDetail>, QueueError> {
+        browse::job(self, id).await
+    }
+
+    async fn dead_groups(&self, limit: i64) -> Result<Vec<super::DeadGroup>, QueueError> {
+        browse::dead_groups(self, limit).await
+    }
+
+    async fn dead_ids(&self, error: &str) -> Result<Vec<i64>, QueueError> {
+        browse::dead_ids(self, error).await
+    }
+
+    async fn activity(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        minutes: usize,
+    ) -> Result<super::Activity, QueueError> {
+        browse::activity(self, since, minutes).await
+    }
+
+    async fn worker_leases(&self) -> Result<Vec<super::WorkerLeases>, QueueError> {
+        browse::worker_leases(self).await
     }
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {
