@@ -383,18 +383,37 @@ pub trait Queue: Send + Sync + 'static {
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError>;
     /// All stored embeddings of one model, for a brute-force search.
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError>;
+    // The console's reads; both stores implement them, the defaults refuse (a test wrapper).
+
     /// Jobs matching the filter, newest first (the console's listing).
-    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, QueueError>;
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, QueueError> {
+        let _ = filter;
+        Err(no_console())
+    }
     /// One job in full with its key's stored vector; `None` if there is no such job.
-    async fn job(&self, id: i64) -> Result<Option<JobDetail>, QueueError>;
+    async fn job(&self, id: i64) -> Result<Option<JobDetail>, QueueError> {
+        let _ = id;
+        Err(no_console())
+    }
     /// Dead jobs grouped by last error, largest group first.
-    async fn dead_groups(&self, limit: i64) -> Result<Vec<DeadGroup>, QueueError>;
+    async fn dead_groups(&self, limit: i64) -> Result<Vec<DeadGroup>, QueueError> {
+        let _ = limit;
+        Err(no_console())
+    }
     /// Ids of the dead jobs whose last error is exactly `error` (the empty text for none).
-    async fn dead_ids(&self, error: &str) -> Result<Vec<i64>, QueueError>;
+    async fn dead_ids(&self, error: &str) -> Result<Vec<i64>, QueueError> {
+        let _ = error;
+        Err(no_console())
+    }
     /// Jobs enqueued, done and dead per minute, and the backlog, for `minutes` minutes from `since`.
-    async fn activity(&self, since: DateTime<Utc>, minutes: usize) -> Result<Activity, QueueError>;
+    async fn activity(&self, since: DateTime<Utc>, minutes: usize) -> Result<Activity, QueueError> {
+        let _ = (since, minutes);
+        Err(no_console())
+    }
     /// Workers with their last heartbeat and the jobs leased to them.
-    async fn worker_leases(&self) -> Result<Vec<WorkerLeases>, QueueError>;
+    async fn worker_leases(&self) -> Result<Vec<WorkerLeases>, QueueError> {
+        Err(no_console())
+    }
     /// Waits for a new-job notification; returns `None` if this store cannot notify.
     async fn listener(&self) -> Option<Box<dyn JobListener>>;
 
@@ -451,6 +470,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn lane_stats(&self) -> Result<LaneStats, QueueError> {
         Err(no_batch_lane())
     }
+}
+
+/// The error of a store without the console's reads.
+fn no_console() -> QueueError {
+    QueueError::Invalid("this store cannot be browsed by the console".into())
 }
 
 /// The error of a store without the batch lane.
