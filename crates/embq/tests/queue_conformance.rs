@@ -468,6 +468,10 @@ async fn migrate_is_idempotent_and_checked(s: Store) {
     s.q.check_schema().await.unwrap();
 }
 
+#[path = "conformance/console_reads.rs"]
+mod console_reads;
+use console_reads::*;
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -504,6 +508,10 @@ conformance!(
     a_batch_of_vectors_round_trips_bit_for_bit,
     job_data_is_never_sql,
     migrate_is_idempotent_and_checked,
+    jobs_are_listed_by_filter_and_shown_in_full,
+    dead_letters_group_by_error,
+    activity_counts_each_minute_and_the_backlog,
+    workers_show_their_leases,
 );
 
 #[tokio::test]
