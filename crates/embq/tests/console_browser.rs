@@ -67,10 +67,8 @@ fn drain(db: &str) {
 
 /// Fails loudly when the browser stack is missing, saying how to get it.
 fn require_browser() {
-    let missing: Vec<&str> = ["/usr/bin/chromium", "/usr/bin/chromedriver"]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
+    let missing: Vec<&str> =
+        ["/usr/bin/chromium", "/usr/bin/chromedriver"].into_iter().filter(|p| !Path::new(p).exists()).collect();
     let selenium = Command::new("python3").args(["-c", "import selenium"]).status().is_ok_and(|s| s.success());
     assert!(
         missing.is_empty() && selenium,
@@ -99,7 +97,8 @@ async fn kill(q: &Arc<dyn Queue>, jobs: &[NewJob], errors: &[&str]) -> Vec<i64> 
     let claimed = q.claim(jobs.len(), &lease, Duration::from_secs(60), "unused").await.expect("claim");
     let mut ids: Vec<(String, i64)> = claimed.iter().map(|c| (c.source_id.clone(), c.id)).collect();
     ids.sort();
-    let outcomes: Vec<(i64, Outcome)> = ids.iter().zip(errors).map(|((_, id), e)| (*id, Outcome::Dead(e.to_string()))).collect();
+    let outcomes: Vec<(i64, Outcome)> =
+        ids.iter().zip(errors).map(|((_, id), e)| (*id, Outcome::Dead(e.to_string()))).collect();
     assert_eq!(q.finish(&lease, "unused", &outcomes).await.expect("finish").dead, errors.len() as u64);
     ids.into_iter().map(|(_, id)| id).collect()
 }
@@ -120,12 +119,17 @@ async fn the_console_works_in_chromium() {
     let q = support::store(&db, Clock::System).await;
 
     // Done jobs (embedded by a real worker), one of them hostile; then dead letters in two groups.
-    let texts = [("inv-1", "invoice for twelve office chairs"), ("note-2", "meeting notes about the roadmap"), ("xss", XSS)];
+    let texts =
+        [("inv-1", "invoice for twelve office chairs"), ("note-2", "meeting notes about the roadmap"), ("xss", XSS)];
     q.enqueue(&texts.map(|(k, t)| doc(k, t)), &no_progress).await.expect("enqueue");
     drain(&db);
     let dead_jobs = ["d1", "d2", "d3", "d4", "d5"].map(|k| doc(k, &format!("text of {k}")));
     let dead = kill(&q, &dead_jobs, &[TOO_LONG, TOO_LONG, TOO_LONG, "HTTP 500: upstream unavailable", "timeout"]).await;
-    let xss_id = q.jobs(&embq::queue::JobFilter { key: Some("xss".into()), limit: 1, ..Default::default() }).await.expect("jobs")[0].id;
+    let xss_id = q
+        .jobs(&embq::queue::JobFilter { key: Some("xss".into()), limit: 1, ..Default::default() })
+        .await
+        .expect("jobs")[0]
+        .id;
     let before = q.stats().await.expect("stats");
     assert_eq!((before.done, before.dead), (3, 5));
 
@@ -159,7 +163,9 @@ async fn the_console_works_in_chromium() {
 
     // The overview's counts are the database's.
     let counts = &seen["counts"];
-    for (state, n) in [("ready", before.ready), ("running", before.running), ("done", before.done), ("dead", before.dead)] {
+    for (state, n) in
+        [("ready", before.ready), ("running", before.running), ("done", before.done), ("dead", before.dead)]
+    {
         assert_eq!(counts[state].as_u64(), Some(n), "{state}: {seen}");
     }
     assert_eq!(seen["charts"], 2);
@@ -202,7 +208,11 @@ async fn the_console_follows_the_token_rules() {
     // Anything but loopback needs a token, refused at start naming the variable.
     let open = embq(&db, &["console", "--listen", "0.0.0.0:0"], &[]).output().expect("run");
     assert_eq!(open.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&open.stderr).contains("CONSOLE_TOKEN"), "{}", String::from_utf8_lossy(&open.stderr));
+    assert!(
+        String::from_utf8_lossy(&open.stderr).contains("CONSOLE_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
 
     // With a token, loopback callers present it too; the pages never show it.
     let secret = "tok-console-9f2";

@@ -8,8 +8,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::IntoResponse;
 
-use super::html::{csrf_field, esc, layout, time, url_arg};
 use super::form::Fields;
+use super::html::{csrf_field, esc, layout, time, url_arg};
 use super::{guard, Page, PageError, Shared};
 use crate::queue::DeadSelection;
 
@@ -91,7 +91,11 @@ pub async fn confirm(State(s): State<Shared>, body: Bytes) -> Page {
     let action = Action::parse(f.one("action").unwrap_or(""))?;
     let (ids, what) = match f.one("group") {
         Some(error) => {
-            let label = if error.is_empty() { "with no error recorded".to_string() } else { format!("failing with “{}”", esc(error)) };
+            let label = if error.is_empty() {
+                "with no error recorded".to_string()
+            } else {
+                format!("failing with “{}”", esc(error))
+            };
             (s.queue.dead_ids(error).await?, label)
         }
         None => (f.ids()?, "selected".to_string()),

@@ -14,8 +14,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
 use super::{html, Shared};
-use crate::redact::Secret;
 use crate::http::constant_time_eq;
+use crate::redact::Secret;
 
 /// The cookie a successful login sets.
 const COOKIE: &str = "embq_console";
@@ -71,7 +71,12 @@ fn presented(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Refuses callers the rules do not admit (the login page excepted) and adds the security headers.
-pub async fn check(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+pub async fn check(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
     let open = req.uri().path() == "/login" || req.uri().path().starts_with("/assets/");
     let mut resp = match s.access.may_read(peer.ip(), req.headers()) {
         Err(why) if !open => {
@@ -100,7 +105,11 @@ pub async fn check(State(s): State<Shared>, ConnectInfo(peer): ConnectInfo<Socke
 
 /// The refusal of an action whose form lacks the CSRF token.
 pub fn csrf_refused() -> Response {
-    let body = html::layout("Refused", "", "<p class=\"error\">This action needs the console's CSRF token: reload the page and try again.</p>");
+    let body = html::layout(
+        "Refused",
+        "",
+        "<p class=\"error\">This action needs the console's CSRF token: reload the page and try again.</p>",
+    );
     (StatusCode::FORBIDDEN, body).into_response()
 }
 
@@ -123,7 +132,8 @@ pub async fn login(State(s): State<Shared>, body: Bytes) -> Response {
         return Redirect::to("/").into_response();
     };
     if !constant_time_eq(given.as_bytes(), t.expose().as_bytes()) {
-        return (StatusCode::UNAUTHORIZED, html::layout("Log in", "", "<p class=\"error\">Wrong token.</p>")).into_response();
+        return (StatusCode::UNAUTHORIZED, html::layout("Log in", "", "<p class=\"error\">Wrong token.</p>"))
+            .into_response();
     }
     let cookie = format!("{COOKIE}={given}; HttpOnly; SameSite=Strict; Path=/");
     match HeaderValue::from_str(&cookie) {

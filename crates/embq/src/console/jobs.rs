@@ -38,8 +38,13 @@ pub async fn list(State(s): State<Shared>, Query(f): Query<Filters>) -> Page {
         None => None,
         Some(t) => Some(t.parse::<JobState>().map_err(|e| PageError::Bad(e.to_string()))?),
     };
-    let filter =
-        JobFilter { state, source_type: given(&f.source_type), key: given(&f.key), error: given(&f.error), limit: LISTING };
+    let filter = JobFilter {
+        state,
+        source_type: given(&f.source_type),
+        key: given(&f.key),
+        error: given(&f.error),
+        limit: LISTING,
+    };
     let jobs = s.queue.jobs(&filter).await?;
     let mut body = String::from("<form method=\"get\" action=\"/jobs\" class=\"filters\"><label>State <select name=\"state\"><option value=\"\">any</option>");
     for st in JobState::ALL {

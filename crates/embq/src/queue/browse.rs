@@ -311,7 +311,8 @@ pub(crate) fn fold_activity(
 
 /// The start of the minute `at` falls in.
 pub fn minute_floor(at: DateTime<Utc>) -> DateTime<Utc> {
-    at - ChronoDuration::seconds(at.timestamp().rem_euclid(60)) - ChronoDuration::nanoseconds(at.timestamp_subsec_nanos().into())
+    at - ChronoDuration::seconds(at.timestamp().rem_euclid(60))
+        - ChronoDuration::nanoseconds(at.timestamp_subsec_nanos().into())
 }
 
 #[cfg(test)]
@@ -323,8 +324,16 @@ mod tests {
     fn activity_folds_into_minutes_and_carries_the_backlog() {
         let since = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).single().expect("time");
         let m = |n: i64| since + ChronoDuration::minutes(n);
-        let a = fold_activity(since, 3, 5, &vec![(m(0), 4), (m(2), 1), (m(9), 100)], &vec![(m(1), 6)], &vec![(m(1), 1), (m(-1), 7)]);
-        let got: Vec<(u64, u64, u64, u64)> = a.minutes.iter().map(|s| (s.enqueued, s.done, s.dead, s.backlog)).collect();
+        let a = fold_activity(
+            since,
+            3,
+            5,
+            &vec![(m(0), 4), (m(2), 1), (m(9), 100)],
+            &vec![(m(1), 6)],
+            &vec![(m(1), 1), (m(-1), 7)],
+        );
+        let got: Vec<(u64, u64, u64, u64)> =
+            a.minutes.iter().map(|s| (s.enqueued, s.done, s.dead, s.backlog)).collect();
         assert_eq!(got, vec![(4, 0, 0, 9), (0, 6, 1, 2), (1, 0, 0, 3)]);
     }
 

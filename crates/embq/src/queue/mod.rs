@@ -27,11 +27,11 @@ mod sqlite;
 mod state;
 mod stats;
 
+pub use batches::{lease_of, BatchUpdate, GatherLimits, Gathered, LaneStats, ProviderBatch, Sizer, BATCH_LEASE_OWNER};
 pub use browse::{
     minute_floor, Activity, DeadGroup, JobDetail, JobFilter, JobSummary, MinuteActivity, VectorInfo, WorkerLeases,
     MAX_LISTING,
 };
-pub use batches::{lease_of, BatchUpdate, GatherLimits, Gathered, LaneStats, ProviderBatch, Sizer, BATCH_LEASE_OWNER};
 pub(crate) use job::dedupe_keys;
 pub use job::{text_sha256, NewJob, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES};
 pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};

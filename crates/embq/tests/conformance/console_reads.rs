@@ -23,7 +23,11 @@ pub(super) async fn jobs_are_listed_by_filter_and_shown_in_full(s: Store) {
     let ids = finish_all(
         &s,
         &[job("alpha-1", "first", 0), other, job("alpha-2", "<b>third</b>", 0)],
-        vec![Outcome::Done(vector(0.1)), Outcome::Dead("HTTP 500: upstream 100% busy".into()), Outcome::Dead("bad".into())],
+        vec![
+            Outcome::Done(vector(0.1)),
+            Outcome::Dead("HTTP 500: upstream 100% busy".into()),
+            Outcome::Dead("bad".into()),
+        ],
     )
     .await;
     s.q.enqueue(&[job("gamma", "pending", 1)], &no_progress).await.unwrap();
@@ -116,7 +120,8 @@ pub(super) async fn workers_show_their_leases(s: Store) {
     s.q.heartbeat(&w, std::slice::from_ref(&l.token), LEASE).await.unwrap();
     s.q.heartbeat(&worker("w2"), &[], LEASE).await.unwrap();
     let got = s.q.worker_leases().await.unwrap();
-    let view: Vec<(&str, u64, bool)> = got.iter().map(|w| (w.id.as_str(), w.leased_jobs, w.next_expiry.is_some())).collect();
+    let view: Vec<(&str, u64, bool)> =
+        got.iter().map(|w| (w.id.as_str(), w.leased_jobs, w.next_expiry.is_some())).collect();
     assert_eq!(view, vec![("w1", 2, true), ("w2", 0, false)]);
     assert_eq!(got[0].last_heartbeat_at.timestamp(), s.clock.now().timestamp());
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use super::PgQueue;
 use crate::queue::browse::{
     fold_activity, minute_floor, Activity, DeadGroup, DetailRow, GroupRow, JobDetail, JobFilter, JobSummary,
-    MinuteCounts, SummaryRow, WorkerLeases, WorkerLeaseRow,
+    MinuteCounts, SummaryRow, WorkerLeaseRow, WorkerLeases,
 };
 use crate::queue::QueueError;
 

@@ -23,9 +23,9 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow
 use sqlx::{ConnectOptions, Connection, FromRow, PgConnection, Postgres, Transaction};
 
 mod batches;
-mod browse;
 #[cfg(test)]
 mod bench_ceiling;
+mod browse;
 mod claim;
 mod column;
 mod dead_letters;

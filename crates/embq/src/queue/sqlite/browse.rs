@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use super::SqliteQueue;
 use crate::queue::browse::{
     fold_activity, minute_floor, Activity, DeadGroup, DetailRow, GroupRow, JobDetail, JobFilter, JobSummary,
-    MinuteCounts, SummaryRow, WorkerLeases, WorkerLeaseRow,
+    MinuteCounts, SummaryRow, WorkerLeaseRow, WorkerLeases,
 };
 use crate::queue::rows::from_millis;
 use crate::queue::QueueError;
@@ -64,10 +64,11 @@ pub(super) async fn dead_groups(db: &SqliteQueue, limit: i64) -> Result<Vec<Dead
 
 /// Ids of the dead jobs whose last error is exactly `error` (the empty text for none).
 pub(super) async fn dead_ids(db: &SqliteQueue, error: &str) -> Result<Vec<i64>, QueueError> {
-    let ids = sqlx::query_scalar("SELECT id FROM jobs WHERE state = 'dead' AND COALESCE(last_error, '') = ?1 ORDER BY id")
-        .bind(error)
-        .fetch_all(&db.pool)
-        .await?;
+    let ids =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE state = 'dead' AND COALESCE(last_error, '') = ?1 ORDER BY id")
+            .bind(error)
+            .fetch_all(&db.pool)
+            .await?;
     Ok(ids)
 }
 
@@ -86,8 +87,14 @@ pub(super) async fn activity(db: &SqliteQueue, since: DateTime<Utc>, minutes: us
           WHERE created_at >= ?1 AND state NOT IN ('superseded', 'cancelled') GROUP BY 1",
     )
     .await?;
-    let done = counts("SELECT finished_at / 60000 * 60000, count(*) FROM jobs WHERE finished_at >= ?1 AND state = 'done' GROUP BY 1").await?;
-    let dead = counts("SELECT finished_at / 60000 * 60000, count(*) FROM jobs WHERE finished_at >= ?1 AND state = 'dead' GROUP BY 1").await?;
+    let done = counts(
+        "SELECT finished_at / 60000 * 60000, count(*) FROM jobs WHERE finished_at >= ?1 AND state = 'done' GROUP BY 1",
+    )
+    .await?;
+    let dead = counts(
+        "SELECT finished_at / 60000 * 60000, count(*) FROM jobs WHERE finished_at >= ?1 AND state = 'dead' GROUP BY 1",
+    )
+    .await?;
     let backlog: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs WHERE created_at < ?1 AND state NOT IN ('superseded', 'cancelled')
             AND (finished_at IS NULL OR finished_at >= ?1)",
