@@ -13,7 +13,7 @@ pub fn bars(label: &str, values: &[u64]) -> String {
     let w = WIDTH / n;
     let mut svg = format!(
         "<figure class=\"chart\"><figcaption>{} <span class=\"muted\">(max {max}, last {} min)</span></figcaption>\
-         <svg viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" aria-label=\"{}\">",
+         <svg viewBox=\"0 0 {WIDTH} {HEIGHT}\" preserveAspectRatio=\"none\" role=\"img\" aria-label=\"{}\">",
         super::html::esc(label),
         values.len(),
         super::html::esc(label)
