@@ -11,8 +11,8 @@
 //! `state.rs` the [`JobState`]/[`WorkerState`] enums; `rows.rs` and `stats.rs` the rows both
 //! stores decode and the stats folding; `postgres/` and `sqlite/` one file per operation
 //! (`claim.rs`, `finish.rs`, `enqueue.rs`, `maintenance.rs`, `dead_letters.rs`, `search.rs`,
-//! `migrate.rs`); `schema.rs` the embedded migrations; `search.rs` the client-side scan;
-//! `errors.rs` how database errors are sorted.
+//! `migrate.rs`, `browse.rs`); `browse.rs` here the console's read types; `schema.rs` the
+//! embedded migrations; `search.rs` the client-side scan; `errors.rs` how database errors are sorted.
 
 mod batches;
 mod browse;
