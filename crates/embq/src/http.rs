@@ -70,7 +70,7 @@ async fn startup_handler(State(s): State<HealthState>) -> Response {
 }
 
 /// Compares in time independent of where the strings differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -17,6 +17,7 @@
 pub mod batching;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod health;
 pub mod http;
 pub mod limiter;

@@ -522,6 +522,9 @@ async fn live_stats_count_only_live_states(s: Store) {
     assert_eq!(live.oldest_ready_age_seconds, full.oldest_ready_age_seconds);
     assert_eq!((live.done, live.superseded, live.cancelled), (0, 0, 0), "finished states are not counted");
 }
+#[path = "conformance/console_reads.rs"]
+mod console_reads;
+use console_reads::*;
 
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -561,6 +564,10 @@ conformance!(
     migrate_is_idempotent_and_checked,
     prune_deletes_old_finished_jobs_in_batches,
     live_stats_count_only_live_states,
+    jobs_are_listed_by_filter_and_shown_in_full,
+    dead_letters_group_by_error,
+    activity_counts_each_minute_and_the_backlog,
+    workers_show_their_leases,
 );
 
 #[tokio::test]

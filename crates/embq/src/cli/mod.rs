@@ -2,6 +2,7 @@
 //! `main` maps to a message and an exit code.
 
 mod budget;
+mod console;
 mod demo;
 mod dlq;
 mod enqueue;
@@ -12,7 +13,7 @@ pub mod model;
 mod progress;
 mod prune;
 mod queue;
-mod search;
+pub(crate) mod search;
 mod worker;
 
 use std::process::ExitCode;
@@ -55,6 +56,8 @@ pub enum Command {
     /// End a provider's pause of the fleet rate budgets.
     #[command(subcommand)]
     Budget(budget::Cmd),
+    /// Serve the web console: overview, jobs, dead letters, search (loopback unless CONSOLE_TOKEN).
+    Console(console::Args),
     /// Inspect and repair the dead-letter queue.
     #[command(subcommand)]
     Dlq(dlq::Cmd),
@@ -231,6 +234,7 @@ async fn run(command: Command, cfg: Config, chosen: demo::Chosen) -> Result<(), 
         Command::Prune(args) => prune::run(cfg, args).await,
         Command::Budget(cmd) => budget::run(cfg, cmd).await,
         Command::Dlq(cmd) => dlq::run(cfg, cmd).await,
+        Command::Console(args) => console::run(cfg, args).await,
         Command::Config(ConfigCmd::Check { json }) => {
             let c = cfg.connections();
             let text = if json {

@@ -59,7 +59,7 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
 }
 
 /// Embeds `query` with `provider` and returns the stored embeddings of its model nearest to it.
-pub(super) async fn nearest(
+pub(crate) async fn nearest(
     provider: &dyn Provider,
     q: &dyn Queue,
     query: &str,

@@ -11,10 +11,11 @@
 //! `state.rs` the [`JobState`]/[`WorkerState`] enums; `rows.rs` and `stats.rs` the rows both
 //! stores decode and the stats folding; `postgres/` and `sqlite/` one file per operation
 //! (`claim.rs`, `finish.rs`, `enqueue.rs`, `maintenance.rs`, `dead_letters.rs`, `search.rs`,
-//! `migrate.rs`); `schema.rs` the embedded migrations; `search.rs` the client-side scan;
-//! `errors.rs` how database errors are sorted.
+//! `migrate.rs`, `browse.rs`); `browse.rs` here the console's read types; `schema.rs` the
+//! embedded migrations; `search.rs` the client-side scan; `errors.rs` how database errors are sorted.
 
 mod batches;
+mod browse;
 mod errors;
 mod job;
 mod postgres;
@@ -28,6 +29,10 @@ mod state;
 mod stats;
 
 pub use batches::{lease_of, BatchUpdate, GatherLimits, Gathered, LaneStats, ProviderBatch, Sizer, BATCH_LEASE_OWNER};
+pub use browse::{
+    minute_floor, Activity, DeadGroup, JobDetail, JobFilter, JobSummary, MinuteActivity, VectorInfo, WorkerLeases,
+    MAX_LISTING,
+};
 pub(crate) use job::dedupe_keys;
 pub use job::{text_sha256, NewJob, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES};
 pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};
@@ -402,6 +407,37 @@ pub trait Queue: Send + Sync + 'static {
     async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError>;
     /// All stored embeddings of one model, for a brute-force search.
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError>;
+    // The console's reads; both stores implement them, the defaults refuse (a test wrapper).
+
+    /// Jobs matching the filter, newest first (the console's listing).
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<JobSummary>, QueueError> {
+        let _ = filter;
+        Err(no_console())
+    }
+    /// One job in full with its key's stored vector; `None` if there is no such job.
+    async fn job(&self, id: i64) -> Result<Option<JobDetail>, QueueError> {
+        let _ = id;
+        Err(no_console())
+    }
+    /// Dead jobs grouped by last error, largest group first.
+    async fn dead_groups(&self, limit: i64) -> Result<Vec<DeadGroup>, QueueError> {
+        let _ = limit;
+        Err(no_console())
+    }
+    /// Ids of the dead jobs whose last error is exactly `error` (the empty text for none).
+    async fn dead_ids(&self, error: &str) -> Result<Vec<i64>, QueueError> {
+        let _ = error;
+        Err(no_console())
+    }
+    /// Jobs enqueued, done and dead per minute, and the backlog, for `minutes` minutes from `since`.
+    async fn activity(&self, since: DateTime<Utc>, minutes: usize) -> Result<Activity, QueueError> {
+        let _ = (since, minutes);
+        Err(no_console())
+    }
+    /// Workers with their last heartbeat and the jobs leased to them.
+    async fn worker_leases(&self) -> Result<Vec<WorkerLeases>, QueueError> {
+        Err(no_console())
+    }
     /// Waits for a new-job notification; returns `None` if this store cannot notify.
     async fn listener(&self) -> Option<Box<dyn JobListener>>;
 
@@ -462,6 +498,10 @@ pub trait Queue: Send + Sync + 'static {
 
 /// The lease naming the one worker that counts the queue and exports the fleet-wide gauges.
 pub const FLEET_STATS_LEASE: &str = "fleet-stats";
+/// The error of a store without the console's reads.
+fn no_console() -> QueueError {
+    QueueError::Invalid("this store cannot be browsed by the console".into())
+}
 
 /// The error of a store without the batch lane.
 fn no_batch_lane() -> QueueError {

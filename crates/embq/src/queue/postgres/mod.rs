@@ -25,6 +25,7 @@ use sqlx::{ConnectOptions, Connection, FromRow, PgConnection, Postgres, Transact
 mod batches;
 #[cfg(test)]
 mod bench_ceiling;
+mod browse;
 mod claim;
 mod column;
 mod dead_letters;
@@ -348,6 +349,34 @@ impl Queue for PgQueue {
 
     async fn embeddings(&self, model: &str, limit: i64) -> Result<Vec<StoredEmbedding>, QueueError> {
         search::embeddings(self, model, limit).await
+    }
+
+    async fn jobs(&self, filter: &super::JobFilter) -> Result<Vec<super::JobSummary>, QueueError> {
+        browse::jobs(self, filter).await
+    }
+
+    async fn job(&self, id: i64) -> Result<Option<super::JobDetail>, QueueError> {
+        browse::job(self, id).await
+    }
+
+    async fn dead_groups(&self, limit: i64) -> Result<Vec<super::DeadGroup>, QueueError> {
+        browse::dead_groups(self, limit).await
+    }
+
+    async fn dead_ids(&self, error: &str) -> Result<Vec<i64>, QueueError> {
+        browse::dead_ids(self, error).await
+    }
+
+    async fn activity(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        minutes: usize,
+    ) -> Result<super::Activity, QueueError> {
+        browse::activity(self, since, minutes).await
+    }
+
+    async fn worker_leases(&self) -> Result<Vec<super::WorkerLeases>, QueueError> {
+        browse::worker_leases(self).await
     }
 
     async fn listener(&self) -> Option<Box<dyn JobListener>> {

@@ -1,0 +1,80 @@
+//! `embq console` on PostgreSQL: the fleet budget a provider paused is shown and resumed from the
+//! page (the operation `embq budget resume` runs), only with the CSRF token.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use sqlx::Connection;
+
+const BIN: &str = env!("CARGO_BIN_EXE_embq");
+const BUDGET: &str = "openai:text-embedding-3-small:0123abcd";
+
+/// The console process, killed (by its PID) when dropped.
+struct Console(Child);
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn paused(url: &str) -> i64 {
+    let n: Vec<(i64,)> = support::rows(url, "SELECT count(*) FROM embq.rate_budgets WHERE paused_until > now()").await;
+    n[0].0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_fleet_budget_is_resumed_from_the_overview() {
+    let url = support::pg::fresh_pg_db().await;
+    let env = [("DATABASE_URL", url.as_str()), ("EMBEDDING_PROVIDER", "hash"), ("RUST_LOG", "warn")];
+    let out = Command::new(BIN).env_clear().envs(env).arg("migrate").output().expect("migrate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The row a provider's 429 with a long retry-after leaves behind (see limiter/postgres.rs).
+    let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("INSERT INTO embq.rate_budgets (key, paused_until) VALUES ($1, now() + interval '10 minutes')")
+        .bind(BUDGET)
+        .execute(&mut c)
+        .await
+        .expect("pause");
+
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs(env)
+        .args(["console", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the console");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("address");
+    let console = Console(child);
+    let base = line.trim().strip_prefix("embq console on ").unwrap_or_default().to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line:?}");
+
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let page = http.get(&base).send().await.expect("GET /").text().await.expect("body");
+    assert!(page.contains(BUDGET) && page.contains("Resume"), "the overview shows the pause");
+    let csrf = page
+        .split("name=\"csrf\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page names its CSRF token")
+        .to_string();
+    let post = |body: String| {
+        http.post(format!("{base}budget/resume"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let refused = post(format!("budget={BUDGET}")).await.expect("POST");
+    assert_eq!(refused.status(), 403);
+    assert_eq!(paused(&url).await, 1, "a refused action resumes nothing");
+    let resumed = post(format!("csrf={csrf}&budget={BUDGET}")).await.expect("POST");
+    assert_eq!(resumed.status(), 303);
+    assert_eq!(paused(&url).await, 0);
+    let after = http.get(&base).send().await.expect("GET /").text().await.expect("body");
+    assert!(after.contains("No fleet budget is paused."));
+    drop(console);
+}
