@@ -790,7 +790,10 @@ def check_monitoring_files(c, metrics, queries):
             f"{tag}: must map the namespace label",
         )
         if section == "custom":
-            c.check("pod" in rule["resources"]["overrides"], f"{tag}: a Pods metric must map the pod label")
+            c.check(
+                {"pod", "service"} & set(rule["resources"]["overrides"]),
+                f"{tag}: a Pods or Object metric must map the pod or service label",
+            )
 
     path = MONITORING / "grafana" / "embq-worker-dashboard.json"
     dashboard = json.loads(path.read_text(encoding="utf-8"))
