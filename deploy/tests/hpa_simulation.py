@@ -8,8 +8,8 @@ every 15 s each metric proposes ceil(current x metric / target) replicas
 scale-up takes the lowest proposal of the last stabilizationWindowSeconds and
 scale-down the highest, the behavior policies cap each change per period, and
 the result is clamped to [minReplicas, maxReplicas]. Behaviour, targets and
-replica bounds are read from the HPAs themselves: base/hpa.yaml now, the one
-in git revision OLD_REV before issue 19.
+replica bounds are read from the HPAs themselves: base/hpa.yaml now, and
+fixtures/hpa-before-issue-19.yaml (base/hpa.yaml at git 29a8597) before.
 
 The metric series come from a fleet model fed by the ConfigMap's budget: a
 backlog of 30 minutes' work at MAX_REQUESTS_PER_MINUTE x BATCH_SIZE (9,000
@@ -25,14 +25,12 @@ usage: hpa_simulation.py [--check]   (--check: exit 1 unless the new policy
 """
 import argparse
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-OLD_REV = "29a8597"
 SYNC_S = 15
 HORIZON_S = 60 * 60
 LATENCY_S = 1.0
@@ -50,10 +48,7 @@ def hpa_from(text):
 
 def load_policies():
     new = hpa_from((REPO / "deploy/kubernetes/base/hpa.yaml").read_text(encoding="utf-8"))
-    old_text = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{OLD_REV}:deploy/kubernetes/base/hpa.yaml"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    old_text = (REPO / "deploy/tests/fixtures/hpa-before-issue-19.yaml").read_text(encoding="utf-8")
     config = yaml.safe_load((REPO / "deploy/kubernetes/base/configmap.yaml").read_text(encoding="utf-8"))["data"]
     return hpa_from(old_text), new, config
 
