@@ -134,6 +134,12 @@ render_all() {
   kubectl kustomize "$DEPLOY/kubernetes/base" >"$work/rendered/base.yaml"
   kubectl kustomize "$DEPLOY/monitoring" >"$work/rendered/monitoring.yaml"
   kubectl kustomize "$DEPLOY/kubernetes/jobs/migrate" >"$work/rendered/migrate.yaml"
+  # Every opt-in component at once (deploy/tests/overlays).
+  for dir in "$DEPLOY"/tests/overlays/*/; do
+    name=$(basename "$dir")
+    kubectl kustomize "$dir" >"$work/rendered/$name.yaml"
+    echo "$name: $(grep -c '^kind: ' "$work/rendered/$name.yaml") objects"
+  done
 }
 
 # kubernetes-validate only warns about kinds it has no schema for; any such
@@ -171,12 +177,17 @@ validate_crds() {
 promtool_rules() {
   mkdir -p "$work/rules"
   python3 "$DEPLOY/tests/extract_rules.py" "$DEPLOY/monitoring/prometheusrule.yaml" "$work/rules/embq-workers.rules.yaml"
-  promtool check rules "$work/rules/embq-workers.rules.yaml"
+  python3 "$DEPLOY/tests/extract_rules.py" "$DEPLOY/kubernetes/components/queue-exporter/prometheusrule.yaml" \
+    "$work/rules/queue-exporter.rules.yaml"
+  # prometheus-adapter's queries as recording rules, to test what the HPA sees.
+  python3 "$DEPLOY/tests/adapter_rules.py" "$DEPLOY/monitoring/prometheus-adapter/values.yaml" "$work/rules/adapter.rules.yaml"
+  promtool check rules "$work/rules/embq-workers.rules.yaml" "$work/rules/queue-exporter.rules.yaml" \
+    "$work/rules/adapter.rules.yaml"
 }
 
 promtool_tests() {
-  cp "$DEPLOY/monitoring/tests/alerts.test.yaml" "$work/rules/"
-  (cd "$work/rules" && promtool test rules alerts.test.yaml)
+  cp "$DEPLOY"/monitoring/tests/*.test.yaml "$work/rules/"
+  (cd "$work/rules" && promtool test rules alerts.test.yaml queue-exporter.test.yaml adapter.test.yaml)
 }
 
 shell_scripts() {
@@ -201,10 +212,14 @@ for version in "${K8S_VERSIONS[@]}"; do
 done
 step "check-jsonschema: CRDs against deploy/schemas" validate_crds
 step "promtool check rules: PrometheusRule" promtool_rules
-step "promtool test rules: alert unit tests" promtool_tests
+step "promtool test rules: alerts, queue exporter, adapter queries" promtool_tests
 step "consistency: manifests vs the worker (check_manifests.py)" consistency
 step "promtool check rules: dashboard, adapter and alert PromQL" promtool check rules "$work/queries.rules.yaml"
 step "consistency checker's own tests" python3 "$DEPLOY/tests/test_check_manifests.py"
+step "cluster fit: adapter vs KEDA, quota, RBAC, components (check_cluster_fit.py)" \
+  python3 "$DEPLOY/tests/check_cluster_fit.py" --rendered-dir "$work/rendered"
+step "HPA simulation: old vs new policy on a 30-minute backlog (hpa_simulation.py)" \
+  python3 "$DEPLOY/tests/hpa_simulation.py" --check
 step "shellcheck" shell_scripts
 step "hadolint --failure-threshold warning" hadolint --failure-threshold warning "$DEPLOY/docker/Dockerfile"
 step "yamllint --strict" yamllint --strict -c "$DEPLOY/.yamllint.yaml" "$DEPLOY"

@@ -17,6 +17,7 @@ readonly EXIT_APPLY=7
 readonly EXIT_ROLLOUT=8
 readonly EXIT_HEALTH=9
 readonly EXIT_MIGRATE=10
+readonly EXIT_CANARY=11
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly SCRIPT_DIR
@@ -30,6 +31,12 @@ readonly ROLLOUT_TIMEOUT="${ROLLOUT_TIMEOUT:-600s}"
 readonly REQUEST_TIMEOUT="${REQUEST_TIMEOUT:-15s}"
 readonly WORKER_SELECTOR="app=embedding-queue-worker"
 readonly IMAGE_PLACEHOLDER="registry.example.com/"
+# Canary judgement (--environment canary): how long to watch, the error-ratio
+# margin the canary may exceed the stable pods by, and the attempts it needs.
+readonly CANARY_DURATION="${CANARY_DURATION:-600s}"
+readonly CANARY_MAX_EXCESS="${CANARY_MAX_EXCESS:-0.02}"
+readonly CANARY_MIN_ATTEMPTS="${CANARY_MIN_ATTEMPTS:-20}"
+readonly METRICS_PORT="${METRICS_PORT:-9091}"
 
 # "secret:key" pairs the workers cannot run without (the key must be present).
 readonly REQUIRED_SECRETS=(
@@ -45,6 +52,10 @@ controller_image=""
 dry_run=false
 force=false
 skip_validation=false
+prune=true
+# The worker Deployment the overlay renders (the canary's has a suffix).
+worker_deployment="embedding-queue-workers"
+canary_base="production"
 cluster_available=false
 workdir=""
 
@@ -56,8 +67,17 @@ Deploy the embq embedding queue workers with the kustomize overlay of an
 environment, then wait for the rollout and check the workers' health.
 
 Options:
-  --environment ENV  staging or production (default: production); selects
-                     deploy/kubernetes/overlays/ENV
+  --environment ENV  production (default), production-keda, staging or canary;
+                     selects deploy/kubernetes/overlays/ENV. canary deploys
+                     the candidate beside the stable fleet, compares its job
+                     error ratio with the stable pods' for CANARY_DURATION,
+                     then promotes it (deploys the image with --canary-base)
+                     or rolls it back (deletes the canary), exit 11
+  --canary-base ENV  the fleet a canary is promoted into: production or
+                     production-keda (default: production)
+  --no-prune         keep objects that left the manifests (default: prune
+                     them: kubectl apply --prune with the ApplySet
+                     configmap/embq-applyset; never for canary)
   --namespace NS     deploy into NS instead of the environment's namespace
                      (production: paperless-maverick,
                      staging: paperless-maverick-staging)
@@ -80,6 +100,10 @@ Environment:
   ROLLOUT_TIMEOUT    how long to wait for each rollout (default: 600s)
   MIGRATE_TIMEOUT    how long to wait for the migrate Job (default: 600s)
   REQUEST_TIMEOUT    timeout of single API requests (default: 15s)
+  CANARY_DURATION    how long to watch a canary (default: 600s)
+  CANARY_MAX_EXCESS  error ratio the canary may exceed the stable pods' by
+                     (default: 0.02)
+  CANARY_MIN_ATTEMPTS  job attempts the canary needs to be judged (default: 20)
 
 Required Secrets in the target namespace (see deploy/README.md):
   supabase-secrets (key database-url), ai-secrets, embq-shutdown-token (key token)
@@ -92,6 +116,8 @@ Exit codes:
   4 cluster not reachable          9 workers not healthy after the rollout
                                   10 the migrate Job failed or timed out
                                      (nothing was applied to the workers)
+  11 canary rolled back (its error ratio was too high, or it did too
+     little work to judge)
 
 Schema migrations: before anything is applied, the Job embq-migrate runs
 `embq migrate` with the workers' image and the rollout waits for it. Rolling
@@ -175,6 +201,15 @@ parse_args() {
         skip_validation=true
         shift
         ;;
+      --no-prune)
+        prune=false
+        shift
+        ;;
+      --canary-base)
+        need_value "$@"
+        canary_base=$2
+        shift 2
+        ;;
       -h | --help)
         usage
         exit 0
@@ -187,9 +222,14 @@ parse_args() {
   done
 
   case "$environment" in
-    production) : "${namespace:=paperless-maverick}" ;;
+    production | production-keda | canary) : "${namespace:=paperless-maverick}" ;;
     staging) : "${namespace:=paperless-maverick-staging}" ;;
-    *) die "$EXIT_USAGE" "--environment must be staging or production, not '$environment'" ;;
+    *) die "$EXIT_USAGE" "--environment must be production, production-keda, staging or canary, not '$environment'" ;;
+  esac
+  [[ "$environment" != canary ]] || worker_deployment="embedding-queue-workers-canary"
+  case "$canary_base" in
+    production | production-keda) ;;
+    *) die "$EXIT_USAGE" "--canary-base must be production or production-keda, not '$canary_base'" ;;
   esac
   if [[ ! "$namespace" =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
     die "$EXIT_USAGE" "--namespace '$namespace' is not a valid namespace name"
@@ -341,14 +381,14 @@ render() {
   log "rendering overlay $environment for namespace $namespace"
   write_kustomization "$overlay" "" >"$workdir/kustomization.yaml"
   kustomize_build "$overlay"
-  if [[ -z "$(deployment_image embedding-queue-workers)" ]]; then
-    die "$EXIT_VALIDATION" "rendered manifests contain no embedding-queue-workers Deployment"
+  if [[ -z "$(deployment_image "$worker_deployment")" ]]; then
+    die "$EXIT_VALIDATION" "rendered manifests contain no $worker_deployment Deployment"
   fi
 
   # Image overrides apply to the names the overlay rendered, so render twice.
   if [[ -n "$image" || -n "$controller_image" ]]; then
     local entries="" worker_now controller_now wanted
-    worker_now=$(deployment_image embedding-queue-workers)
+    worker_now=$(deployment_image "$worker_deployment")
     controller_now=$(deployment_image worker-restart-controller)
     if [[ -n "$image" ]]; then
       entries+=$(image_entry "$(split_image "$worker_now" | cut -d' ' -f1)" "$image")$'\n'
@@ -415,7 +455,7 @@ render_migration() {
   local dir="$workdir/migrate" rel worker job_image
   mkdir -p "$dir"
   rel=$(realpath --relative-to="$dir" "$MIGRATE_DIR")
-  worker=$(deployment_image embedding-queue-workers)
+  worker=$(deployment_image "$worker_deployment")
   migration_kustomization "$rel" "" >"$dir/kustomization.yaml"
   if ! "$KUBECTL" kustomize "$dir" >"$workdir/migrate.yaml" 2>"$workdir/render.err"; then
     cat "$workdir/render.err" >&2
@@ -486,9 +526,30 @@ rendered_deployments() {
   ' "$workdir/rendered.yaml"
 }
 
+# KEDA creates and owns an HPA for the workers; a plain HPA beside it would
+# fight it for the replica count.
+refuse_hpa_under_keda() {
+  [[ "$cluster_available" == true ]] || return 0
+  grep -q '^kind: HorizontalPodAutoscaler$' "$workdir/rendered.yaml" || return 0
+  local targets
+  # No KEDA CRD means no ScaledObject.
+  targets=$(kube get scaledobjects.keda.sh -n "$namespace" \
+    -o 'jsonpath={range .items[*]}{.spec.scaleTargetRef.name}{"\n"}{end}' 2>/dev/null || true)
+  if grep -qx 'embedding-queue-workers' <<<"$targets"; then
+    die "$EXIT_VALIDATION" "a KEDA ScaledObject owns the workers in $namespace; refusing to apply the plain HPA of '$environment' (use --environment production-keda, or delete the ScaledObject first)"
+  fi
+}
+
 apply_manifests() {
   log "applying to namespace $namespace"
-  if ! kube apply -f "$workdir/rendered.yaml"; then
+  local args=(apply -f "$workdir/rendered.yaml")
+  # One ApplySet for the fleet in this namespace (production and
+  # production-keda alike, so switching prunes the other's HPA or
+  # ScaledObject); the canary adds one Deployment and must prune nothing.
+  if [[ "$prune" == true && "$environment" != canary ]]; then
+    args+=(-n "$namespace" --prune --applyset=configmap/embq-applyset)
+  fi
+  if ! KUBECTL_APPLYSET=true kube "${args[@]}"; then
     die "$EXIT_APPLY" "kubectl apply failed; the cluster may be partly updated, rerun after fixing the error above"
   fi
 }
@@ -532,6 +593,56 @@ check_health() {
   log "$total workers ready in $namespace"
 }
 
+# Sums embedding_jobs_{processed,failed}_total over the pods of track $1 ("processed failed").
+track_counters() {
+  local pods pod line processed=0 failed=0
+  pods=$(kube get pods -n "$namespace" -l "$WORKER_SELECTOR,track=$1" \
+    -o 'jsonpath={range .items[*]}{.metadata.name}{"\n"}{end}') || return 1
+  for pod in $pods; do
+    line=$(kube get --raw "/api/v1/namespaces/$namespace/pods/$pod:$METRICS_PORT/proxy/metrics" 2>/dev/null |
+      awk '/^embedding_jobs_processed_total/ { p += $NF } /^embedding_jobs_failed_total/ { f += $NF } END { printf "%d %d", p, f }') ||
+      continue
+    processed=$((processed + ${line% *}))
+    failed=$((failed + ${line#* }))
+  done
+  echo "$processed $failed"
+}
+
+# Watches the canary for CANARY_DURATION and promotes or rolls it back.
+judge_canary() {
+  local limit=${CANARY_DURATION%s} c0 s0 c1 s1
+  [[ "$limit" =~ ^[0-9]+$ ]] || die "$EXIT_USAGE" "CANARY_DURATION must be seconds such as 600s, not '$CANARY_DURATION'"
+  c0=$(track_counters canary) || die "$EXIT_CANARY" "could not read the canary's counters"
+  s0=$(track_counters stable) || die "$EXIT_CANARY" "could not read the stable workers' counters"
+  log "watching the canary against the stable pods for $CANARY_DURATION"
+  # A fixed observation window, not a wait for a condition.
+  sleep "$limit"
+  c1=$(track_counters canary) || die "$EXIT_CANARY" "could not read the canary's counters"
+  s1=$(track_counters stable) || die "$EXIT_CANARY" "could not read the stable workers' counters"
+  local verdict
+  verdict=$(awk -v c0="$c0" -v c1="$c1" -v s0="$s0" -v s1="$s1" -v excess="$CANARY_MAX_EXCESS" -v min="$CANARY_MIN_ATTEMPTS" '
+    BEGIN {
+      split(c0, a, " "); split(c1, b, " "); split(s0, x, " "); split(s1, y, " ")
+      cp = b[1] - a[1]; cf = b[2] - a[2]; sp = y[1] - x[1]; sf = y[2] - x[2]
+      cr = (cp + cf) > 0 ? cf / (cp + cf) : 0; sr = (sp + sf) > 0 ? sf / (sp + sf) : 0
+      ok = (cp + cf) >= min && cr <= sr + excess
+      printf "%s canary %.3f of %d attempts failed, stable %.3f of %d", ok ? "promote" : "rollback", cr, cp + cf, sr, sp + sf
+    }')
+  log "${verdict#* }"
+  if [[ "$verdict" == promote* ]]; then
+    log "promoting: deploying the canary's image to $canary_base"
+    local promote=(bash "${BASH_SOURCE[0]}" --environment "$canary_base" --namespace "$namespace"
+      --image "$(deployment_image "$worker_deployment")")
+    [[ "$force" == true ]] && promote+=(--force)
+    [[ "$prune" == true ]] || promote+=(--no-prune)
+    "${promote[@]}" || die "$?" "promotion to $canary_base failed; the canary is still running"
+  fi
+  kube delete -f "$workdir/rendered.yaml" --ignore-not-found >/dev/null ||
+    warn "could not delete the canary; remove it with kubectl delete -k deploy/kubernetes/overlays/canary"
+  [[ "$verdict" == promote* ]] || die "$EXIT_CANARY" "canary rolled back: ${verdict#* }"
+  log "canary promoted and removed"
+}
+
 main() {
   parse_args "$@"
   check_prerequisites
@@ -546,10 +657,12 @@ main() {
     log "dry run complete: nothing was changed"
     return 0
   fi
+  refuse_hpa_under_keda
   run_migration
   apply_manifests
   wait_for_rollouts
   check_health
+  [[ "$environment" != canary ]] || judge_canary
   log "deployed $environment to $namespace"
 }
 

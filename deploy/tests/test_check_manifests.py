@@ -44,7 +44,7 @@ def deployment_check(c, d):
 
 
 def autoscaling_check(c, d):
-    served = {"external": {"embedding_queue_depth"}, "custom": {"embedding_queue_processing_rate"}}
+    served = {"external": set(), "custom": {"embedding_queue_depth", "embedding_queue_processing_rate"}}
     cm.check_autoscaling(c, "t", d, cm.worker_deployments(d), METRICS, served, True)
 
 
@@ -133,15 +133,21 @@ class AutoscalingChecks(unittest.TestCase):
         self.assertIn("lacks periodSeconds", out)
 
     def test_a_vpa_acting_on_what_the_hpa_scales_on(self):
+        # The VPA is an opt-in component; add it, in Auto mode, beside an HPA on CPU.
         def mutate(d):
-            cm.find(d, "VerticalPodAutoscaler")[0]["spec"]["updatePolicy"]["updateMode"] = "Auto"
-        self.assertIn("updateMode Auto acts on ['cpu', 'memory']", failures(mutate, autoscaling_check))
+            vpa = cm.yaml.safe_load((cm.DEPLOY / "kubernetes/components/vpa/vpa.yaml").read_text(encoding="utf-8"))
+            vpa["spec"]["updatePolicy"]["updateMode"] = "Auto"
+            d.append(vpa)
+            self.hpa(d)["metrics"].append(
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}}
+            )
+        self.assertIn("updateMode Auto acts on ['cpu']", failures(mutate, autoscaling_check))
 
     def test_an_hpa_metric_the_worker_does_not_export(self):
         def mutate(d):
-            self.hpa(d)["metrics"][2]["external"]["metric"]["name"] = "queue_depth"
+            self.hpa(d)["metrics"][0]["object"]["metric"]["name"] = "queue_depth"
         out = failures(mutate, autoscaling_check)
-        self.assertIn("External metric queue_depth is not exported by the worker", out)
+        self.assertIn("Object metric queue_depth is not exported by the worker", out)
         self.assertIn("is not served by the prometheus-adapter rules", out)
 
 

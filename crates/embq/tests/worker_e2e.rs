@@ -266,3 +266,31 @@ async fn notify_wakes_an_idle_worker_long_before_the_poll_interval() {
     assert!(w.wait().unwrap().success());
     drop(c.close().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_listen_url_is_a_clear_warning_not_silent_polling() {
+    let url = support::pg::fresh_pg_db().await;
+    run_ok(embq(&url, &[]).arg("migrate"));
+    let log = tempfile::NamedTempFile::new().unwrap();
+    // Nothing listens on port 1 of loopback: the LISTEN session cannot connect, as with an
+    // IPv6-only host on IPv4 pods.
+    let listen = "postgres://embq:listen-secret@127.0.0.1:1/embq";
+    let mut w = support::Reaper(
+        embq(&url, &[("DATABASE_LISTEN_URL", listen)])
+            .arg("worker")
+            .stderr(Stdio::from(log.reopen().unwrap()))
+            .spawn()
+            .expect("spawn"),
+    );
+    // The pool behind the LISTEN session retries a refused connection for its 30 s acquire timeout.
+    support::wait_until(Duration::from_secs(60), "LISTEN warning logged", || {
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        async move { text.contains("LISTEN connection (DATABASE_LISTEN_URL) failed") }
+    })
+    .await;
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("WARN"), "logged as a warning: {text}");
+    assert!(!text.contains("listen-secret"), "the password never reaches the log: {text}");
+    let _ = Command::new("kill").args(["-TERM", &w.id().to_string()]).status();
+    assert!(w.wait().unwrap().success());
+}

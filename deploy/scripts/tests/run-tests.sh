@@ -151,7 +151,7 @@ end
 begin "an unknown environment is a usage error"
 run_deploy -- --environment qa
 expect_rc 2
-expect_err 'staging or production'
+expect_err 'production, production-keda, staging or canary'
 end
 
 begin "an option missing its value is a usage error"
@@ -390,7 +390,7 @@ file=$(applied)
 if grep -E '^  namespace: ' "$file" | grep -vq 'namespace: embq-blue$'; then
   fail "objects outside embq-blue: $(grep -E '^  namespace: ' "$file" | sort -u | tr '\n' ' ')"
 fi
-expect_applied '^  name: embq-blue$'
+expect_applied '^  namespace: embq-blue$'
 end
 
 begin "--environment staging deploys the staging overlay to its namespace"
@@ -445,7 +445,7 @@ expect_job '^  name: embq-migrate$'
 delete=$(call_line 'delete job embq-migrate -n paperless-maverick --ignore-not-found')
 job=$(call_line 'apply -f .*/migrate\.yaml$')
 waited=$(call_line 'get job embq-migrate -n paperless-maverick')
-apply=$(call_line 'apply -f .*/rendered\.yaml$')
+apply=$(call_line 'apply -f .*/rendered\.yaml( |$)')
 rollout=$(call_line '^rollout status ')
 if ! [[ "$delete" -gt 0 && "$delete" -lt "$job" && "$job" -lt "$waited" && "$waited" -lt "$apply" && "$apply" -lt "$rollout" ]]; then
   fail "migration out of order: delete=$delete job=$job wait=$waited apply=$apply rollout=$rollout"
@@ -552,6 +552,76 @@ for environment in production staging; do
     done
   done
 done
+
+# --- every overlay, pruning, KEDA and canaries (issue 19) ----------------------
+
+begin "production applies with pruning through the fleet's ApplySet"
+run_deploy -- --image "$IMAGE"
+expect_rc 0
+expect_call 'apply -f .* -n paperless-maverick --prune --applyset=configmap/embq-applyset'
+end
+
+begin "--no-prune applies without pruning"
+run_deploy -- --image "$IMAGE" --no-prune
+expect_rc 0
+expect_no_call 'prune'
+end
+
+begin "production-keda deploys the ScaledObject and its TriggerAuthentication, no HPA"
+run_deploy FAKE_SCALEDOBJECT=1 -- --environment production-keda --image "$IMAGE"
+expect_rc 0
+expect_applied '^kind: ScaledObject$'
+expect_applied '^kind: TriggerAuthentication$'
+if grep -q '^kind: HorizontalPodAutoscaler$' "$(applied)"; then fail "a plain HPA was applied with KEDA"; fi
+end
+
+begin "the plain HPA is refused where a ScaledObject owns the workers"
+run_deploy FAKE_SCALEDOBJECT=1 -- --environment production --image "$IMAGE"
+expect_rc 6
+expect_err 'KEDA ScaledObject owns the workers'
+expect_nothing_applied
+end
+
+begin "a healthy canary is promoted to production and removed"
+run_deploy CANARY_DURATION=0s -- --environment canary --image "$IMAGE"
+expect_rc 0
+# The canary's own apply prunes nothing (the promotion's apply does).
+first_apply=$(grep -E ' apply -f ' "$log" | head -n 1)
+[[ "$first_apply" != *prune* ]] || fail "the canary was applied with --prune: $first_apply"
+expect_call 'get --raw /api/v1/namespaces/paperless-maverick/pods/embedding-queue-workers-canary-5c-a:9091/proxy/metrics'
+expect_err 'promote|promoting'
+expect_err 'canary 0.000 of 50 attempts failed'
+# The promotion deploys the canary's image to the stable fleet, then deletes the canary.
+[[ $(call_line '^rollout status deployment/embedding-queue-workers ') -gt 0 ]] || fail "stable fleet not rolled out"
+expect_call 'delete -f '
+[[ $(call_line 'delete -f ') -gt $(call_line '--prune --applyset') ]] || fail "canary deleted before the promotion"
+end
+
+begin "a canary failing more than the stable pods is rolled back, exit 11"
+run_deploy CANARY_DURATION=0s FAKE_CANARY_STEP="40 10" -- --environment canary --image "$IMAGE"
+expect_rc 11
+expect_err 'canary rolled back: canary 0.200 of 50 attempts failed, stable 0.010 of 202'
+expect_call 'delete -f '
+expect_no_call '--prune --applyset'
+end
+
+begin "a canary that did too little work is rolled back"
+run_deploy CANARY_DURATION=0s FAKE_CANARY_STEP="5 0" -- --environment canary --image "$IMAGE"
+expect_rc 11
+expect_err 'of 5 attempts'
+end
+
+begin "--canary-base production-keda promotes into the KEDA fleet"
+run_deploy CANARY_DURATION=0s FAKE_SCALEDOBJECT=1 -- --environment canary --canary-base production-keda --image "$IMAGE"
+expect_rc 0
+expect_applied '^kind: (ScaledObject|Deployment)$'
+end
+
+begin "an unknown --canary-base is a usage error"
+run_deploy -- --environment canary --canary-base staging
+expect_rc 2
+expect_err 'canary-base must be production or production-keda'
+end
 
 echo
 echo "$passed passed, $failed failed"
