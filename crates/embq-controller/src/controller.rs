@@ -15,11 +15,11 @@ use crate::kube_api::{self, EventTarget, EventType, Fleet};
 use crate::metrics::{ActionLabels, KindLabels, Metrics, SuppressedLabels};
 use crate::observe::{pod_status, PodHistory, PodStatus, Sample, WorkerMetrics};
 use crate::policy::{
-    self, Action, CapacityObservation, Critical, Decision, FleetObservation, Memory, PodObservation, PressureTracker,
-    Reason, Verdict,
+    self, Action, CapacityObservation, Critical, Decision, FleetObservation, Guard, Memory, PodObservation,
+    PressureTracker, Reason, Verdict,
 };
 use crate::restart::{self, RestartJob};
-use crate::worker::WorkerClient;
+use crate::worker::{Health, WorkerClient};
 use crate::Error;
 
 /// Everything a tick and its spawned restarts share.
@@ -134,23 +134,30 @@ pub async fn reconcile(ctx: &Arc<Context>) -> Result<Tick, Error> {
     Ok(Tick::Leader(decisions))
 }
 
+/// Share of the signal window the samples must span before a pod is judged on them:
+/// a burst right after a start, a failover or on a new pod is not a five-minute signal.
+const MIN_WINDOW_COVERAGE: f64 = 0.8;
+
 /// Health and metrics of one worker; `None` where it was not scraped.
 struct Scrape {
     name: String,
-    health: Option<bool>,
+    health: Option<Health>,
     metrics: Option<WorkerMetrics>,
 }
 
 /// Scrapes every running worker at once; each scrape is bounded by the client timeout.
 async fn scrape(ctx: &Arc<Context>, statuses: &[PodStatus]) -> Vec<Scrape> {
     let mut set = JoinSet::new();
-    for p in statuses.iter().filter(|p| p.running && p.critical.is_none()) {
+    // An OOM kill is an event the kubelet already answered with a restart: the pod runs
+    // again and stays judged. Only a pod that cannot run is not scraped.
+    let scrapable = |p: &&PodStatus| !matches!(p.critical, Some(Critical::ImagePull | Critical::CrashLoop { .. }));
+    for p in statuses.iter().filter(|p| p.running).filter(scrapable) {
         let Some(ip) = p.ip else { continue };
         let ctx = ctx.clone();
         let name = p.name.clone();
         set.spawn(async move {
             let (health, metrics) = tokio::join!(ctx.worker.health(ip), ctx.worker.metrics(ip));
-            if !health {
+            if health != Health::Ok {
                 ctx.metrics.scrape_failures.get_or_create(&KindLabels { kind: "health" }).inc();
             }
             let metrics = metrics
@@ -190,10 +197,13 @@ fn observe(
     let mut depth: Option<f64> = None;
     let mut saturation = Vec::new();
     for p in statuses {
+        let history_seen = state.pods.contains_key(&p.name);
         let history = state.pods.entry(p.name.clone()).or_default();
         let moved = history.restarts_moved(p.restarts);
         let critical = match p.critical {
-            Some(Critical::OomKilled { restarts, .. }) => Some(Critical::OomKilled { restarts, fresh: moved }),
+            // A remembered kill (lastState) is history, not a state: judge the pod as any other.
+            Some(Critical::OomKilled { restarts, .. }) if moved => Some(Critical::OomKilled { restarts, fresh: true }),
+            Some(Critical::OomKilled { .. }) => None,
             other => other,
         };
         let scrape = scrapes.remove(&p.name);
@@ -201,7 +211,7 @@ fn observe(
             .as_ref()
             .and_then(|s| s.health)
             // Only a started worker is judged on /health; a starting one has its startup probe.
-            .and_then(|ok| history.health(now, ok || !p.started));
+            .and_then(|h| history.health(now, if p.started { h } else { Health::Ok }));
         if let Some(m) = scrape.and_then(|s| s.metrics) {
             if p.ready {
                 depth = Some(depth.map_or(m.queue_depth.unwrap_or(0.0), |d: f64| d.max(m.queue_depth.unwrap_or(0.0))));
@@ -211,13 +221,14 @@ fn observe(
             }
             history.push(Sample { at: now, metrics: m }, window);
         }
-        let signals = history.signals(cfg.min_jobs_in_window);
+        let signals = history.signals(cfg.min_jobs_in_window, cfg.limits.signal_window.mul_f64(MIN_WINDOW_COVERAGE));
         rate_limited |= signals.rate_limited;
         pods.push(PodObservation {
             name: p.name.clone(),
             ready: p.ready,
             critical,
             health_failing_for,
+            restarts_moved: moved && history_seen,
             error_rate: signals.error_rate,
             p95_seconds: signals.p95_seconds,
         });
@@ -273,6 +284,20 @@ async fn execute(
         let seen = d.pod().and_then(|n| observation.pods.iter().find(|p| p.name == n));
         let why = explain(d, status, seen, &observation.capacity, ctx);
         match d.verdict {
+            Verdict::Skipped(guard) => {
+                ctx.metrics.suppressed.get_or_create(&SuppressedLabels { action: d.action, guard }).inc();
+                tracing::info!(subject = %d.subject, reason = d.reason.as_str(), guard = guard.as_str(), "remediation skipped");
+                let message = format!("not restarting ({why}): {}", skip_why(guard, ctx));
+                kube_api::post_event(
+                    ctx,
+                    &target,
+                    EventType::Warning,
+                    "RemediationSkipped",
+                    d.action.as_str(),
+                    &message,
+                )
+                .await;
+            }
             Verdict::Suppressed(guard) => {
                 ctx.metrics.suppressed.get_or_create(&SuppressedLabels { action: d.action, guard }).inc();
                 tracing::debug!(subject = %d.subject, action = d.action.as_str(), guard = guard.as_str(), "held back");
@@ -376,6 +401,20 @@ async fn scale_now(ctx: &Context, fleet: &Fleet, d: &Decision, why: &str) {
             kube_api::post_event(ctx, &dep, EventType::Warning, "ScalingFailed", d.action.as_str(), &format!("{e}"))
                 .await
         }
+    }
+}
+
+/// Why a fleet-level guard held a restart back, for the `RemediationSkipped` Event.
+fn skip_why(guard: Guard, ctx: &Context) -> String {
+    let l = &ctx.config.limits;
+    match guard {
+        Guard::SharedCause => "most workers show the same signal: the cause is shared (provider, database, network), restarting them one by one cannot fix it".into(),
+        Guard::ReadyFloor => format!(
+            "fewer than {} Ready pods or {:.0}% of the fleet would stay Ready: the fleet as a whole is unwell, holding",
+            l.min_ready_pods,
+            l.min_ready_share * 100.0
+        ),
+        other => format!("held back by {}", other.as_str()),
     }
 }
 

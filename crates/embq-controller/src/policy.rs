@@ -32,6 +32,10 @@ pub struct Limits {
     pub scale_max: i32,
     pub scale_cooldown: Duration,
     pub signal_window: Duration,
+    /// Share of the fleet that must stay Ready after a remediation (0.51: a majority).
+    pub min_ready_share: f64,
+    /// Ready pods that must stay after a remediation, whatever the share.
+    pub min_ready_pods: u32,
     pub dry_run: bool,
 }
 
@@ -53,8 +57,11 @@ pub struct PodObservation {
     pub name: String,
     pub ready: bool,
     pub critical: Option<Critical>,
-    /// How long /health has been failing without a success in between.
+    /// How long /health has answered "unhealthy" without a success in between
+    /// (timeouts and connection errors are unknown, not failures).
     pub health_failing_for: Option<Duration>,
+    /// The container's restart count moved since the previous look: the kubelet saw it fail.
+    pub restarts_moved: bool,
     /// Failed / finished jobs over the window, only when enough jobs finished.
     pub error_rate: Option<f64>,
     /// p95 of processing duration over the window, only when enough jobs finished.
@@ -68,6 +75,7 @@ impl PodObservation {
             ready: true,
             critical: None,
             health_failing_for: None,
+            restarts_moved: false,
             error_rate: None,
             p95_seconds: None,
         }
@@ -213,6 +221,10 @@ pub enum Guard {
     Cooldown,
     ActionCap,
     DisruptionBudget,
+    /// Too few pods would stay Ready: the fleet as a whole is unwell, not this pod.
+    ReadyFloor,
+    /// Most judged pods show the same signal: a shared cause (provider, database), not this pod.
+    SharedCause,
 }
 
 impl Guard {
@@ -222,6 +234,8 @@ impl Guard {
             Guard::Cooldown => "cooldown",
             Guard::ActionCap => "action_cap",
             Guard::DisruptionBudget => "disruption_budget",
+            Guard::ReadyFloor => "ready_floor",
+            Guard::SharedCause => "shared_cause",
         }
     }
 }
@@ -233,6 +247,9 @@ pub enum Verdict {
     /// Dry-run: log and emit a "would ..." Event only.
     DryRun,
     Suppressed(Guard),
+    /// Held back by a fleet-level guard, and said so with a `RemediationSkipped` Event
+    /// (once per cooldown; later looks give `Suppressed`).
+    Skipped(Guard),
 }
 
 /// What an action is about.
@@ -289,6 +306,9 @@ pub struct Memory {
 impl Memory {
     /// Records the carried-out decisions (dry-run ones too, so a dry run shows the real cadence).
     pub fn record(&mut self, decisions: &[Decision], now: Instant, limits: &Limits) {
+        for d in decisions.iter().filter(|d| matches!(d.verdict, Verdict::Skipped(_))) {
+            self.last_report.insert((d.subject.clone(), d.reason), now);
+        }
         for d in decisions.iter().filter(|d| d.carried_out()) {
             match d.action {
                 Action::Report | Action::HoldScale => {
@@ -343,6 +363,7 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
     // the image or the config, and deleting pods only resets the kubelet's back-off.
     let crash_looping = fleet.pods.iter().filter(|p| matches!(p.critical, Some(Critical::CrashLoop { .. }))).count();
     let others_ready = fleet.pods.iter().filter(|p| p.ready).count();
+    let mut signalled: Vec<(&PodObservation, u8, Reason)> = Vec::new();
 
     for pod in &fleet.pods {
         if fleet.in_flight.iter().any(|n| n == &pod.name) {
@@ -364,27 +385,39 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
                 }
             }
             None => {
-                let signal = if pod.health_failing_for.is_some_and(|d| d >= limits.health_failure_after) {
-                    Some((1, Reason::HealthCheck))
-                } else if pod.error_rate.is_some_and(|r| r > limits.error_rate_max) {
-                    Some((2, Reason::ErrorRate))
-                } else if pod.p95_seconds.is_some_and(|s| s > limits.p95_max_seconds) {
-                    Some((3, Reason::SlowProcessing))
-                } else {
-                    None
-                };
-                match signal {
-                    // Failing or slow jobs while the provider throttles us are the provider's
-                    // doing: a restart would not fix them, so report instead.
-                    Some((_, reason @ (Reason::ErrorRate | Reason::SlowProcessing))) if fleet.capacity.rate_limited => {
-                        report(&mut out, pod, reason, limits, memory, now)
-                    }
-                    Some((rank, reason)) => {
-                        candidates.push((rank, &pod.name, Action::GracefulRestart, reason, pod.ready))
-                    }
-                    None => {}
+                if let Some((rank, reason)) = pod_signal(pod, limits) {
+                    signalled.push((pod, rank, reason));
                 }
             }
+        }
+    }
+
+    // A signal on most of the pods that could show it has a shared cause (the provider,
+    // the database, the network between the controller and the pods): restarting the
+    // pods one by one would not fix it and would only take capacity away.
+    for (pod, rank, reason) in signalled {
+        let judged = fleet
+            .pods
+            .iter()
+            .filter(|p| p.critical.is_none() && !fleet.in_flight.contains(&p.name))
+            .filter(|p| match reason {
+                Reason::ErrorRate => p.error_rate.is_some(),
+                Reason::SlowProcessing => p.p95_seconds.is_some(),
+                _ => true,
+            })
+            .count();
+        let showing = fleet.pods.iter().filter(|p| pod_signal(p, limits).is_some_and(|(_, r)| r == reason)).count();
+        if showing * 2 > judged {
+            skip(&mut out, pod, reason, Guard::SharedCause, limits, memory, now);
+            continue;
+        }
+        match reason {
+            // Failing or slow jobs while the provider throttles us are the provider's
+            // doing: a restart would not fix them, so report instead.
+            Reason::ErrorRate | Reason::SlowProcessing if fleet.capacity.rate_limited => {
+                report(&mut out, pod, reason, limits, memory, now)
+            }
+            _ => candidates.push((rank, &pod.name, Action::GracefulRestart, reason, pod.ready)),
         }
     }
 
@@ -395,9 +428,17 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
     // Pods not Ready are already unavailable; restarts in flight count until they end.
     let mut disrupted = fleet.pods.iter().filter(|p| !p.ready).count()
         + fleet.in_flight.iter().filter(|n| fleet.pods.iter().any(|p| &p.name == *n && p.ready)).count();
+    // Ready pods that keep serving: not counting those being restarted.
+    let total = fleet.pods.len();
+    let mut serving = fleet.pods.iter().filter(|p| p.ready && !fleet.in_flight.contains(&p.name)).count();
     for (_, name, action, reason, ready) in candidates {
+        let after = serving - usize::from(ready);
+        let floor_kept =
+            after >= limits.min_ready_pods as usize && after as f64 >= limits.min_ready_share * total as f64;
         let verdict = if !memory.disruption_cooled(name, now, limits.pod_cooldown) {
             Verdict::Suppressed(Guard::Cooldown)
+        } else if !floor_kept {
+            skipped(&Subject::Pod(name.to_owned()), reason, Guard::ReadyFloor, limits, memory, now)
         } else if used >= limits.max_actions as usize {
             Verdict::Suppressed(Guard::ActionCap)
         } else if ready && disrupted >= allowed {
@@ -406,6 +447,7 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
             used += 1;
             if ready {
                 disrupted += 1;
+                serving -= 1;
             }
             act(limits)
         };
@@ -424,6 +466,48 @@ fn act(limits: &Limits) -> Verdict {
     } else {
         Verdict::Act
     }
+}
+
+/// The restart-worthy signal of a pod without a critical state, most severe first.
+/// /health counts only where the kubelet agrees (not Ready, or its restart count moved):
+/// a slow or unreachable /health alone is the controller's view, not the pod's state.
+fn pod_signal(pod: &PodObservation, limits: &Limits) -> Option<(u8, Reason)> {
+    if pod.critical.is_some() {
+        None
+    } else if pod.health_failing_for.is_some_and(|d| d >= limits.health_failure_after)
+        && (!pod.ready || pod.restarts_moved)
+    {
+        Some((1, Reason::HealthCheck))
+    } else if pod.error_rate.is_some_and(|r| r > limits.error_rate_max) {
+        Some((2, Reason::ErrorRate))
+    } else if pod.p95_seconds.is_some_and(|s| s > limits.p95_max_seconds) {
+        Some((3, Reason::SlowProcessing))
+    } else {
+        None
+    }
+}
+
+/// `Skipped` (with an Event) once per cooldown for a lasting condition, quietly `Suppressed` between.
+fn skipped(subject: &Subject, reason: Reason, guard: Guard, limits: &Limits, memory: &Memory, now: Instant) -> Verdict {
+    if memory.report_cooled(&(subject.clone(), reason), now, limits.pod_cooldown) {
+        Verdict::Skipped(guard)
+    } else {
+        Verdict::Suppressed(guard)
+    }
+}
+
+fn skip(
+    out: &mut Vec<Decision>,
+    pod: &PodObservation,
+    reason: Reason,
+    guard: Guard,
+    limits: &Limits,
+    memory: &Memory,
+    now: Instant,
+) {
+    let subject = Subject::Pod(pod.name.clone());
+    let verdict = skipped(&subject, reason, guard, limits, memory, now);
+    out.push(Decision { subject, action: Action::GracefulRestart, reason, verdict, scale_to: None });
 }
 
 fn report(

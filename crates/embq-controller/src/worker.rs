@@ -18,6 +18,18 @@ pub struct WorkerClient {
     token: Secret,
 }
 
+/// What one `GET /health` told the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// A 2xx answer.
+    Ok,
+    /// The worker answered, and not with 2xx: it says it is unwell.
+    Failing,
+    /// No answer (timeout, connection refused or reset): the path from the controller to
+    /// the pod, or a throttled CPU, as much as the worker. Not evidence either way.
+    Unknown,
+}
+
 /// How a drain wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
@@ -49,11 +61,13 @@ impl WorkerClient {
         format!("http://{}{path}", SocketAddr::new(ip, port))
     }
 
-    /// `GET /health`: true on any 2xx; false on anything else, including no answer.
-    pub async fn health(&self, ip: IpAddr) -> bool {
+    /// `GET /health`: [`Health::Ok`] on 2xx, [`Health::Failing`] on another answer,
+    /// [`Health::Unknown`] without one.
+    pub async fn health(&self, ip: IpAddr) -> Health {
         match self.http.get(Self::url(ip, self.health_port, "/health")).send().await {
-            Ok(r) => r.status().is_success(),
-            Err(_) => false,
+            Ok(r) if r.status().is_success() => Health::Ok,
+            Ok(_) => Health::Failing,
+            Err(_) => Health::Unknown,
         }
     }
 

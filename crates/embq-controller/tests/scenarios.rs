@@ -33,11 +33,10 @@ fn leader(tick: Tick) -> Vec<embq_controller::policy::Decision> {
 /// `/health` failing: Lease, fleet read, PDB check, POST /shutdown, drain, eviction,
 /// replacement Ready — with an Event at each step.
 pub async fn graceful_restart() -> Requests {
-    let (ctx, mut api) =
-        controller_with_workers(vec![Behavior::failing_health(), Behavior::healthy(&worker_metrics(0.0, 1.0, 0.0))])
-            .await;
+    let ok = || Behavior::healthy(&worker_metrics(0.0, 1.0, 0.0));
+    let (ctx, mut api) = controller_with_workers(vec![Behavior::failing_health(), ok(), ok()]).await;
     let (ctx, workers) = ctx;
-    let [a, b] = [workers.ips[0], workers.ips[1]];
+    let [a, b, c] = [workers.ips[0], workers.ips[1], workers.ips[2]];
     let tick = tokio::spawn({
         let ctx = ctx.clone();
         async move { reconcile(&ctx).await }
@@ -47,8 +46,9 @@ pub async fn graceful_restart() -> Requests {
     let create = api.expect("POST", "/apis/coordination.k8s.io/v1/namespaces/ns/leases?").await;
     assert_eq!(create.body["spec"]["holderIdentity"], "me");
     create.echo(201);
-    let pods = pod_list(&[pod(&PodSpec::not_ready("w-a", a)), pod(&PodSpec::ready("w-b", b))]);
-    api.fleet(pods, deployment(2, json!({})), None, ready_hpa(2, json!({}))).await;
+    let pods =
+        pod_list(&[pod(&PodSpec::not_ready("w-a", a)), pod(&PodSpec::ready("w-b", b)), pod(&PodSpec::ready("w-c", c))]);
+    api.fleet(pods, deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
 
     let dry = api.expect("POST", &eviction_uri("w-a", true)).await;
     dry.reply(201, status_body(201, "", ""));
@@ -60,8 +60,8 @@ pub async fn graceful_restart() -> Requests {
     assert_eq!(api.expect_event("w-a").await.0, "Evicted");
     // The replacement: first not Ready yet, then Ready.
     let replacement = |ready| {
-        let spec = PodSpec { ready, ..PodSpec::ready("w-c", b) };
-        pod_list(&[pod(&PodSpec::ready("w-b", b)), pod(&spec)])
+        let spec = PodSpec { ready, ..PodSpec::ready("w-d", b) };
+        pod_list(&[pod(&PodSpec::ready("w-b", b)), pod(&PodSpec::ready("w-c", c)), pod(&spec)])
     };
     api.expect("GET", &pods_uri()).await.ok(replacement(false));
     api.expect("GET", &pods_uri()).await.ok(replacement(true));
@@ -84,7 +84,7 @@ pub async fn graceful_restart() -> Requests {
     let shutdown = at(&format!("worker {a} POST /shutdown"));
     assert!(at(&format!("POST {}", eviction_uri("w-a", true))) < shutdown);
     assert!(shutdown < at(&format!("POST {}", eviction_uri("w-a", false))));
-    assert!(!log.iter().any(|e| e.contains(&format!("worker {b} POST"))));
+    assert!(!log.iter().any(|e| e.contains(&format!("worker {b} POST")) || e.contains(&format!("worker {c} POST"))));
     let text = ctx.metrics.encode();
     assert!(text.contains(r#"restart_controller_actions_total{action="graceful_restart",reason="health_check"} 1"#));
     assert!(text.contains(r#"restart_controller_restart_outcomes_total{kind="replacement_ready"} 1"#));
@@ -94,9 +94,8 @@ pub async fn graceful_restart() -> Requests {
 /// A PodDisruptionBudget refuses the eviction (429): the worker is not drained, an Event
 /// says why, and the next tick does not try again (cooldown) — no retry storm.
 pub async fn eviction_refused_by_pdb() -> Requests {
-    let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health()]).await;
-    let a = workers.ips[0];
-    let pods = || pod_list(&[pod(&PodSpec::not_ready("w-a", a))]);
+    let ((ctx, workers), mut api) = controller_with_workers(failing_and_two_serving()).await;
+    let pods = || three_pods(&workers);
 
     for round in 0..3 {
         let tick = tokio::spawn({
@@ -104,7 +103,7 @@ pub async fn eviction_refused_by_pdb() -> Requests {
             async move { reconcile(&ctx).await }
         });
         api.lease_renewed().await;
-        api.fleet(pods(), deployment(1, json!({})), None, ready_hpa(1, json!({}))).await;
+        api.fleet(pods(), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
         if round == 0 {
             api.expect("POST", &eviction_uri("w-a", true)).await.status(
                 429,
@@ -287,12 +286,13 @@ pub async fn follower_takes_no_action() -> Requests {
     assert_eq!(put.body["spec"]["holderIdentity"], "me");
     assert_eq!(put.body["metadata"]["resourceVersion"], "7");
     put.echo(200);
-    let pods = pod_list(&[pod(&PodSpec::ready("w-a", workers.ips[0]))]);
+    let pods = pod_list(&[pod(&PodSpec::not_ready("w-a", workers.ips[0]))]);
     api.fleet(pods, deployment(1, json!({})), None, ready_hpa(1, json!({}))).await;
-    // A single ready pod: maxUnavailable 1 allows it, so the restart starts.
-    api.expect("POST", &eviction_uri("w-a", true)).await.status(429, "TooManyRequests", "budget");
-    api.expect_event("w-a").await;
-    tick.await.expect("task").expect("tick");
+    // It leads now (it scraped the worker); a single pod is no outlier: skipped, said so.
+    let (reason, _) = api.expect_event("w-a").await;
+    assert_eq!(reason, "RemediationSkipped");
+    let decisions = leader(tick.await.expect("task").expect("tick"));
+    assert_eq!(decisions[0].verdict, Verdict::Skipped(Guard::SharedCause));
     restarts_done(&ctx).await;
     assert!(ctx.metrics.encode().contains("restart_controller_leader 1"));
 
@@ -308,15 +308,23 @@ pub async fn follower_takes_no_action() -> Requests {
 /// Twenty workers fail at once: no more disruptive actions than the cap (3), whatever
 /// the order the restarts interleave in; later ticks in the window add none.
 pub async fn storm_is_capped() -> Requests {
-    let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health()]).await;
+    let ((ctx, workers), mut api) = controller_with_workers(failing_and_two_serving()).await;
     let ip = workers.ips[0];
     let names: Vec<String> = (0..20).map(|i| format!("w-{i:02}")).collect();
-    let pods = pod_list(&names.iter().map(|n| pod(&PodSpec::not_ready(n, ip))).collect::<Vec<_>>());
+    // Twenty failing among twenty-five serving: a minority, with most of the fleet Ready.
+    let serving: Vec<String> = (0..25).map(|i| format!("s-{i:02}")).collect();
+    let pods = pod_list(
+        &names
+            .iter()
+            .map(|n| pod(&PodSpec::not_ready(n, ip)))
+            .chain(serving.iter().map(|n| pod(&PodSpec::ready(n, workers.ips[1]))))
+            .collect::<Vec<_>>(),
+    );
     let mut evictions = BTreeSet::new();
     for round in 0..2 {
         let tick = spawn_tick(&ctx);
         api.lease_renewed().await;
-        api.fleet(pods.clone(), deployment(20, json!({})), None, ready_hpa(20, json!({}))).await;
+        api.fleet(pods.clone(), deployment(45, json!({})), None, ready_hpa(45, json!({}))).await;
         // Restarts run concurrently: answer whatever comes until the tick and its
         // restarts are done.
         let drive = async {
@@ -389,17 +397,130 @@ pub async fn list_errors_are_retried_with_backoff() -> Requests {
 
 /// Dry run: the same decision, a "would ..." Event, no eviction and no shutdown call.
 pub async fn dry_run_only_reports() -> Requests {
-    let ((ctx, workers), mut api) =
-        controller_with_workers_args(vec![Behavior::failing_health()], &["--dry-run"]).await;
-    let pods = pod_list(&[pod(&PodSpec::not_ready("w-a", workers.ips[0]))]);
+    let ((ctx, workers), mut api) = controller_with_workers_args(failing_and_two_serving(), &["--dry-run"]).await;
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
-    api.fleet(pods, deployment(1, json!({})), None, ready_hpa(1, json!({}))).await;
+    api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
     let (_, message) = api.expect_event("w-a").await;
     assert!(message.starts_with("dry run, would restart the pod gracefully"), "{message}");
     let decisions = leader(tick.await.expect("task").expect("tick"));
     assert_eq!(decisions[0].verdict, Verdict::DryRun);
     restarts_done(&ctx).await;
+    api.assert_idle();
+    assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")));
+    api.seen
+}
+
+/// A worker failing /health and two serving ones.
+fn failing_and_two_serving() -> Vec<Behavior> {
+    let ok = || Behavior::healthy(&worker_metrics(0.0, 1.0, 0.0));
+    vec![Behavior::failing_health(), ok(), ok()]
+}
+
+/// w-a (not Ready) on the first worker, w-b and w-c (Ready) on the others.
+fn three_pods(workers: &Workers) -> Value {
+    pod_list(&[
+        pod(&PodSpec::not_ready("w-a", workers.ips[0])),
+        pod(&PodSpec::ready("w-b", workers.ips[1])),
+        pod(&PodSpec::ready("w-c", workers.ips[2])),
+    ])
+}
+
+/// The only Ready worker fails /health and the kubelet agrees (its restart count moved):
+/// restarting it would leave nothing serving. Skipped with an Event, never evicted.
+pub async fn only_ready_worker_is_kept() -> Requests {
+    let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health()]).await;
+    let pods = |restarts| {
+        pod_list(&[
+            pod(&PodSpec { restarts, ..PodSpec::ready("w-a", workers.ips[0]) }),
+            pod(&PodSpec { ip: None, ..PodSpec::not_ready("w-b", workers.ips[0]) }),
+            pod(&PodSpec { ip: None, ..PodSpec::not_ready("w-c", workers.ips[0]) }),
+        ])
+    };
+    // First look: Ready, restarts steady: only the controller's view, nothing to do.
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(pods(0), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
+    assert!(leader(tick.await.expect("task").expect("tick")).is_empty());
+    // Second look: the kubelet restarted it; still the only Ready pod.
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(pods(1), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
+    let (reason, message) = api.expect_event("w-a").await;
+    assert_eq!(reason, "RemediationSkipped");
+    assert!(message.contains("fewer than 2 Ready pods"), "{message}");
+    let decisions = leader(tick.await.expect("task").expect("tick"));
+    assert_eq!((decisions[0].reason, decisions[0].verdict), (Reason::HealthCheck, Verdict::Skipped(Guard::ReadyFloor)));
+    restarts_done(&ctx).await;
+    api.assert_idle();
+    assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")));
+    assert!(ctx
+        .metrics
+        .encode()
+        .contains(r#"restart_controller_suppressed_total{action="graceful_restart",guard="ready_floor"} 1"#));
+    api.seen
+}
+
+/// Every worker answers /health with 500 and none is Ready (a database or provider outage
+/// behind their health checks): a shared cause, held with one Event per pod, nobody evicted.
+pub async fn fleet_wide_failure_is_held() -> Requests {
+    let ((ctx, workers), mut api) = controller_with_workers(vec![
+        Behavior::failing_health(),
+        Behavior::failing_health(),
+        Behavior::failing_health(),
+    ])
+    .await;
+    let pods = pod_list(&[
+        pod(&PodSpec::not_ready("w-a", workers.ips[0])),
+        pod(&PodSpec::not_ready("w-b", workers.ips[1])),
+        pod(&PodSpec::not_ready("w-c", workers.ips[2])),
+    ]);
+    for round in 0..2 {
+        let tick = spawn_tick(&ctx);
+        api.lease_renewed().await;
+        api.fleet(pods.clone(), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
+        if round == 0 {
+            let mut seen = BTreeSet::new();
+            for _ in 0..3 {
+                let call = api.next().await;
+                assert!(call.uri.ends_with("/events?"), "only Events: {}", call.uri);
+                assert_eq!(call.body["reason"], "RemediationSkipped");
+                seen.insert(call.body["involvedObject"]["name"].as_str().unwrap_or_default().to_owned());
+                call.echo(201);
+            }
+            assert_eq!(seen.len(), 3);
+        }
+        let decisions = leader(tick.await.expect("task").expect("tick"));
+        let want =
+            if round == 0 { Verdict::Skipped(Guard::SharedCause) } else { Verdict::Suppressed(Guard::SharedCause) };
+        assert!(decisions.iter().all(|d| d.verdict == want), "round {round}: {decisions:?}");
+    }
+    restarts_done(&ctx).await;
+    api.assert_idle();
+    assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")));
+    api.seen
+}
+
+/// No answer from a worker is not a failing worker: an unreachable pod and a Ready pod
+/// whose /health answers 500 while the kubelet sees nothing wrong are both left alone.
+pub async fn unreachable_or_disputed_health_is_unknown() -> Requests {
+    let ok = || Behavior::healthy(&worker_metrics(0.0, 1.0, 0.0));
+    let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health(), ok(), ok()]).await;
+    // Nothing listens on 127.0.0.200: connection refused.
+    let nobody = std::net::IpAddr::from([127, 0, 0, 200]);
+    let pods = pod_list(&[
+        pod(&PodSpec::not_ready("w-gone", nobody)),
+        pod(&PodSpec::ready("w-a", workers.ips[0])),
+        pod(&PodSpec::ready("w-b", workers.ips[1])),
+        pod(&PodSpec::ready("w-c", workers.ips[2])),
+    ]);
+    for _ in 0..2 {
+        let tick = spawn_tick(&ctx);
+        api.lease_renewed().await;
+        api.fleet(pods.clone(), deployment(4, json!({})), None, ready_hpa(4, json!({}))).await;
+        let decisions = leader(tick.await.expect("task").expect("tick"));
+        assert!(decisions.is_empty(), "{decisions:?}");
+    }
     api.assert_idle();
     assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")));
     api.seen
@@ -482,6 +603,21 @@ async fn dry_run_emits_would_events_only() {
     dry_run_only_reports().await;
 }
 
+#[tokio::test]
+async fn the_only_ready_worker_is_never_restarted() {
+    only_ready_worker_is_kept().await;
+}
+
+#[tokio::test]
+async fn a_fleet_wide_failure_is_held_with_events() {
+    fleet_wide_failure_is_held().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_worker_or_a_health_the_kubelet_disputes_is_not_acted_on() {
+    unreachable_or_disputed_health_is_unknown().await;
+}
+
 /// (apiGroup, resource, verb) of one request path.
 fn rbac_of(method: &str, uri: &str) -> (String, String, String) {
     let path = uri.split('?').next().unwrap_or_default();
@@ -559,6 +695,9 @@ async fn the_role_allows_every_request_the_scenarios_make_and_nothing_else() {
         follower_takes_no_action().await,
         storm_is_capped().await,
         dry_run_only_reports().await,
+        only_ready_worker_is_kept().await,
+        fleet_wide_failure_is_held().await,
+        unreachable_or_disputed_health_is_unknown().await,
     ] {
         for (method, uri) in seen {
             used.insert(rbac_of(&method, &uri));
