@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::kube_api::{self, EventTarget, EventType, Fleet};
+use crate::leader::Hold;
 use crate::metrics::{ActionLabels, KindLabels, Metrics, SuppressedLabels};
 use crate::observe::{pod_status, PodHistory, PodStatus, Sample, WorkerMetrics};
 use crate::policy::{
@@ -43,6 +44,8 @@ struct State {
     memory: Memory,
     pressure: PressureTracker,
     in_flight: HashSet<String>,
+    /// `memory` holds what the Lease carried (set on leading, cleared on following).
+    memory_loaded: bool,
 }
 
 /// When the loop last finished a tick, for the controller's own /health.
@@ -81,6 +84,16 @@ impl Context {
         })
     }
 
+    /// The guards' memory as the Lease annotation carries it.
+    pub fn memory_annotation(&self) -> String {
+        self.state().memory.to_annotation(Instant::now(), chrono::Utc::now())
+    }
+
+    /// Whether the memory was read from the Lease since this replica last started leading.
+    pub fn memory_loaded(&self) -> bool {
+        self.state().memory_loaded
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state is plain data: a panic elsewhere cannot leave it half-updated in a
         // way worse than the next tick repairs.
@@ -96,14 +109,33 @@ pub enum Tick {
     Leader(Vec<Decision>),
 }
 
-/// One look at the fleet and the actions it calls for.
+/// One look at the fleet and the actions it calls for, bounded by the tick deadline
+/// (two thirds of the Lease duration): a tick stuck on the API server must not go on
+/// acting after its Lease could have passed to another replica.
 pub async fn reconcile(ctx: &Arc<Context>) -> Result<Tick, Error> {
+    let deadline = ctx.config.lease_duration.mul_f64(2.0 / 3.0);
+    tokio::time::timeout(deadline, tick(ctx)).await.map_err(|_| Error::Deadline(deadline))?
+}
+
+async fn tick(ctx: &Arc<Context>) -> Result<Tick, Error> {
     let started = Instant::now();
     if ctx.config.leader_election {
-        let leader = crate::leader::hold_lease(ctx).await?;
-        ctx.metrics.leader.set(i64::from(leader));
-        if !leader {
-            return Ok(Tick::Follower);
+        let held = crate::leader::hold_lease(ctx).await?;
+        ctx.metrics.leader.set(i64::from(held != Hold::Follow));
+        let mut state = ctx.state();
+        match held {
+            Hold::Follow => {
+                state.memory_loaded = false;
+                return Ok(Tick::Follower);
+            }
+            Hold::Lead { carried } => {
+                if !state.memory_loaded {
+                    if let Some(text) = carried {
+                        state.memory = Memory::from_annotation(&text, Instant::now(), chrono::Utc::now());
+                    }
+                    state.memory_loaded = true;
+                }
+            }
         }
     } else {
         ctx.metrics.leader.set(1);
@@ -362,6 +394,10 @@ impl Drop for InFlight {
 }
 
 async fn evict_now(ctx: &Context, target: &EventTarget, d: &Decision, why: &str) {
+    if !crate::leader::still_leading(ctx).await {
+        tracing::warn!(pod = %target.name, "lease lost before the eviction; not evicting");
+        return;
+    }
     let (type_, reason, message) = match kube_api::evict(ctx, &target.name, false).await {
         Ok(kube_api::Eviction::Evicted) => (EventType::Normal, "Evicted", format!("evicted to reschedule: {why}")),
         Ok(kube_api::Eviction::Gone) => return,
@@ -520,6 +556,11 @@ pub async fn run(ctx: Arc<Context>) {
     let grace = ctx.config.drain_timeout + Duration::from_secs(5);
     if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
         tracing::warn!("restarts still running at shutdown");
+    }
+    if ctx.config.leader_election {
+        if let Err(e) = crate::leader::release(&ctx).await {
+            tracing::warn!(error = %e, "could not release the lease; the next replica waits for it to expire");
+        }
     }
 }
 

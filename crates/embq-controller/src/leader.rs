@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 
 use crate::controller::Context;
+use crate::policy::MEMORY_ANNOTATION;
 use crate::Error;
 
 /// What to do with the Lease, given what it says.
@@ -54,24 +55,43 @@ pub fn lease_step(spec: Option<&LeaseSpec>, me: &str, now: DateTime<Utc>, defaul
     }
 }
 
-/// Acquires or renews the Lease; `Ok(true)` when this replica leads for this tick.
-pub async fn hold_lease(ctx: &Context) -> Result<bool, Error> {
+/// What one attempt to hold the Lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Another replica leads.
+    Follow,
+    /// This replica leads until the Lease duration has passed from before the write.
+    Lead {
+        /// The guards' memory the Lease carried (written by this or an earlier holder).
+        carried: Option<String>,
+    },
+}
+
+/// Acquires or renews the Lease, writing the guards' memory into it.
+pub async fn hold_lease(ctx: &Context) -> Result<Hold, Error> {
     let cfg = &ctx.config;
     let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &cfg.namespace);
     let now = chrono::Utc::now();
     let secs = i32::try_from(cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let current = api.get_opt(&cfg.lease_name).await?;
+    let carried = current.as_ref().and_then(|l| l.metadata.annotations.as_ref()?.get(MEMORY_ANNOTATION).cloned());
     let step = lease_step(current.as_ref().and_then(|l| l.spec.as_ref()), &cfg.identity, now, cfg.lease_duration);
+    // Before the first write as leader, the memory to write is what the Lease carried.
+    let memory = match (&carried, ctx.memory_loaded()) {
+        (Some(c), false) => c.clone(),
+        _ => ctx.memory_annotation(),
+    };
     let result = match step {
         LeaseStep::Follow { holder } => {
             tracing::debug!(%holder, "following");
-            return Ok(false);
+            return Ok(Hold::Follow);
         }
         LeaseStep::Create => {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(cfg.lease_name.clone()),
                     namespace: Some(cfg.namespace.clone()),
+                    annotations: Some([(MEMORY_ANNOTATION.to_owned(), memory)].into()),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {
@@ -86,6 +106,11 @@ pub async fn hold_lease(ctx: &Context) -> Result<bool, Error> {
         }
         LeaseStep::Renew | LeaseStep::TakeOver => {
             let mut lease = current.unwrap_or_default();
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(MEMORY_ANNOTATION.to_owned(), memory);
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             if step == LeaseStep::TakeOver {
                 spec.holder_identity = Some(cfg.identity.clone());
@@ -99,11 +124,56 @@ pub async fn hold_lease(ctx: &Context) -> Result<bool, Error> {
         }
     };
     match result {
-        Ok(_) => Ok(true),
+        Ok(_) => Ok(Hold::Lead { carried }),
         // Another replica wrote first: it leads this round.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Hold::Follow),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The fence before every drain and eviction: renews the Lease (so a replica that lost it,
+/// or stalled past it, finds out now) and says whether this replica still leads. An API
+/// error reads as "no": not knowing is no licence to act.
+pub async fn still_leading(ctx: &Context) -> bool {
+    if !ctx.config.leader_election {
+        return true;
+    }
+    // Shutting down: the Lease is about to be released; nothing new starts.
+    if ctx.shutdown.is_cancelled() {
+        return false;
+    }
+    match hold_lease(ctx).await {
+        Ok(Hold::Lead { .. }) => true,
+        Ok(Hold::Follow) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "lease check failed");
+            false
+        }
+    }
+}
+
+/// Gives the Lease up on shutdown (holder cleared), so the next replica takes over at
+/// once instead of after a full Lease duration. Keeps the memory annotation.
+pub async fn release(ctx: &Context) -> Result<(), Error> {
+    let cfg = &ctx.config;
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &cfg.namespace);
+    let Some(mut lease) = api.get_opt(&cfg.lease_name).await? else {
+        return Ok(());
+    };
+    if lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) != Some(cfg.identity.as_str()) {
+        return Ok(());
+    }
+    lease
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(MEMORY_ANNOTATION.to_owned(), ctx.memory_annotation());
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    spec.holder_identity = Some(String::new());
+    spec.renew_time = Some(MicroTime(chrono::Utc::now()));
+    api.replace(&cfg.lease_name, &PostParams::default(), &lease).await?;
+    tracing::info!("lease released");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -596,5 +596,8 @@ impl PressureTracker {
     }
 }
 
+mod persist;
+pub use persist::MEMORY_ANNOTATION;
+
 #[cfg(test)]
 mod tests;

@@ -5,30 +5,14 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use embq_controller::controller::{self, reconcile, Tick};
 use embq_controller::kube_api::ORIGINAL_ANNOTATION;
 use embq_controller::policy::{Action, Guard, Reason, Verdict};
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 type Requests = Vec<(String, String)>;
-
-fn ready_hpa(min: i32, annotations: Value) -> Value {
-    list(
-        "HorizontalPodAutoscalerList",
-        "autoscaling/v2",
-        &[hpa(min, 10, annotations, json!({}), "embedding-queue-workers-hpa")],
-    )
-}
-
-fn leader(tick: Tick) -> Vec<embq_controller::policy::Decision> {
-    match tick {
-        Tick::Leader(d) => d,
-        Tick::Follower => panic!("expected to lead"),
-    }
-}
 
 /// `/health` failing: Lease, fleet read, PDB check, POST /shutdown, drain, eviction,
 /// replacement Ready — with an Event at each step.
@@ -52,10 +36,13 @@ pub async fn graceful_restart() -> Requests {
 
     let dry = api.expect("POST", &eviction_uri("w-a", true)).await;
     dry.reply(201, status_body(201, "", ""));
+    // The fence: the Lease is renewed before the drain and again before the eviction.
+    api.lease_renewed().await;
     let (reason, message) = api.expect_event("w-a").await;
     assert_eq!(reason, "Draining");
     assert!(message.contains("POST /shutdown accepted"), "{message}");
     assert!(message.contains("(/health failing for 0s"), "{message}");
+    api.lease_renewed().await;
     api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
     assert_eq!(api.expect_event("w-a").await.0, "Evicted");
     // The replacement: first not Ready yet, then Ready.
@@ -336,6 +323,8 @@ pub async fn storm_is_capped() -> Requests {
                         call.reply(201, status_body(201, "", ""));
                     }
                     ("POST", u) if u.ends_with("/events?") => call.echo(201),
+                    ("GET", u) if u == lease_uri() => call.ok(lease("me", 0)),
+                    ("PUT", u) if u.starts_with(&lease_uri()) => call.echo(200),
                     ("GET", u) if u == pods_uri() => call.ok(pod_list(&[pod(&PodSpec::ready("w-new", ip))])),
                     (m, u) => panic!("unexpected request in the storm: {m} {u}"),
                 }
@@ -409,21 +398,6 @@ pub async fn dry_run_only_reports() -> Requests {
     api.assert_idle();
     assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")));
     api.seen
-}
-
-/// A worker failing /health and two serving ones.
-fn failing_and_two_serving() -> Vec<Behavior> {
-    let ok = || Behavior::healthy(&worker_metrics(0.0, 1.0, 0.0));
-    vec![Behavior::failing_health(), ok(), ok()]
-}
-
-/// w-a (not Ready) on the first worker, w-b and w-c (Ready) on the others.
-fn three_pods(workers: &Workers) -> Value {
-    pod_list(&[
-        pod(&PodSpec::not_ready("w-a", workers.ips[0])),
-        pod(&PodSpec::ready("w-b", workers.ips[1])),
-        pod(&PodSpec::ready("w-c", workers.ips[2])),
-    ])
 }
 
 /// The only Ready worker fails /health and the kubelet agrees (its restart count moved):
@@ -524,33 +498,6 @@ pub async fn unreachable_or_disputed_health_is_unknown() -> Requests {
     api.assert_idle();
     assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")));
     api.seen
-}
-
-fn spawn_tick(
-    ctx: &Arc<embq_controller::controller::Context>,
-) -> tokio::task::JoinHandle<Result<Tick, embq_controller::Error>> {
-    let ctx = ctx.clone();
-    tokio::spawn(async move { reconcile(&ctx).await })
-}
-
-async fn controller_with_workers(
-    behaviors: Vec<Behavior>,
-) -> ((Arc<embq_controller::controller::Context>, Workers), MockApi) {
-    controller_with_workers_args(behaviors, &[]).await
-}
-
-async fn controller_with_workers_args(
-    behaviors: Vec<Behavior>,
-    extra: &[&str],
-) -> ((Arc<embq_controller::controller::Context>, Workers), MockApi) {
-    let log = Log::default();
-    let workers = Workers::start(behaviors, &log).await;
-    let ports = workers.port_args();
-    let mut args: Vec<&str> = ports.iter().map(String::as_str).collect();
-    args.extend_from_slice(extra);
-    let (ctx, mut api) = controller(&args);
-    api.log = log;
-    ((ctx, workers), api)
 }
 
 #[tokio::test]

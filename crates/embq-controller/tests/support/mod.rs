@@ -21,6 +21,9 @@ use kube::client::Body;
 use serde_json::{json, Value};
 use tower_test::mock::{Handle, SendResponse};
 
+mod steps;
+pub use steps::*;
+
 pub const NS: &str = "ns";
 pub const TOKEN: &str = "test-shutdown-token";
 /// Every awaited step of a scenario is bounded by this.
