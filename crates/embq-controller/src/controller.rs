@@ -46,6 +46,8 @@ struct State {
     in_flight: HashSet<String>,
     /// `memory` holds what the Lease carried (set on leading, cleared on following).
     memory_loaded: bool,
+    /// The Lease renewal last seen, and when (local clock) it was first seen.
+    lease_seen: Option<(String, Instant)>,
 }
 
 /// When the loop last finished a tick, for the controller's own /health.
@@ -87,6 +89,19 @@ impl Context {
     /// The guards' memory as the Lease annotation carries it.
     pub fn memory_annotation(&self) -> String {
         self.state().memory.to_annotation(Instant::now(), chrono::Utc::now())
+    }
+
+    /// How long the Lease has shown the renewal `key` (local clock); zero when it changed.
+    pub fn lease_unchanged_for(&self, key: Option<String>) -> Duration {
+        let now = Instant::now();
+        let mut state = self.state();
+        match (key, &state.lease_seen) {
+            (Some(k), Some((seen, since))) if *seen == k => now.duration_since(*since),
+            (key, _) => {
+                state.lease_seen = key.map(|k| (k, now));
+                Duration::ZERO
+            }
+        }
     }
 
     /// Whether the memory was read from the Lease since this replica last started leading.

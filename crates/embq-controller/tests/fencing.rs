@@ -104,3 +104,30 @@ async fn a_tick_has_a_deadline_below_the_lease() {
     assert!(err.to_string().contains("20s"), "{err}");
     drop(stuck);
 }
+
+/// Another replica's renewTime is an hour behind this node's clock (skew): the Lease is
+/// live as long as its renewals keep changing; it is taken over only after it stayed
+/// unchanged for a full Lease duration by this replica's own clock.
+#[tokio::test]
+async fn takeover_is_judged_by_the_local_clock_not_the_holders_renew_time() {
+    tokio::time::pause();
+    let (ctx, mut api) = controller(&["--lease-duration", "30s", "--interval", "10s"]);
+    let skewed = lease("other", 3600);
+    for _ in 0..3 {
+        let tick = spawn_tick(&ctx);
+        api.expect("GET", &lease_uri()).await.ok(skewed.clone());
+        assert!(matches!(tick.await.expect("task").expect("tick"), embq_controller::controller::Tick::Follower));
+        tokio::time::advance(Duration::from_secs(10)).await;
+    }
+    api.assert_idle();
+    // 30 s unchanged is not yet past the duration; 31 s is.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let tick = spawn_tick(&ctx);
+    api.expect("GET", &lease_uri()).await.ok(skewed.clone());
+    let put = api.expect("PUT", &format!("{}?", lease_uri())).await;
+    assert_eq!(put.body["spec"]["holderIdentity"], "me");
+    put.echo(200);
+    api.fleet(pod_list(&[]), deployment(1, json!({})), None, no_hpas()).await;
+    leader(tick.await.expect("task").expect("tick"));
+    api.assert_idle();
+}

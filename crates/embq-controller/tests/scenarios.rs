@@ -256,7 +256,7 @@ pub async fn capacity_via_scaled_object() -> Requests {
 }
 
 /// Another replica holds a live Lease: this one reads the Lease and does nothing else.
-/// When that Lease expires, this one takes it over (with the resourceVersion it read).
+/// When the holder releases it, this one takes it over (with the resourceVersion it read).
 pub async fn follower_takes_no_action() -> Requests {
     let ((ctx, workers), mut api) = controller_with_workers(vec![Behavior::failing_health()]).await;
     let tick = spawn_tick(&ctx);
@@ -266,9 +266,9 @@ pub async fn follower_takes_no_action() -> Requests {
     assert!(ctx.metrics.encode().contains("restart_controller_leader 0"));
     assert!(api.log.entries().iter().all(|e| !e.starts_with("worker ")), "a follower scrapes nothing");
 
-    // The holder stopped renewing: take over, then act.
+    // The holder released it (shut down): take over at once, then act.
     let tick = spawn_tick(&ctx);
-    api.expect("GET", &lease_uri()).await.ok(lease("other", 120));
+    api.expect("GET", &lease_uri()).await.ok(lease("", 120));
     let put = api.expect("PUT", &format!("{}?", lease_uri())).await;
     assert_eq!(put.body["spec"]["holderIdentity"], "me");
     assert_eq!(put.body["metadata"]["resourceVersion"], "7");
@@ -285,7 +285,7 @@ pub async fn follower_takes_no_action() -> Requests {
 
     // Two replicas racing for the Lease: the loser gets 409 and follows.
     let tick = spawn_tick(&ctx);
-    api.expect("GET", &lease_uri()).await.ok(lease("other", 120));
+    api.expect("GET", &lease_uri()).await.ok(lease("", 120));
     api.expect("PUT", &format!("{}?", lease_uri())).await.status(409, "Conflict", "the object has been modified");
     assert!(matches!(tick.await.expect("task").expect("tick"), Tick::Follower));
     api.assert_idle();
@@ -531,7 +531,7 @@ async fn capacity_goes_through_the_keda_scaled_object() {
 }
 
 #[tokio::test]
-async fn a_follower_takes_no_action_until_the_lease_expires() {
+async fn a_follower_takes_no_action_until_the_lease_is_released() {
     follower_takes_no_action().await;
 }
 
