@@ -278,6 +278,8 @@ fn observe(
             restarts_moved: moved && history_seen,
             error_rate: signals.error_rate,
             p95_seconds: signals.p95_seconds,
+            owner: p.owner.clone(),
+            template: p.template.clone(),
         });
     }
 
@@ -460,6 +462,7 @@ fn skip_why(guard: Guard, ctx: &Context) -> String {
     let l = &ctx.config.limits;
     match guard {
         Guard::SharedCause => "most workers show the same signal: the cause is shared (provider, database, network), restarting them one by one cannot fix it".into(),
+        Guard::OtherTemplate => "the pod runs another template than the Ready majority (a canary or a rollout in progress): its Deployment's rollout decides, not a restart".into(),
         Guard::ReadyFloor => format!(
             "fewer than {} Ready pods or {:.0}% of the fleet would stay Ready: the fleet as a whole is unwell, holding",
             l.min_ready_pods,

@@ -25,6 +25,10 @@ pub struct PodStatus {
     /// Critical condition as Kubernetes sees it; OOM `fresh` is filled in by the caller.
     pub critical: Option<Critical>,
     pub memory_limit: Option<String>,
+    /// The owning ReplicaSet's name.
+    pub owner: Option<String>,
+    /// The pod-template-hash label.
+    pub template: Option<String>,
 }
 
 const IMAGE_PULL_REASONS: [&str; 4] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
@@ -70,8 +74,12 @@ pub fn pod_status(pod: &Pod) -> PodStatus {
         .and_then(|l| l.get("memory"))
         .map(|q| q.0.clone());
 
+    let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.kind == "ReplicaSet").map(|o| o.name.clone());
+    let template = pod.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned();
     PodStatus {
         name,
+        owner,
+        template,
         ip,
         ready,
         running,

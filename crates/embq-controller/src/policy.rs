@@ -66,6 +66,10 @@ pub struct PodObservation {
     pub error_rate: Option<f64>,
     /// p95 of processing duration over the window, only when enough jobs finished.
     pub p95_seconds: Option<f64>,
+    /// The owning ReplicaSet: a replacement pod has a new name but the same owner.
+    pub owner: Option<String>,
+    /// The pod-template-hash label: which template (rollout step, canary) the pod runs.
+    pub template: Option<String>,
 }
 
 impl PodObservation {
@@ -78,6 +82,8 @@ impl PodObservation {
             restarts_moved: false,
             error_rate: None,
             p95_seconds: None,
+            owner: None,
+            template: None,
         }
     }
 }
@@ -225,6 +231,9 @@ pub enum Guard {
     ReadyFloor,
     /// Most judged pods show the same signal: a shared cause (provider, database), not this pod.
     SharedCause,
+    /// The pod runs another template than the Ready majority (a canary, a rollout): its
+    /// Deployment's rollout decides about it, not a restart.
+    OtherTemplate,
 }
 
 impl Guard {
@@ -236,6 +245,7 @@ impl Guard {
             Guard::DisruptionBudget => "disruption_budget",
             Guard::ReadyFloor => "ready_floor",
             Guard::SharedCause => "shared_cause",
+            Guard::OtherTemplate => "other_template",
         }
     }
 }
@@ -277,6 +287,8 @@ pub struct Decision {
     pub verdict: Verdict,
     /// The new replica count (or minimum) for scale actions.
     pub scale_to: Option<i32>,
+    /// What the disruption cooldown is keyed by: the owning ReplicaSet, else the pod.
+    pub cooldown_key: Option<String>,
 }
 
 impl Decision {
@@ -291,11 +303,17 @@ impl Decision {
     }
 }
 
+/// How long a ReplicaSet whose crash-looping pod was evicted is remembered: longer than
+/// any ReplicaSet lives in a working rollout, short enough to keep memory bounded.
+const EVICTED_SET_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
 /// What the controller did before, as far as the guards need to know.
 #[derive(Debug, Default, Clone)]
 pub struct Memory {
-    /// Last disruptive action per pod.
+    /// Last disruptive action per owning ReplicaSet (per pod when it has none).
     last_disruption: HashMap<String, Instant>,
+    /// Last eviction per owning ReplicaSet: a crash loop is evicted once per ReplicaSet.
+    evicted_sets: HashMap<String, Instant>,
     /// Last report per (subject, reason), so a lasting condition is reported once per cooldown.
     last_report: HashMap<(Subject, Reason), Instant>,
     /// Disruptive actions across the fleet, oldest first, trimmed to the action window.
@@ -315,8 +333,11 @@ impl Memory {
                     self.last_report.insert((d.subject.clone(), d.reason), now);
                 }
                 Action::Evict | Action::GracefulRestart => {
-                    if let Subject::Pod(p) = &d.subject {
-                        self.last_disruption.insert(p.clone(), now);
+                    if let Some(key) = d.cooldown_key.clone().or_else(|| d.pod().map(str::to_owned)) {
+                        if d.action == Action::Evict {
+                            self.evicted_sets.insert(key.clone(), now);
+                        }
+                        self.last_disruption.insert(key, now);
                     }
                     self.disruptions.push_back(now);
                 }
@@ -330,6 +351,7 @@ impl Memory {
     fn forget_before(&mut self, now: Instant, limits: &Limits) {
         let keep = limits.pod_cooldown.max(limits.scale_cooldown);
         self.last_disruption.retain(|_, t| now.duration_since(*t) < keep);
+        self.evicted_sets.retain(|_, t| now.duration_since(*t) < EVICTED_SET_MEMORY);
         self.last_report.retain(|_, t| now.duration_since(*t) < keep);
         while self.disruptions.front().is_some_and(|t| now.duration_since(*t) >= limits.action_window) {
             self.disruptions.pop_front();
@@ -356,7 +378,7 @@ impl Memory {
 /// Decides every action for one look at the fleet, guards applied.
 pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: Instant) -> Vec<Decision> {
     let mut out = Vec::new();
-    let mut candidates: Vec<(u8, &str, Action, Reason, bool)> = Vec::new();
+    let mut candidates: Vec<(u8, &PodObservation, Action, Reason)> = Vec::new();
 
     // A crash loop on one pod while others serve may be local to that pod or its node
     // (a bad node, a corrupt emptyDir): rescheduling it can help. On several pods it is
@@ -381,7 +403,7 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
             Some(Critical::CrashLoop { restarts }) => {
                 report(&mut out, pod, Reason::CrashLoop, limits, memory, now);
                 if restarts >= limits.crash_loop_restarts && crash_looping == 1 && others_ready > 0 {
-                    candidates.push((0, &pod.name, Action::Evict, Reason::CrashLoop, pod.ready));
+                    candidates.push((0, pod, Action::Evict, Reason::CrashLoop));
                 }
             }
             None => {
@@ -417,12 +439,12 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
             Reason::ErrorRate | Reason::SlowProcessing if fleet.capacity.rate_limited => {
                 report(&mut out, pod, reason, limits, memory, now)
             }
-            _ => candidates.push((rank, &pod.name, Action::GracefulRestart, reason, pod.ready)),
+            _ => candidates.push((rank, pod, Action::GracefulRestart, reason)),
         }
     }
 
     // Most severe first, then by name so the order is stable between looks.
-    candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
+    candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.name.cmp(&b.1.name)));
     let mut used = memory.disruptions_in_window(now, limits.action_window);
     let allowed = limits.max_disrupted.min(fleet.max_unavailable) as usize;
     // Pods not Ready are already unavailable; restarts in flight count until they end.
@@ -431,27 +453,39 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
     // Ready pods that keep serving: not counting those being restarted.
     let total = fleet.pods.len();
     let mut serving = fleet.pods.iter().filter(|p| p.ready && !fleet.in_flight.contains(&p.name)).count();
-    for (_, name, action, reason, ready) in candidates {
+    let majority = majority_template(fleet);
+    let mut acted_sets = std::collections::HashSet::new();
+    for (_, pod, action, reason) in candidates {
+        let (name, ready) = (pod.name.as_str(), pod.ready);
+        let key = pod.owner.clone().unwrap_or_else(|| name.to_owned());
         let after = serving - usize::from(ready);
         let floor_kept =
             after >= limits.min_ready_pods as usize && after as f64 >= limits.min_ready_share * total as f64;
-        let verdict = if !memory.disruption_cooled(name, now, limits.pod_cooldown) {
+        let other_template = pod.template.as_ref().zip(majority).is_some_and(|(t, m)| t != m);
+        let subject = Subject::Pod(name.to_owned());
+        let verdict = if !memory.disruption_cooled(&key, now, limits.pod_cooldown)
+            || acted_sets.contains(&key)
+            || (action == Action::Evict && memory.evicted_sets.contains_key(&key))
+        {
             Verdict::Suppressed(Guard::Cooldown)
+        } else if other_template {
+            skipped(&subject, reason, Guard::OtherTemplate, limits, memory, now)
         } else if !floor_kept {
-            skipped(&Subject::Pod(name.to_owned()), reason, Guard::ReadyFloor, limits, memory, now)
+            skipped(&subject, reason, Guard::ReadyFloor, limits, memory, now)
         } else if used >= limits.max_actions as usize {
             Verdict::Suppressed(Guard::ActionCap)
         } else if ready && disrupted >= allowed {
             Verdict::Suppressed(Guard::DisruptionBudget)
         } else {
             used += 1;
+            acted_sets.insert(key.clone());
             if ready {
                 disrupted += 1;
                 serving -= 1;
             }
             act(limits)
         };
-        out.push(Decision { subject: Subject::Pod(name.to_owned()), action, reason, verdict, scale_to: None });
+        out.push(Decision { subject, action, reason, verdict, scale_to: None, cooldown_key: Some(key) });
     }
 
     if let Some(d) = decide_capacity(&fleet.capacity, limits, memory, now) {
@@ -465,6 +499,21 @@ fn act(limits: &Limits) -> Verdict {
         Verdict::DryRun
     } else {
         Verdict::Act
+    }
+}
+
+/// The pod template most Ready pods run, when one has a strict plurality.
+fn majority_template(fleet: &FleetObservation) -> Option<&str> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for t in fleet.pods.iter().filter(|p| p.ready).filter_map(|p| p.template.as_deref()) {
+        *counts.entry(t).or_default() += 1;
+    }
+    let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    match ranked.as_slice() {
+        [(t, n), (_, m), ..] if n > m => Some(t),
+        [(t, _)] => Some(t),
+        _ => None,
     }
 }
 
@@ -507,7 +556,14 @@ fn skip(
 ) {
     let subject = Subject::Pod(pod.name.clone());
     let verdict = skipped(&subject, reason, guard, limits, memory, now);
-    out.push(Decision { subject, action: Action::GracefulRestart, reason, verdict, scale_to: None });
+    out.push(Decision {
+        subject,
+        action: Action::GracefulRestart,
+        reason,
+        verdict,
+        scale_to: None,
+        cooldown_key: pod.owner.clone(),
+    });
 }
 
 fn report(
@@ -524,7 +580,7 @@ fn report(
     } else {
         Verdict::Suppressed(Guard::Cooldown)
     };
-    out.push(Decision { subject, action: Action::Report, reason, verdict, scale_to: None });
+    out.push(Decision { subject, action: Action::Report, reason, verdict, scale_to: None, cooldown_key: None });
 }
 
 /// Scale up under lasting pressure unless the provider is the bottleneck; scale back down
@@ -538,6 +594,7 @@ pub fn decide_capacity(c: &CapacityObservation, limits: &Limits, memory: &Memory
         reason,
         verdict: if cooled { act(limits) } else { Verdict::Suppressed(Guard::Cooldown) },
         scale_to,
+        cooldown_key: None,
     };
 
     if let Some((reason, _)) = lasting {

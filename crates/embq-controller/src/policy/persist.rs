@@ -32,8 +32,10 @@ impl Memory {
         let disruptions: Vec<i64> = self.disruptions.iter().map(|t| to_wall(*t, now, wall)).collect();
         let cooldowns: Map<String, Value> =
             self.last_disruption.iter().map(|(k, t)| (k.clone(), json!(to_wall(*t, now, wall)))).collect();
+        let evicted: Map<String, Value> =
+            self.evicted_sets.iter().map(|(k, t)| (k.clone(), json!(to_wall(*t, now, wall)))).collect();
         let scale = self.last_scale.map(|t| to_wall(t, now, wall));
-        json!({"disruptions": disruptions, "cooldowns": cooldowns, "scale": scale}).to_string()
+        json!({"disruptions": disruptions, "cooldowns": cooldowns, "evicted": evicted, "scale": scale}).to_string()
     }
 
     /// Reads what [`Memory::to_annotation`] wrote. A malformed annotation (hand-edited,
@@ -50,10 +52,10 @@ impl Memory {
             times.sort();
             m.disruptions = times.into();
         }
-        if let Some(map) = v["cooldowns"].as_object() {
-            for (k, ms) in map {
+        for (field, into) in [("cooldowns", &mut m.last_disruption), ("evicted", &mut m.evicted_sets)] {
+            for (k, ms) in v[field].as_object().into_iter().flatten() {
                 if let Some(ms) = ms.as_i64() {
-                    m.last_disruption.insert(k.clone(), from_wall(ms, now, wall));
+                    into.insert(k.clone(), from_wall(ms, now, wall));
                 }
             }
         }
@@ -74,6 +76,7 @@ mod tests {
         let mut m = Memory::default();
         m.disruptions.push_back(now - Duration::from_secs(120));
         m.last_disruption.insert("rs/workers-abc".into(), now - Duration::from_secs(120));
+        m.evicted_sets.insert("rs/workers-abc".into(), now - Duration::from_secs(120));
         m.last_scale = Some(now - Duration::from_secs(30));
         let text = m.to_annotation(now, wall);
         // Read by another process five seconds later.
@@ -82,6 +85,7 @@ mod tests {
         let age = |t: Instant| later.duration_since(t).as_secs();
         assert_eq!(back.disruptions.iter().map(|t| age(*t)).collect::<Vec<_>>(), vec![125]);
         assert_eq!(back.last_disruption.get("rs/workers-abc").map(|t| age(*t)), Some(125));
+        assert_eq!(back.evicted_sets.get("rs/workers-abc").map(|t| age(*t)), Some(125));
         assert_eq!(back.last_scale.map(age), Some(35));
         for bad in ["", "{", "[]", r#"{"disruptions":"x","cooldowns":[1]}"#] {
             let m = Memory::from_annotation(bad, later, wall);

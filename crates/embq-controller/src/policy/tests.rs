@@ -475,3 +475,52 @@ fn a_restart_keeps_a_ready_majority_and_two_ready_pods() {
     let lenient = Limits { min_ready_share: 0.3, ..limits() };
     assert_eq!(decide(&f, &lenient, &Memory::default(), t0)[0].verdict, Act);
 }
+
+#[test]
+fn crash_loop_evictions_are_keyed_by_replica_set_and_spare_canaries() {
+    use Action::*;
+    use Reason::*;
+    use Verdict::*;
+    let t0 = Instant::now();
+    let l = limits();
+    let in_set = |name: &str, set: &str, hash: &str, p: PodObservation| PodObservation {
+        name: name.to_owned(),
+        owner: Some(set.to_owned()),
+        template: Some(hash.to_owned()),
+        ..p
+    };
+    let looping = PodObservation { ready: false, critical: Some(Critical::CrashLoop { restarts: 5 }), ..pod("x") };
+    let serving = |n: &str| in_set(n, "workers-aaa", "aaa", pod(n));
+    // A one-pod canary on another template crash loops: its rollout decides, not an eviction.
+    let f = bare(vec![
+        in_set("canary-1", "canary-bbb", "bbb", looping.clone()),
+        serving("w-2"),
+        serving("w-3"),
+        serving("w-4"),
+    ]);
+    assert_eq!(
+        summary(&decide(&f, &l, &Memory::default(), t0)),
+        vec![
+            row("pod/canary-1", Report, CrashLoop, Act),
+            row("pod/canary-1", Evict, CrashLoop, Skipped(Guard::OtherTemplate))
+        ]
+    );
+    // A pod of the majority's ReplicaSet is evicted once; its replacement (new name, same
+    // ReplicaSet) crash loops too: no second eviction, not even after the cooldown.
+    let first = bare(vec![
+        in_set("w-1", "workers-aaa", "aaa", looping.clone()),
+        serving("w-2"),
+        serving("w-3"),
+        serving("w-4"),
+    ]);
+    let mut m = Memory::default();
+    let got = decide(&first, &l, &m, t0);
+    assert_eq!(got[1].verdict, Act);
+    m.record(&got, t0, &l);
+    let again =
+        bare(vec![in_set("w-9", "workers-aaa", "aaa", looping), serving("w-2"), serving("w-3"), serving("w-4")]);
+    for later in [60 * S, 601 * S, 3600 * S] {
+        let got = decide(&again, &l, &m, t0 + later);
+        assert_eq!(got[1].verdict, Suppressed(Guard::Cooldown), "after {later:?}");
+    }
+}

@@ -60,3 +60,10 @@ pub async fn controller_with_workers_args(
     api.log = log;
     ((ctx, workers), api)
 }
+
+/// A pod JSON owned by ReplicaSet `set`, running template `hash`.
+pub fn owned(mut pod: Value, set: &str, hash: &str) -> Value {
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": set, "uid": format!("uid-{set}"), "controller": true}]);
+    pod["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+    pod
+}
