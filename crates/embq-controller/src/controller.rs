@@ -157,7 +157,10 @@ async fn tick(ctx: &Arc<Context>) -> Result<Tick, Error> {
     }
 
     let fleet = kube_api::read_fleet(ctx).await?;
-    let statuses: Vec<PodStatus> = fleet.pods.iter().map(pod_status).filter(|p| !p.terminating).collect();
+    // Failed/Succeeded pods (a kubelet eviction under node pressure leaves them) are not
+    // part of the fleet: their ReplicaSet has replaced them, and a PDB does not count them.
+    let statuses: Vec<PodStatus> =
+        fleet.pods.iter().map(pod_status).filter(|p| !p.terminating && !p.finished).collect();
     let scrapes = scrape(ctx, &statuses).await;
     let now = Instant::now();
 
@@ -387,6 +390,7 @@ async fn execute(
                             ip: status.and_then(|s| s.ip),
                             why,
                             known_pods: known.clone(),
+                            owner: status.and_then(|s| s.owner.clone()),
                         };
                         let task_ctx = ctx.clone();
                         ctx.tasks.spawn(async move {

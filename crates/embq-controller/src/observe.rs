@@ -18,6 +18,8 @@ pub struct PodStatus {
     pub ip: Option<IpAddr>,
     pub ready: bool,
     pub running: bool,
+    /// Phase Failed or Succeeded: the pod will never run again.
+    pub finished: bool,
     /// Every container passed its startup probe (or has none): /health is meaningful.
     pub started: bool,
     pub terminating: bool,
@@ -41,7 +43,9 @@ pub fn pod_status(pod: &Pod) -> PodStatus {
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+    let phase = status.and_then(|s| s.phase.as_deref());
+    let running = phase == Some("Running");
+    let finished = matches!(phase, Some("Failed" | "Succeeded"));
     let containers = status.and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
     let restarts = containers.iter().map(|c| c.restart_count).max().unwrap_or(0);
     let started = !containers.is_empty() && containers.iter().all(|c| c.started.unwrap_or(c.ready));
@@ -83,6 +87,7 @@ pub fn pod_status(pod: &Pod) -> PodStatus {
         ip,
         ready,
         running,
+        finished,
         started,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         restarts,

@@ -29,6 +29,9 @@ pub struct RestartJob {
     pub why: String,
     /// Pod names at decision time: a replacement is a Ready pod not among them.
     pub known_pods: HashSet<String>,
+    /// The pod's ReplicaSet: the replacement must come from it (a scale-up's new pod or a
+    /// canary's does not count).
+    pub owner: Option<String>,
 }
 
 /// How a graceful restart ended (also the `kind` label of restart_outcomes_total).
@@ -163,9 +166,12 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
     let deadline = Instant::now() + ctx.config.replacement_timeout;
     loop {
         let ready_new = match kube_api::list_pods(ctx).await {
-            Ok(pods) => {
-                pods.iter().map(pod_status).find(|p| p.ready && !p.terminating && !job.known_pods.contains(&p.name))
-            }
+            Ok(pods) => pods.iter().map(pod_status).find(|p| {
+                p.ready
+                    && !p.terminating
+                    && !job.known_pods.contains(&p.name)
+                    && (job.owner.is_none() || p.owner == job.owner)
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "listing pods while waiting for the replacement");
                 None

@@ -74,15 +74,12 @@ impl WorkerClient {
     /// `GET /metrics`, parsed.
     pub async fn metrics(&self, ip: IpAddr) -> Result<WorkerMetrics, Error> {
         let url = Self::url(ip, self.metrics_port, "/metrics");
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| Error::Worker(format!("GET {url}: {e}")))?;
-        let text = resp.text().await.map_err(|e| Error::Worker(format!("GET {url}: {e}")))?;
-        Ok(parse_worker_metrics(&text))
+        self.fetch_metrics(&url).await.map_err(|e| Error::Worker(format!("GET {url}: {e}")))
+    }
+
+    async fn fetch_metrics(&self, url: &str) -> Result<WorkerMetrics, reqwest::Error> {
+        let resp = self.http.get(url).send().await.and_then(|r| r.error_for_status())?;
+        Ok(parse_worker_metrics(&resp.text().await?))
     }
 
     /// `POST /shutdown` with the bearer token; the worker answers 202 and starts draining.
@@ -101,17 +98,19 @@ impl WorkerClient {
         }
     }
 
-    /// Polls the worker's in-flight gauge until it is zero or the worker stops answering,
-    /// bounded by `timeout`.
+    /// Polls the worker's in-flight gauge until it is zero or the worker refuses
+    /// connections (it exited), bounded by `timeout`.
     pub async fn wait_drained(&self, ip: IpAddr, timeout: Duration, poll: Duration) -> Drain {
         let start = Instant::now();
         let deadline = start + timeout;
         loop {
-            match self.metrics(ip).await {
+            match self.fetch_metrics(&Self::url(ip, self.metrics_port, "/metrics")).await {
                 Ok(m) if m.inflight.unwrap_or(0.0) <= 0.0 => return Drain::Drained(start.elapsed()),
                 Ok(_) => {}
-                // The process exited after its drain: nothing is in flight.
-                Err(_) => return Drain::Drained(start.elapsed()),
+                // Connection refused: the process exited after its drain, nothing is in flight.
+                Err(e) if e.is_connect() && !e.is_timeout() => return Drain::Drained(start.elapsed()),
+                // A timeout or a 5xx is a failed poll, not a drained worker: ask again.
+                Err(_) => {}
             }
             if Instant::now() + poll > deadline {
                 return Drain::TimedOut;
