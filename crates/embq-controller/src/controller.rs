@@ -50,7 +50,7 @@ struct State {
     lease_seen: Option<(String, Instant)>,
 }
 
-/// When the loop last finished a tick, for the controller's own /health.
+/// When the loop last finished a tick successfully, for the controller's own /health.
 #[derive(Debug)]
 pub struct Liveness {
     last: Mutex<Instant>,
@@ -65,7 +65,11 @@ impl Liveness {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
     pub fn alive(&self) -> bool {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed() <= self.max_silence
+        self.since_success() <= self.max_silence
+    }
+    /// Time since the last successful tick (or since start).
+    pub fn since_success(&self) -> Duration {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }
 }
 
@@ -561,6 +565,8 @@ pub async fn run(ctx: Arc<Context>) {
         let wait = match reconcile(&ctx).await {
             Ok(_) => {
                 failures = 0;
+                // Only a successful tick counts: a loop that keeps failing turns /health 503.
+                ctx.liveness.beat();
                 ctx.config.interval
             }
             Err(e) => {
@@ -568,7 +574,6 @@ pub async fn run(ctx: Arc<Context>) {
                 error_policy(&e, &ctx, failures)
             }
         };
-        ctx.liveness.beat();
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}

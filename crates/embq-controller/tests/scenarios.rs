@@ -366,12 +366,15 @@ pub async fn list_errors_are_retried_with_backoff() -> Requests {
     api.expect("GET", &pods_uri()).await.status(503, "ServiceUnavailable", "still sad");
     // Second failure: after the first back-off step (1 s).
     assert!(failed_at.elapsed() >= std::time::Duration::from_secs(1));
+    // Failed ticks do not count as signs of life for /health.
+    assert!(ctx.liveness.since_success() >= std::time::Duration::from_secs(1));
     let failed_at = tokio::time::Instant::now();
     api.fleet(pod_list(&[]), deployment(1, json!({})), None, no_hpas()).await;
     assert!(failed_at.elapsed() >= std::time::Duration::from_secs(2), "doubled back-off");
     // Healthy again: the next tick comes one interval later.
     let ok_at = tokio::time::Instant::now();
     api.expect("GET", &pods_uri()).await.ok(pod_list(&[]));
+    assert!(ctx.liveness.since_success() <= ok_at.elapsed(), "the successful tick was recorded");
     assert!(ok_at.elapsed() >= std::time::Duration::from_secs(5));
     ctx.shutdown.cancel();
     api.expect("GET", &format!("/apis/apps/v1/namespaces/{NS}/deployments/embedding-queue-workers"))
