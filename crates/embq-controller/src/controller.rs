@@ -171,7 +171,10 @@ async fn tick(ctx: &Arc<Context>) -> Result<Tick, Error> {
     let (observation, decisions) = {
         let mut state = ctx.state();
         let observation = observe(ctx, &mut state, &fleet, &statuses, scrapes, now);
-        let decisions = policy::decide(&observation, &ctx.config.limits, &state.memory, now);
+        let mut decisions = policy::decide(&observation, &ctx.config.limits, &state.memory, now);
+        if fleet.paused() {
+            policy::pause(&mut decisions);
+        }
         state.memory.record(&decisions, now, &ctx.config.limits);
         for d in &decisions {
             if d.action == Action::GracefulRestart && d.verdict == Verdict::Act {
@@ -476,6 +479,7 @@ fn skip_why(guard: Guard, ctx: &Context) -> String {
             l.min_ready_pods,
             l.min_ready_share * 100.0
         ),
+        Guard::Paused => "the pause switch is on".into(),
         other => format!("held back by {}", other.as_str()),
     }
 }

@@ -234,6 +234,8 @@ pub enum Guard {
     /// The pod runs another template than the Ready majority (a canary, a rollout): its
     /// Deployment's rollout decides about it, not a restart.
     OtherTemplate,
+    /// The pause switch is on: the controller only reports.
+    Paused,
 }
 
 impl Guard {
@@ -246,6 +248,7 @@ impl Guard {
             Guard::ReadyFloor => "ready_floor",
             Guard::SharedCause => "shared_cause",
             Guard::OtherTemplate => "other_template",
+            Guard::Paused => "paused",
         }
     }
 }
@@ -372,6 +375,14 @@ impl Memory {
 
     fn scale_cooled(&self, now: Instant, cooldown: Duration) -> bool {
         self.last_scale.is_none_or(|t| now.duration_since(t) >= cooldown)
+    }
+}
+
+/// Holds back every action but reports (the pause switch): nothing is recorded, so
+/// lifting the pause brings the held actions back at once.
+pub fn pause(decisions: &mut [Decision]) {
+    for d in decisions.iter_mut().filter(|d| d.action != Action::Report && d.carried_out()) {
+        d.verdict = Verdict::Suppressed(Guard::Paused);
     }
 }
 

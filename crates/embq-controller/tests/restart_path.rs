@@ -4,7 +4,8 @@
 
 mod support;
 
-use embq_controller::policy::{Action, Reason, Verdict};
+use embq_controller::kube_api::PAUSE_ANNOTATION;
+use embq_controller::policy::{Action, Guard, Reason, Verdict};
 use serde_json::{json, Value};
 use support::*;
 
@@ -130,6 +131,30 @@ async fn failed_pods_do_not_spend_the_budget() {
         (decisions[0].action, decisions[0].reason, decisions[0].verdict),
         (Action::GracefulRestart, Reason::HealthCheck, Verdict::Act)
     );
+    restarts_done(&ctx).await;
+    api.assert_idle();
+}
+
+/// The pause switch on the worker Deployment stops every action; lifting it lets the
+/// held restart go ahead on the next tick.
+#[tokio::test]
+async fn the_pause_switch_stops_every_action() {
+    let ((ctx, workers), mut api) = controller_with_workers(failing_and_two_serving()).await;
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    let paused = deployment(3, json!({ PAUSE_ANNOTATION: "true" }));
+    api.fleet(three_pods(&workers), paused, None, ready_hpa(3, json!({}))).await;
+    let decisions = leader(tick.await.expect("task").expect("tick"));
+    assert_eq!(decisions[0].verdict, Verdict::Suppressed(Guard::Paused));
+    restarts_done(&ctx).await;
+    api.assert_idle();
+
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
+    api.expect("POST", &eviction_uri("w-a", true)).await.status(429, "TooManyRequests", "budget");
+    assert_eq!(api.expect_event("w-a").await.0, "EvictionRefused");
+    assert_eq!(leader(tick.await.expect("task").expect("tick"))[0].verdict, Verdict::Act);
     restarts_done(&ctx).await;
     api.assert_idle();
 }
