@@ -594,11 +594,15 @@ fn report(
     out.push(Decision { subject, action: Action::Report, reason, verdict, scale_to: None, cooldown_key: None });
 }
 
-/// Scale up under lasting pressure unless the provider is the bottleneck; scale back down
-/// to the value the controller found once the pressure has been gone for the calm window.
+/// Capacity is the autoscaler's job: the controller adds no pods (a second loop adding
+/// them would fight the HPA, and while the provider throttles every added pod only adds
+/// 429s). It reports lasting pressure the provider causes, and gives back minimums an
+/// earlier version raised (marked by the annotation) once the pressure has been gone for
+/// the calm window. It never writes a Deployment's replicas: an autoscaler missing from
+/// one list (a GitOps recreate) must not make the controller scale.
 pub fn decide_capacity(c: &CapacityObservation, limits: &Limits, memory: &Memory, now: Instant) -> Option<Decision> {
     let target = c.target.as_ref()?;
-    let lasting = c.pressure.zip(c.pressure_for).filter(|(_, d)| *d >= limits.pressure_window);
+    let lasting = c.pressure.zip(c.pressure_for).is_some_and(|(_, d)| d >= limits.pressure_window);
     let decision = |action, reason, scale_to, cooled: bool| Decision {
         subject: Subject::Fleet,
         action,
@@ -608,38 +612,26 @@ pub fn decide_capacity(c: &CapacityObservation, limits: &Limits, memory: &Memory
         cooldown_key: None,
     };
 
-    if let Some((reason, _)) = lasting {
+    if lasting {
         if c.rate_limited {
-            // More pods would only send more requests into the same 429s.
             let key = (Subject::Fleet, Reason::RateLimited);
             let cooled = memory.report_cooled(&key, now, limits.scale_cooldown);
             return Some(decision(Action::HoldScale, Reason::RateLimited, None, cooled));
         }
-        let bound = target.ceiling.map_or(limits.scale_max, |c| c.min(limits.scale_max));
-        let from = match target.kind {
-            // Raising an autoscaler's minimum below what it already runs adds nothing.
-            ScaleKind::Hpa | ScaleKind::ScaledObject => target.current.max(target.replicas),
-            ScaleKind::Deployment => target.current,
-        };
-        let to = from.saturating_add(limits.scale_step).min(bound);
-        if to <= target.current {
-            return None;
-        }
-        let cooled = memory.scale_cooled(now, limits.scale_cooldown);
-        return Some(decision(Action::ScaleUp, reason, Some(to), cooled));
+        return None;
     }
 
     let original = target.original?;
-    if c.pressure.is_some() || c.calm_for.is_none_or(|d| d < limits.calm_window) || target.current <= original {
+    if target.kind == ScaleKind::Deployment
+        || c.pressure.is_some()
+        || c.calm_for.is_none_or(|d| d < limits.calm_window)
+        || target.current <= original
+    {
         return None;
     }
-    let to = match target.kind {
-        // The autoscaler's own scale-down behaviour paces the pods; give the minimum back at once.
-        ScaleKind::Hpa | ScaleKind::ScaledObject => original,
-        ScaleKind::Deployment => target.current.saturating_sub(limits.scale_step).max(original),
-    };
+    // The autoscaler's own scale-down behaviour paces the pods; give the minimum back at once.
     let cooled = memory.scale_cooled(now, limits.scale_cooldown);
-    Some(decision(Action::ScaleDown, Reason::PressureGone, Some(to), cooled))
+    Some(decision(Action::ScaleDown, Reason::PressureGone, Some(original), cooled))
 }
 
 /// Tracks how long the fleet has been under pressure, or free of it.
