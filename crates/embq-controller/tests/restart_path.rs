@@ -158,3 +158,43 @@ async fn the_pause_switch_stops_every_action() {
     restarts_done(&ctx).await;
     api.assert_idle();
 }
+
+/// `/shutdown` answers 401 (a token out of step with the workers'): the controller
+/// says so without the token, and evicts anyway: SIGTERM also drains.
+#[tokio::test]
+async fn a_refused_shutdown_call_still_ends_in_an_eviction() {
+    let ((ctx, workers), mut api) = controller_with_workers_args(
+        failing_and_two_serving(),
+        &["--shutdown-token", "stale-token-value", "--replacement-timeout", "100ms"],
+    )
+    .await;
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
+    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
+    api.lease_renewed().await;
+    let (reason, message) = api.expect_event("w-a").await;
+    assert_eq!(reason, "Draining");
+    assert!(message.contains("401"), "{message}");
+    assert!(!message.contains("stale-token-value"), "no secret in Events: {message}");
+    api.lease_renewed().await;
+    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    let (reason, message) = api.expect_event("w-a").await;
+    assert_eq!((reason.as_str(), message.as_str()), ("Evicted", "evicted (not drained)"));
+    // The replacement check then runs to its (short) deadline.
+    let verdict = loop {
+        let call = api.next().await;
+        if call.uri == pods_uri() {
+            call.ok(pod_list(&[]));
+            continue;
+        }
+        let reason = call.body["reason"].as_str().unwrap_or_default().to_owned();
+        call.echo(201);
+        break reason;
+    };
+    assert_eq!(verdict, "ReplacementNotReady");
+    leader(tick.await.expect("task").expect("tick"));
+    restarts_done(&ctx).await;
+    api.assert_idle();
+    assert!(api.log.entries().iter().any(|e| e.ends_with("POST /shutdown (unauthorized)")));
+}
