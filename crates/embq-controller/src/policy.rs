@@ -8,7 +8,6 @@
 //! tables below can replay any history.
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -306,78 +305,6 @@ impl Decision {
     }
 }
 
-/// How long a ReplicaSet whose crash-looping pod was evicted is remembered: longer than
-/// any ReplicaSet lives in a working rollout, short enough to keep memory bounded.
-const EVICTED_SET_MEMORY: Duration = Duration::from_secs(24 * 3600);
-
-/// What the controller did before, as far as the guards need to know.
-#[derive(Debug, Default, Clone)]
-pub struct Memory {
-    /// Last disruptive action per owning ReplicaSet (per pod when it has none).
-    last_disruption: HashMap<String, Instant>,
-    /// Last eviction per owning ReplicaSet: a crash loop is evicted once per ReplicaSet.
-    evicted_sets: HashMap<String, Instant>,
-    /// Last report per (subject, reason), so a lasting condition is reported once per cooldown.
-    last_report: HashMap<(Subject, Reason), Instant>,
-    /// Disruptive actions across the fleet, oldest first, trimmed to the action window.
-    disruptions: VecDeque<Instant>,
-    last_scale: Option<Instant>,
-}
-
-impl Memory {
-    /// Records the carried-out decisions (dry-run ones too, so a dry run shows the real cadence).
-    pub fn record(&mut self, decisions: &[Decision], now: Instant, limits: &Limits) {
-        for d in decisions.iter().filter(|d| matches!(d.verdict, Verdict::Skipped(_))) {
-            self.last_report.insert((d.subject.clone(), d.reason), now);
-        }
-        for d in decisions.iter().filter(|d| d.carried_out()) {
-            match d.action {
-                Action::Report | Action::HoldScale => {
-                    self.last_report.insert((d.subject.clone(), d.reason), now);
-                }
-                Action::Evict | Action::GracefulRestart => {
-                    if let Some(key) = d.cooldown_key.clone().or_else(|| d.pod().map(str::to_owned)) {
-                        if d.action == Action::Evict {
-                            self.evicted_sets.insert(key.clone(), now);
-                        }
-                        self.last_disruption.insert(key, now);
-                    }
-                    self.disruptions.push_back(now);
-                }
-                Action::ScaleUp | Action::ScaleDown => self.last_scale = Some(now),
-            }
-        }
-        self.forget_before(now, limits);
-    }
-
-    /// Drops what no guard can need any more, so memory stays bounded by the fleet.
-    fn forget_before(&mut self, now: Instant, limits: &Limits) {
-        let keep = limits.pod_cooldown.max(limits.scale_cooldown);
-        self.last_disruption.retain(|_, t| now.duration_since(*t) < keep);
-        self.evicted_sets.retain(|_, t| now.duration_since(*t) < EVICTED_SET_MEMORY);
-        self.last_report.retain(|_, t| now.duration_since(*t) < keep);
-        while self.disruptions.front().is_some_and(|t| now.duration_since(*t) >= limits.action_window) {
-            self.disruptions.pop_front();
-        }
-    }
-
-    fn disruption_cooled(&self, pod: &str, now: Instant, cooldown: Duration) -> bool {
-        self.last_disruption.get(pod).is_none_or(|t| now.duration_since(*t) >= cooldown)
-    }
-
-    fn report_cooled(&self, key: &(Subject, Reason), now: Instant, cooldown: Duration) -> bool {
-        self.last_report.get(key).is_none_or(|t| now.duration_since(*t) >= cooldown)
-    }
-
-    fn disruptions_in_window(&self, now: Instant, window: Duration) -> usize {
-        self.disruptions.iter().filter(|t| now.duration_since(**t) < window).count()
-    }
-
-    fn scale_cooled(&self, now: Instant, cooldown: Duration) -> bool {
-        self.last_scale.is_none_or(|t| now.duration_since(t) >= cooldown)
-    }
-}
-
 /// Holds back every action but reports (the pause switch): nothing is recorded, so
 /// lifting the pause brings the held actions back at once.
 pub fn pause(decisions: &mut [Decision]) {
@@ -594,69 +521,11 @@ fn report(
     out.push(Decision { subject, action: Action::Report, reason, verdict, scale_to: None, cooldown_key: None });
 }
 
-/// Capacity is the autoscaler's job: the controller adds no pods (a second loop adding
-/// them would fight the HPA, and while the provider throttles every added pod only adds
-/// 429s). It reports lasting pressure the provider causes, and gives back minimums an
-/// earlier version raised (marked by the annotation) once the pressure has been gone for
-/// the calm window. It never writes a Deployment's replicas: an autoscaler missing from
-/// one list (a GitOps recreate) must not make the controller scale.
-pub fn decide_capacity(c: &CapacityObservation, limits: &Limits, memory: &Memory, now: Instant) -> Option<Decision> {
-    let target = c.target.as_ref()?;
-    let lasting = c.pressure.zip(c.pressure_for).is_some_and(|(_, d)| d >= limits.pressure_window);
-    let decision = |action, reason, scale_to, cooled: bool| Decision {
-        subject: Subject::Fleet,
-        action,
-        reason,
-        verdict: if cooled { act(limits) } else { Verdict::Suppressed(Guard::Cooldown) },
-        scale_to,
-        cooldown_key: None,
-    };
-
-    if lasting {
-        if c.rate_limited {
-            let key = (Subject::Fleet, Reason::RateLimited);
-            let cooled = memory.report_cooled(&key, now, limits.scale_cooldown);
-            return Some(decision(Action::HoldScale, Reason::RateLimited, None, cooled));
-        }
-        return None;
-    }
-
-    let original = target.original?;
-    if target.kind == ScaleKind::Deployment
-        || c.pressure.is_some()
-        || c.calm_for.is_none_or(|d| d < limits.calm_window)
-        || target.current <= original
-    {
-        return None;
-    }
-    // The autoscaler's own scale-down behaviour paces the pods; give the minimum back at once.
-    let cooled = memory.scale_cooled(now, limits.scale_cooldown);
-    Some(decision(Action::ScaleDown, Reason::PressureGone, Some(original), cooled))
-}
-
-/// Tracks how long the fleet has been under pressure, or free of it.
-#[derive(Debug, Default, Clone)]
-pub struct PressureTracker {
-    pressured_since: Option<Instant>,
-    calm_since: Option<Instant>,
-}
-
-impl PressureTracker {
-    /// Feeds one look; returns (pressure_for, calm_for).
-    pub fn observe(&mut self, now: Instant, pressured: bool) -> (Option<Duration>, Option<Duration>) {
-        if pressured {
-            self.calm_since = None;
-            let since = *self.pressured_since.get_or_insert(now);
-            (Some(now.duration_since(since)), None)
-        } else {
-            self.pressured_since = None;
-            let since = *self.calm_since.get_or_insert(now);
-            (None, Some(now.duration_since(since)))
-        }
-    }
-}
-
+mod capacity;
+mod memory;
 mod persist;
+pub use capacity::{decide_capacity, PressureTracker};
+pub use memory::Memory;
 pub use persist::MEMORY_ANNOTATION;
 
 #[cfg(test)]
