@@ -80,6 +80,12 @@ pub struct Args {
     /// Most pods disrupted at once (also bounded by the Deployment's maxUnavailable).
     #[arg(long, env = "MAX_DISRUPTED", default_value_t = 1)]
     pub max_disrupted: u32,
+    /// Share of the pods that must stay Ready after a restart, else it is skipped (0 < share <= 1).
+    #[arg(long, env = "MIN_READY_SHARE", default_value_t = 0.51)]
+    pub min_ready_share: f64,
+    /// Ready pods that must stay after a restart, else it is skipped.
+    #[arg(long, env = "MIN_READY_PODS", default_value_t = 2)]
+    pub min_ready_pods: u32,
     /// How long to wait for a worker to drain after POST /shutdown (worker DRAIN_TIMEOUT is 25s).
     #[arg(long, env = "DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -274,6 +280,10 @@ impl Config {
         need(a.crash_loop_restarts > 0, "--crash-loop-restarts (CRASH_LOOP_RESTARTS) must be at least 1");
         need(a.oom_repeat_threshold > 0, "--oom-repeat-threshold (OOM_REPEAT_THRESHOLD) must be at least 1");
         need(a.max_disrupted > 0, "--max-disrupted (MAX_DISRUPTED) must be at least 1");
+        need(
+            a.min_ready_share > 0.0 && a.min_ready_share <= 1.0,
+            "--min-ready-share (MIN_READY_SHARE) must be above 0 and at most 1",
+        );
         need(a.scale_step > 0, "--scale-step (SCALE_STEP) must be at least 1");
         need(a.scale_max_replicas > 0, "--scale-max-replicas (SCALE_MAX_REPLICAS) must be at least 1");
 
@@ -297,6 +307,8 @@ impl Config {
                 max_actions: a.max_actions,
                 action_window: a.action_window,
                 max_disrupted: a.max_disrupted,
+                min_ready_share: a.min_ready_share,
+                min_ready_pods: a.min_ready_pods,
                 pressure_window: a.pressure_window,
                 calm_window: a.calm_window,
                 scale_step: a.scale_step,

@@ -12,14 +12,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::kube_api::{self, EventTarget, EventType, Fleet};
+use crate::leader::Hold;
 use crate::metrics::{ActionLabels, KindLabels, Metrics, SuppressedLabels};
 use crate::observe::{pod_status, PodHistory, PodStatus, Sample, WorkerMetrics};
 use crate::policy::{
-    self, Action, CapacityObservation, Critical, Decision, FleetObservation, Memory, PodObservation, PressureTracker,
-    Reason, Verdict,
+    self, Action, CapacityObservation, Critical, Decision, FleetObservation, Guard, Memory, PodObservation,
+    PressureTracker, Reason, Verdict,
 };
 use crate::restart::{self, RestartJob};
-use crate::worker::WorkerClient;
+use crate::worker::{Health, WorkerClient};
 use crate::Error;
 
 /// Everything a tick and its spawned restarts share.
@@ -43,9 +44,13 @@ struct State {
     memory: Memory,
     pressure: PressureTracker,
     in_flight: HashSet<String>,
+    /// `memory` holds what the Lease carried (set on leading, cleared on following).
+    memory_loaded: bool,
+    /// The Lease renewal last seen, and when (local clock) it was first seen.
+    lease_seen: Option<(String, Instant)>,
 }
 
-/// When the loop last finished a tick, for the controller's own /health.
+/// When the loop last finished a tick successfully, for the controller's own /health.
 #[derive(Debug)]
 pub struct Liveness {
     last: Mutex<Instant>,
@@ -60,7 +65,11 @@ impl Liveness {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
     pub fn alive(&self) -> bool {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed() <= self.max_silence
+        self.since_success() <= self.max_silence
+    }
+    /// Time since the last successful tick (or since start).
+    pub fn since_success(&self) -> Duration {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }
 }
 
@@ -81,6 +90,29 @@ impl Context {
         })
     }
 
+    /// The guards' memory as the Lease annotation carries it.
+    pub fn memory_annotation(&self) -> String {
+        self.state().memory.to_annotation(Instant::now(), chrono::Utc::now())
+    }
+
+    /// How long the Lease has shown the renewal `key` (local clock); zero when it changed.
+    pub fn lease_unchanged_for(&self, key: Option<String>) -> Duration {
+        let now = Instant::now();
+        let mut state = self.state();
+        match (key, &state.lease_seen) {
+            (Some(k), Some((seen, since))) if *seen == k => now.duration_since(*since),
+            (key, _) => {
+                state.lease_seen = key.map(|k| (k, now));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Whether the memory was read from the Lease since this replica last started leading.
+    pub fn memory_loaded(&self) -> bool {
+        self.state().memory_loaded
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state is plain data: a panic elsewhere cannot leave it half-updated in a
         // way worse than the next tick repairs.
@@ -96,28 +128,53 @@ pub enum Tick {
     Leader(Vec<Decision>),
 }
 
-/// One look at the fleet and the actions it calls for.
+/// One look at the fleet and the actions it calls for, bounded by the tick deadline
+/// (two thirds of the Lease duration): a tick stuck on the API server must not go on
+/// acting after its Lease could have passed to another replica.
 pub async fn reconcile(ctx: &Arc<Context>) -> Result<Tick, Error> {
+    let deadline = ctx.config.lease_duration.mul_f64(2.0 / 3.0);
+    tokio::time::timeout(deadline, tick(ctx)).await.map_err(|_| Error::Deadline(deadline))?
+}
+
+async fn tick(ctx: &Arc<Context>) -> Result<Tick, Error> {
     let started = Instant::now();
     if ctx.config.leader_election {
-        let leader = crate::leader::hold_lease(ctx).await?;
-        ctx.metrics.leader.set(i64::from(leader));
-        if !leader {
-            return Ok(Tick::Follower);
+        let held = crate::leader::hold_lease(ctx).await?;
+        ctx.metrics.leader.set(i64::from(held != Hold::Follow));
+        let mut state = ctx.state();
+        match held {
+            Hold::Follow => {
+                state.memory_loaded = false;
+                return Ok(Tick::Follower);
+            }
+            Hold::Lead { carried } => {
+                if !state.memory_loaded {
+                    if let Some(text) = carried {
+                        state.memory = Memory::from_annotation(&text, Instant::now(), chrono::Utc::now());
+                    }
+                    state.memory_loaded = true;
+                }
+            }
         }
     } else {
         ctx.metrics.leader.set(1);
     }
 
     let fleet = kube_api::read_fleet(ctx).await?;
-    let statuses: Vec<PodStatus> = fleet.pods.iter().map(pod_status).filter(|p| !p.terminating).collect();
+    // Failed/Succeeded pods (a kubelet eviction under node pressure leaves them) are not
+    // part of the fleet: their ReplicaSet has replaced them, and a PDB does not count them.
+    let statuses: Vec<PodStatus> =
+        fleet.pods.iter().map(pod_status).filter(|p| !p.terminating && !p.finished).collect();
     let scrapes = scrape(ctx, &statuses).await;
     let now = Instant::now();
 
     let (observation, decisions) = {
         let mut state = ctx.state();
         let observation = observe(ctx, &mut state, &fleet, &statuses, scrapes, now);
-        let decisions = policy::decide(&observation, &ctx.config.limits, &state.memory, now);
+        let mut decisions = policy::decide(&observation, &ctx.config.limits, &state.memory, now);
+        if fleet.paused() {
+            policy::pause(&mut decisions);
+        }
         state.memory.record(&decisions, now, &ctx.config.limits);
         for d in &decisions {
             if d.action == Action::GracefulRestart && d.verdict == Verdict::Act {
@@ -134,23 +191,30 @@ pub async fn reconcile(ctx: &Arc<Context>) -> Result<Tick, Error> {
     Ok(Tick::Leader(decisions))
 }
 
+/// Share of the signal window the samples must span before a pod is judged on them:
+/// a burst right after a start, a failover or on a new pod is not a five-minute signal.
+const MIN_WINDOW_COVERAGE: f64 = 0.8;
+
 /// Health and metrics of one worker; `None` where it was not scraped.
 struct Scrape {
     name: String,
-    health: Option<bool>,
+    health: Option<Health>,
     metrics: Option<WorkerMetrics>,
 }
 
 /// Scrapes every running worker at once; each scrape is bounded by the client timeout.
 async fn scrape(ctx: &Arc<Context>, statuses: &[PodStatus]) -> Vec<Scrape> {
     let mut set = JoinSet::new();
-    for p in statuses.iter().filter(|p| p.running && p.critical.is_none()) {
+    // An OOM kill is an event the kubelet already answered with a restart: the pod runs
+    // again and stays judged. Only a pod that cannot run is not scraped.
+    let scrapable = |p: &&PodStatus| !matches!(p.critical, Some(Critical::ImagePull | Critical::CrashLoop { .. }));
+    for p in statuses.iter().filter(|p| p.running).filter(scrapable) {
         let Some(ip) = p.ip else { continue };
         let ctx = ctx.clone();
         let name = p.name.clone();
         set.spawn(async move {
             let (health, metrics) = tokio::join!(ctx.worker.health(ip), ctx.worker.metrics(ip));
-            if !health {
+            if health != Health::Ok {
                 ctx.metrics.scrape_failures.get_or_create(&KindLabels { kind: "health" }).inc();
             }
             let metrics = metrics
@@ -190,10 +254,13 @@ fn observe(
     let mut depth: Option<f64> = None;
     let mut saturation = Vec::new();
     for p in statuses {
+        let history_seen = state.pods.contains_key(&p.name);
         let history = state.pods.entry(p.name.clone()).or_default();
         let moved = history.restarts_moved(p.restarts);
         let critical = match p.critical {
-            Some(Critical::OomKilled { restarts, .. }) => Some(Critical::OomKilled { restarts, fresh: moved }),
+            // A remembered kill (lastState) is history, not a state: judge the pod as any other.
+            Some(Critical::OomKilled { restarts, .. }) if moved => Some(Critical::OomKilled { restarts, fresh: true }),
+            Some(Critical::OomKilled { .. }) => None,
             other => other,
         };
         let scrape = scrapes.remove(&p.name);
@@ -201,7 +268,7 @@ fn observe(
             .as_ref()
             .and_then(|s| s.health)
             // Only a started worker is judged on /health; a starting one has its startup probe.
-            .and_then(|ok| history.health(now, ok || !p.started));
+            .and_then(|h| history.health(now, if p.started { h } else { Health::Ok }));
         if let Some(m) = scrape.and_then(|s| s.metrics) {
             if p.ready {
                 depth = Some(depth.map_or(m.queue_depth.unwrap_or(0.0), |d: f64| d.max(m.queue_depth.unwrap_or(0.0))));
@@ -211,15 +278,18 @@ fn observe(
             }
             history.push(Sample { at: now, metrics: m }, window);
         }
-        let signals = history.signals(cfg.min_jobs_in_window);
+        let signals = history.signals(cfg.min_jobs_in_window, cfg.limits.signal_window.mul_f64(MIN_WINDOW_COVERAGE));
         rate_limited |= signals.rate_limited;
         pods.push(PodObservation {
             name: p.name.clone(),
             ready: p.ready,
             critical,
             health_failing_for,
+            restarts_moved: moved && history_seen,
             error_rate: signals.error_rate,
             p95_seconds: signals.p95_seconds,
+            owner: p.owner.clone(),
+            template: p.template.clone(),
         });
     }
 
@@ -273,6 +343,20 @@ async fn execute(
         let seen = d.pod().and_then(|n| observation.pods.iter().find(|p| p.name == n));
         let why = explain(d, status, seen, &observation.capacity, ctx);
         match d.verdict {
+            Verdict::Skipped(guard) => {
+                ctx.metrics.suppressed.get_or_create(&SuppressedLabels { action: d.action, guard }).inc();
+                tracing::info!(subject = %d.subject, reason = d.reason.as_str(), guard = guard.as_str(), "remediation skipped");
+                let message = format!("not restarting ({why}): {}", skip_why(guard, ctx));
+                kube_api::post_event(
+                    ctx,
+                    &target,
+                    EventType::Warning,
+                    "RemediationSkipped",
+                    d.action.as_str(),
+                    &message,
+                )
+                .await;
+            }
             Verdict::Suppressed(guard) => {
                 ctx.metrics.suppressed.get_or_create(&SuppressedLabels { action: d.action, guard }).inc();
                 tracing::debug!(subject = %d.subject, action = d.action.as_str(), guard = guard.as_str(), "held back");
@@ -313,6 +397,7 @@ async fn execute(
                             ip: status.and_then(|s| s.ip),
                             why,
                             known_pods: known.clone(),
+                            owner: status.and_then(|s| s.owner.clone()),
                         };
                         let task_ctx = ctx.clone();
                         ctx.tasks.spawn(async move {
@@ -337,6 +422,10 @@ impl Drop for InFlight {
 }
 
 async fn evict_now(ctx: &Context, target: &EventTarget, d: &Decision, why: &str) {
+    if !crate::leader::still_leading(ctx).await {
+        tracing::warn!(pod = %target.name, "lease lost before the eviction; not evicting");
+        return;
+    }
     let (type_, reason, message) = match kube_api::evict(ctx, &target.name, false).await {
         Ok(kube_api::Eviction::Evicted) => (EventType::Normal, "Evicted", format!("evicted to reschedule: {why}")),
         Ok(kube_api::Eviction::Gone) => return,
@@ -376,6 +465,22 @@ async fn scale_now(ctx: &Context, fleet: &Fleet, d: &Decision, why: &str) {
             kube_api::post_event(ctx, &dep, EventType::Warning, "ScalingFailed", d.action.as_str(), &format!("{e}"))
                 .await
         }
+    }
+}
+
+/// Why a fleet-level guard held a restart back, for the `RemediationSkipped` Event.
+fn skip_why(guard: Guard, ctx: &Context) -> String {
+    let l = &ctx.config.limits;
+    match guard {
+        Guard::SharedCause => "most workers show the same signal: the cause is shared (provider, database, network), restarting them one by one cannot fix it".into(),
+        Guard::OtherTemplate => "the pod runs another template than the Ready majority (a canary or a rollout in progress): its Deployment's rollout decides, not a restart".into(),
+        Guard::ReadyFloor => format!(
+            "fewer than {} Ready pods or {:.0}% of the fleet would stay Ready: the fleet as a whole is unwell, holding",
+            l.min_ready_pods,
+            l.min_ready_share * 100.0
+        ),
+        Guard::Paused => "the pause switch is on".into(),
+        other => format!("held back by {}", other.as_str()),
     }
 }
 
@@ -464,6 +569,8 @@ pub async fn run(ctx: Arc<Context>) {
         let wait = match reconcile(&ctx).await {
             Ok(_) => {
                 failures = 0;
+                // Only a successful tick counts: a loop that keeps failing turns /health 503.
+                ctx.liveness.beat();
                 ctx.config.interval
             }
             Err(e) => {
@@ -471,7 +578,6 @@ pub async fn run(ctx: Arc<Context>) {
                 error_policy(&e, &ctx, failures)
             }
         };
-        ctx.liveness.beat();
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
@@ -481,6 +587,11 @@ pub async fn run(ctx: Arc<Context>) {
     let grace = ctx.config.drain_timeout + Duration::from_secs(5);
     if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
         tracing::warn!("restarts still running at shutdown");
+    }
+    if ctx.config.leader_election {
+        if let Err(e) = crate::leader::release(&ctx).await {
+            tracing::warn!(error = %e, "could not release the lease; the next replica waits for it to expire");
+        }
     }
 }
 

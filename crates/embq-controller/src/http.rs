@@ -26,14 +26,16 @@ pub fn app(metrics: Arc<Metrics>, liveness: Arc<Liveness>) -> Router {
         .with_state(AppState { metrics, liveness })
 }
 
-/// 200 while the control loop keeps ticking (even if ticks fail: API outages are
-/// retried, and restarting the controller would not end them); 503 if it hangs.
+/// 200 while ticks succeed; 503 once no tick has succeeded for the allowed silence
+/// (a hung loop, or ticks that keep failing). The body says when the last one succeeded.
 async fn health(State(s): State<AppState>) -> impl IntoResponse {
     let leader = s.metrics.leader.get() == 1;
+    let last = s.liveness.since_success().as_secs();
     if s.liveness.alive() {
-        (StatusCode::OK, Json(json!({ "status": "ok", "leader": leader })))
+        (StatusCode::OK, Json(json!({ "status": "ok", "leader": leader, "last_success_seconds_ago": last })))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "stalled", "leader": leader })))
+        let body = json!({ "status": "failing", "leader": leader, "last_success_seconds_ago": last });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
     }
 }
 
@@ -71,6 +73,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         let (status, body) = get(app(metrics.clone(), stalled.clone()), "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains(r#""last_success_seconds_ago":61"#), "{body}");
         stalled.beat();
         assert_eq!(get(app(metrics, stalled), "/health").await.0, StatusCode::OK);
     }

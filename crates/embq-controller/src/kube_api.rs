@@ -20,6 +20,16 @@ use crate::Error;
 
 /// Where the controller remembers the value it found before raising it.
 pub const ORIGINAL_ANNOTATION: &str = "restart-controller.embq.dev/original-replicas";
+
+/// The pause switch: `"true"` on the worker Deployment stops every action but reports.
+pub const PAUSE_ANNOTATION: &str = "restart-controller.embq.dev/paused";
+
+impl Fleet {
+    /// Whether the worker Deployment carries the pause switch.
+    pub fn paused(&self) -> bool {
+        self.deployment.metadata.annotations.as_ref().and_then(|a| a.get(PAUSE_ANNOTATION)).is_some_and(|v| v == "true")
+    }
+}
 /// The label KEDA puts on the HPA it manages for a ScaledObject.
 const KEDA_HPA_LABEL: &str = "scaledobject.keda.sh/name";
 /// The name Events are reported under.

@@ -37,6 +37,8 @@ pub enum Error {
     DeploymentMissing(String),
     #[error("setup: {0}")]
     Setup(String),
+    #[error("tick did not finish within its deadline of {0:?}")]
+    Deadline(std::time::Duration),
 }
 
 impl From<kube::Error> for Error {
@@ -53,6 +55,7 @@ impl Error {
             Error::Worker(_) => "worker",
             Error::DeploymentMissing(_) => "deployment_missing",
             Error::Setup(_) => "setup",
+            Error::Deadline(_) => "deadline",
         }
     }
 }

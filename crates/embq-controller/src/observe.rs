@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::time::Instant;
 
 use crate::policy::Critical;
+use crate::worker::Health;
 
 /// What the pod object says, before any scrape.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +18,8 @@ pub struct PodStatus {
     pub ip: Option<IpAddr>,
     pub ready: bool,
     pub running: bool,
+    /// Phase Failed or Succeeded: the pod will never run again.
+    pub finished: bool,
     /// Every container passed its startup probe (or has none): /health is meaningful.
     pub started: bool,
     pub terminating: bool,
@@ -24,6 +27,10 @@ pub struct PodStatus {
     /// Critical condition as Kubernetes sees it; OOM `fresh` is filled in by the caller.
     pub critical: Option<Critical>,
     pub memory_limit: Option<String>,
+    /// The owning ReplicaSet's name.
+    pub owner: Option<String>,
+    /// The pod-template-hash label.
+    pub template: Option<String>,
 }
 
 const IMAGE_PULL_REASONS: [&str; 4] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"];
@@ -36,7 +43,9 @@ pub fn pod_status(pod: &Pod) -> PodStatus {
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let running = status.and_then(|s| s.phase.as_deref()) == Some("Running");
+    let phase = status.and_then(|s| s.phase.as_deref());
+    let running = phase == Some("Running");
+    let finished = matches!(phase, Some("Failed" | "Succeeded"));
     let containers = status.and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
     let restarts = containers.iter().map(|c| c.restart_count).max().unwrap_or(0);
     let started = !containers.is_empty() && containers.iter().all(|c| c.started.unwrap_or(c.ready));
@@ -69,11 +78,16 @@ pub fn pod_status(pod: &Pod) -> PodStatus {
         .and_then(|l| l.get("memory"))
         .map(|q| q.0.clone());
 
+    let owner = pod.metadata.owner_references.iter().flatten().find(|o| o.kind == "ReplicaSet").map(|o| o.name.clone());
+    let template = pod.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned();
     PodStatus {
         name,
+        owner,
+        template,
         ip,
         ready,
         running,
+        finished,
         started,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         restarts,
@@ -93,7 +107,29 @@ pub struct WorkerMetrics {
     pub inflight: Option<f64>,
     pub rate_limited: f64,
     pub rate_limit_wait_seconds: f64,
+    /// embedding_worker_errors_total of the kinds with a cause outside the worker.
+    pub outside_errors: f64,
 }
+
+/// `embedding_worker_errors_total` kinds whose cause is the provider, the database or the
+/// input. A kind not listed (a new one) counts against the worker.
+pub const OUTSIDE_ERROR_KINDS: &[&str] = &[
+    // provider
+    "rate_limited",
+    "quota_exhausted",
+    "transient",
+    "invalid_request",
+    "invalid_response",
+    "unauthorized",
+    // database
+    "database",
+    "schema",
+    // input
+    "rejected",
+    "invalid",
+    "invalid_input",
+    "too_large",
+];
 
 /// Parses Prometheus text (or OpenMetrics) exposition, summing over label sets the
 /// controller does not split by. Lines it cannot read are skipped, not fatal: one odd
@@ -113,6 +149,11 @@ pub fn parse_worker_metrics(text: &str) -> WorkerMetrics {
             "embedding_jobs_failed_total" => m.failed += value,
             "embedding_provider_rate_limited_total" => m.rate_limited += value,
             "embedding_rate_limit_wait_seconds_total" => m.rate_limit_wait_seconds += value,
+            "embedding_worker_errors_total"
+                if labels.iter().any(|(k, v)| k == "kind" && OUTSIDE_ERROR_KINDS.contains(&v.as_str())) =>
+            {
+                m.outside_errors += value
+            }
             "embedding_queue_depth" => m.queue_depth = Some(m.queue_depth.map_or(value, |d: f64| d.max(value))),
             "embedding_inflight_jobs" => m.inflight = Some(m.inflight.unwrap_or(0.0) + value),
             "embedding_processing_duration_seconds_bucket" => {
@@ -246,13 +287,16 @@ pub struct WindowSignals {
 }
 
 impl PodHistory {
-    /// Records a health result; returns how long it has been failing.
-    pub fn health(&mut self, now: Instant, ok: bool) -> Option<Duration> {
-        if ok {
-            self.health_failing_since = None;
-            None
-        } else {
-            Some(now.duration_since(*self.health_failing_since.get_or_insert(now)))
+    /// Records a health result; returns how long the worker has been answering "unhealthy".
+    /// No answer neither starts nor ends a failure: it is not evidence either way.
+    pub fn health(&mut self, now: Instant, health: Health) -> Option<Duration> {
+        match health {
+            Health::Ok => {
+                self.health_failing_since = None;
+                None
+            }
+            Health::Failing => Some(now.duration_since(*self.health_failing_since.get_or_insert(now))),
+            Health::Unknown => self.health_failing_since.map(|since| now.duration_since(since)),
         }
     }
 
@@ -280,8 +324,9 @@ impl PodHistory {
         self.samples.back()
     }
 
-    /// Error rate, p95 and rate limiting between the oldest sample in the window and the newest.
-    pub fn signals(&self, min_jobs: u64) -> WindowSignals {
+    /// Error rate, p95 and rate limiting between the oldest sample in the window and the
+    /// newest; error rate and p95 only once the samples span at least `min_span`.
+    pub fn signals(&self, min_jobs: u64, min_span: Duration) -> WindowSignals {
         let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
             return WindowSignals::default();
         };
@@ -289,12 +334,16 @@ impl PodHistory {
             return WindowSignals::default();
         }
         let (a, b) = (&first.metrics, &last.metrics);
+        let covered = last.at.duration_since(first.at) >= min_span;
         let processed = b.processed - a.processed;
         let failed = b.failed - a.failed;
         let finished = processed + failed;
+        // Failures explained by the provider, the database or the input say nothing about
+        // this worker: only the rest count against it.
+        let own = (failed - (b.outside_errors - a.outside_errors)).max(0.0);
         WindowSignals {
-            error_rate: (finished >= min_jobs as f64 && finished > 0.0).then(|| failed / finished),
-            p95_seconds: quantile_between(0.95, &a.duration_buckets, &b.duration_buckets, min_jobs),
+            error_rate: (covered && finished >= min_jobs as f64 && finished > 0.0).then(|| own / finished),
+            p95_seconds: quantile_between(0.95, &a.duration_buckets, &b.duration_buckets, min_jobs).filter(|_| covered),
             rate_limited: b.rate_limited > a.rate_limited || b.rate_limit_wait_seconds > a.rate_limit_wait_seconds,
         }
     }
@@ -383,27 +432,52 @@ not a sample line
         let w = Duration::from_secs(300);
         let mut h = PodHistory::default();
         h.push(sample(t0, 0.0, 0.0), w);
-        assert_eq!(h.signals(10).error_rate, None, "one sample is no window");
+        assert_eq!(h.signals(10, Duration::ZERO).error_rate, None, "one sample is no window");
         h.push(sample(t0 + Duration::from_secs(60), 40.0, 60.0), w);
-        assert_eq!(h.signals(10).error_rate, Some(0.6));
+        assert_eq!(h.signals(10, Duration::ZERO).error_rate, Some(0.6));
         // Ten minutes later the early failures have left the window.
         for i in 2..=10u64 {
             h.push(sample(t0 + Duration::from_secs(60 * i), 40.0 + 100.0 * (i - 1) as f64, 60.0), w);
         }
-        assert_eq!(h.signals(10).error_rate, Some(0.0));
+        assert_eq!(h.signals(10, Duration::ZERO).error_rate, Some(0.0));
         // The worker restarted: counters fell, the history starts again.
         h.push(sample(t0 + Duration::from_secs(700), 1.0, 0.0), w);
-        assert_eq!(h.signals(1).error_rate, None);
+        assert_eq!(h.signals(1, Duration::ZERO).error_rate, None);
+    }
+
+    #[test]
+    fn short_bursts_and_outside_errors_are_not_worker_failures() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(300);
+        let min_span = Duration::from_secs(240);
+        let mut h = PodHistory::default();
+        let with_outside = |at, failed, outside| Sample {
+            at,
+            metrics: WorkerMetrics { processed: 0.0, failed, outside_errors: outside, ..Default::default() },
+        };
+        h.push(with_outside(t0, 0.0, 0.0), w);
+        h.push(with_outside(t0 + Duration::from_secs(10), 50.0, 0.0), w);
+        assert_eq!(h.signals(20, min_span).error_rate, None, "10 s of samples is no 5-minute signal");
+        h.push(with_outside(t0 + Duration::from_secs(250), 100.0, 90.0), w);
+        assert_eq!(h.signals(20, min_span).error_rate, Some(0.1), "provider/database/input errors left out");
+        let m = parse_worker_metrics(
+            "embedding_worker_errors_total{kind=\"transient\"} 3\nembedding_worker_errors_total{kind=\"database\"} 2\n\
+             embedding_worker_errors_total{kind=\"something_new\"} 7\n",
+        );
+        assert_eq!(m.outside_errors, 5.0);
     }
 
     #[test]
     fn health_failures_are_timed_from_the_first_failure() {
         let t0 = Instant::now();
         let mut h = PodHistory::default();
-        assert_eq!(h.health(t0, false), Some(Duration::ZERO));
-        assert_eq!(h.health(t0 + Duration::from_secs(30), false), Some(Duration::from_secs(30)));
-        assert_eq!(h.health(t0 + Duration::from_secs(40), true), None);
-        assert_eq!(h.health(t0 + Duration::from_secs(50), false), Some(Duration::ZERO));
+        let s = Duration::from_secs;
+        assert_eq!(h.health(t0, Health::Unknown), None, "no answer starts no failure");
+        assert_eq!(h.health(t0, Health::Failing), Some(Duration::ZERO));
+        assert_eq!(h.health(t0 + s(30), Health::Failing), Some(s(30)));
+        assert_eq!(h.health(t0 + s(35), Health::Unknown), Some(s(35)), "nor ends one");
+        assert_eq!(h.health(t0 + s(40), Health::Ok), None);
+        assert_eq!(h.health(t0 + s(50), Health::Failing), Some(Duration::ZERO));
     }
 
     fn pod_json(v: serde_json::Value) -> Pod {

@@ -8,7 +8,6 @@
 //! tables below can replay any history.
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
@@ -32,6 +31,10 @@ pub struct Limits {
     pub scale_max: i32,
     pub scale_cooldown: Duration,
     pub signal_window: Duration,
+    /// Share of the fleet that must stay Ready after a remediation (0.51: a majority).
+    pub min_ready_share: f64,
+    /// Ready pods that must stay after a remediation, whatever the share.
+    pub min_ready_pods: u32,
     pub dry_run: bool,
 }
 
@@ -53,12 +56,19 @@ pub struct PodObservation {
     pub name: String,
     pub ready: bool,
     pub critical: Option<Critical>,
-    /// How long /health has been failing without a success in between.
+    /// How long /health has answered "unhealthy" without a success in between
+    /// (timeouts and connection errors are unknown, not failures).
     pub health_failing_for: Option<Duration>,
+    /// The container's restart count moved since the previous look: the kubelet saw it fail.
+    pub restarts_moved: bool,
     /// Failed / finished jobs over the window, only when enough jobs finished.
     pub error_rate: Option<f64>,
     /// p95 of processing duration over the window, only when enough jobs finished.
     pub p95_seconds: Option<f64>,
+    /// The owning ReplicaSet: a replacement pod has a new name but the same owner.
+    pub owner: Option<String>,
+    /// The pod-template-hash label: which template (rollout step, canary) the pod runs.
+    pub template: Option<String>,
 }
 
 impl PodObservation {
@@ -68,8 +78,11 @@ impl PodObservation {
             ready: true,
             critical: None,
             health_failing_for: None,
+            restarts_moved: false,
             error_rate: None,
             p95_seconds: None,
+            owner: None,
+            template: None,
         }
     }
 }
@@ -213,6 +226,15 @@ pub enum Guard {
     Cooldown,
     ActionCap,
     DisruptionBudget,
+    /// Too few pods would stay Ready: the fleet as a whole is unwell, not this pod.
+    ReadyFloor,
+    /// Most judged pods show the same signal: a shared cause (provider, database), not this pod.
+    SharedCause,
+    /// The pod runs another template than the Ready majority (a canary, a rollout): its
+    /// Deployment's rollout decides about it, not a restart.
+    OtherTemplate,
+    /// The pause switch is on: the controller only reports.
+    Paused,
 }
 
 impl Guard {
@@ -222,6 +244,10 @@ impl Guard {
             Guard::Cooldown => "cooldown",
             Guard::ActionCap => "action_cap",
             Guard::DisruptionBudget => "disruption_budget",
+            Guard::ReadyFloor => "ready_floor",
+            Guard::SharedCause => "shared_cause",
+            Guard::OtherTemplate => "other_template",
+            Guard::Paused => "paused",
         }
     }
 }
@@ -233,6 +259,9 @@ pub enum Verdict {
     /// Dry-run: log and emit a "would ..." Event only.
     DryRun,
     Suppressed(Guard),
+    /// Held back by a fleet-level guard, and said so with a `RemediationSkipped` Event
+    /// (once per cooldown; later looks give `Suppressed`).
+    Skipped(Guard),
 }
 
 /// What an action is about.
@@ -260,6 +289,8 @@ pub struct Decision {
     pub verdict: Verdict,
     /// The new replica count (or minimum) for scale actions.
     pub scale_to: Option<i32>,
+    /// What the disruption cooldown is keyed by: the owning ReplicaSet, else the pod.
+    pub cooldown_key: Option<String>,
 }
 
 impl Decision {
@@ -274,75 +305,25 @@ impl Decision {
     }
 }
 
-/// What the controller did before, as far as the guards need to know.
-#[derive(Debug, Default, Clone)]
-pub struct Memory {
-    /// Last disruptive action per pod.
-    last_disruption: HashMap<String, Instant>,
-    /// Last report per (subject, reason), so a lasting condition is reported once per cooldown.
-    last_report: HashMap<(Subject, Reason), Instant>,
-    /// Disruptive actions across the fleet, oldest first, trimmed to the action window.
-    disruptions: VecDeque<Instant>,
-    last_scale: Option<Instant>,
-}
-
-impl Memory {
-    /// Records the carried-out decisions (dry-run ones too, so a dry run shows the real cadence).
-    pub fn record(&mut self, decisions: &[Decision], now: Instant, limits: &Limits) {
-        for d in decisions.iter().filter(|d| d.carried_out()) {
-            match d.action {
-                Action::Report | Action::HoldScale => {
-                    self.last_report.insert((d.subject.clone(), d.reason), now);
-                }
-                Action::Evict | Action::GracefulRestart => {
-                    if let Subject::Pod(p) = &d.subject {
-                        self.last_disruption.insert(p.clone(), now);
-                    }
-                    self.disruptions.push_back(now);
-                }
-                Action::ScaleUp | Action::ScaleDown => self.last_scale = Some(now),
-            }
-        }
-        self.forget_before(now, limits);
-    }
-
-    /// Drops what no guard can need any more, so memory stays bounded by the fleet.
-    fn forget_before(&mut self, now: Instant, limits: &Limits) {
-        let keep = limits.pod_cooldown.max(limits.scale_cooldown);
-        self.last_disruption.retain(|_, t| now.duration_since(*t) < keep);
-        self.last_report.retain(|_, t| now.duration_since(*t) < keep);
-        while self.disruptions.front().is_some_and(|t| now.duration_since(*t) >= limits.action_window) {
-            self.disruptions.pop_front();
-        }
-    }
-
-    fn disruption_cooled(&self, pod: &str, now: Instant, cooldown: Duration) -> bool {
-        self.last_disruption.get(pod).is_none_or(|t| now.duration_since(*t) >= cooldown)
-    }
-
-    fn report_cooled(&self, key: &(Subject, Reason), now: Instant, cooldown: Duration) -> bool {
-        self.last_report.get(key).is_none_or(|t| now.duration_since(*t) >= cooldown)
-    }
-
-    fn disruptions_in_window(&self, now: Instant, window: Duration) -> usize {
-        self.disruptions.iter().filter(|t| now.duration_since(**t) < window).count()
-    }
-
-    fn scale_cooled(&self, now: Instant, cooldown: Duration) -> bool {
-        self.last_scale.is_none_or(|t| now.duration_since(t) >= cooldown)
+/// Holds back every action but reports (the pause switch): nothing is recorded, so
+/// lifting the pause brings the held actions back at once.
+pub fn pause(decisions: &mut [Decision]) {
+    for d in decisions.iter_mut().filter(|d| d.action != Action::Report && d.carried_out()) {
+        d.verdict = Verdict::Suppressed(Guard::Paused);
     }
 }
 
 /// Decides every action for one look at the fleet, guards applied.
 pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: Instant) -> Vec<Decision> {
     let mut out = Vec::new();
-    let mut candidates: Vec<(u8, &str, Action, Reason, bool)> = Vec::new();
+    let mut candidates: Vec<(u8, &PodObservation, Action, Reason)> = Vec::new();
 
     // A crash loop on one pod while others serve may be local to that pod or its node
     // (a bad node, a corrupt emptyDir): rescheduling it can help. On several pods it is
     // the image or the config, and deleting pods only resets the kubelet's back-off.
     let crash_looping = fleet.pods.iter().filter(|p| matches!(p.critical, Some(Critical::CrashLoop { .. }))).count();
     let others_ready = fleet.pods.iter().filter(|p| p.ready).count();
+    let mut signalled: Vec<(&PodObservation, u8, Reason)> = Vec::new();
 
     for pod in &fleet.pods {
         if fleet.in_flight.iter().any(|n| n == &pod.name) {
@@ -360,56 +341,89 @@ pub fn decide(fleet: &FleetObservation, limits: &Limits, memory: &Memory, now: I
             Some(Critical::CrashLoop { restarts }) => {
                 report(&mut out, pod, Reason::CrashLoop, limits, memory, now);
                 if restarts >= limits.crash_loop_restarts && crash_looping == 1 && others_ready > 0 {
-                    candidates.push((0, &pod.name, Action::Evict, Reason::CrashLoop, pod.ready));
+                    candidates.push((0, pod, Action::Evict, Reason::CrashLoop));
                 }
             }
             None => {
-                let signal = if pod.health_failing_for.is_some_and(|d| d >= limits.health_failure_after) {
-                    Some((1, Reason::HealthCheck))
-                } else if pod.error_rate.is_some_and(|r| r > limits.error_rate_max) {
-                    Some((2, Reason::ErrorRate))
-                } else if pod.p95_seconds.is_some_and(|s| s > limits.p95_max_seconds) {
-                    Some((3, Reason::SlowProcessing))
-                } else {
-                    None
-                };
-                match signal {
-                    // Failing or slow jobs while the provider throttles us are the provider's
-                    // doing: a restart would not fix them, so report instead.
-                    Some((_, reason @ (Reason::ErrorRate | Reason::SlowProcessing))) if fleet.capacity.rate_limited => {
-                        report(&mut out, pod, reason, limits, memory, now)
-                    }
-                    Some((rank, reason)) => {
-                        candidates.push((rank, &pod.name, Action::GracefulRestart, reason, pod.ready))
-                    }
-                    None => {}
+                if let Some((rank, reason)) = pod_signal(pod, limits) {
+                    signalled.push((pod, rank, reason));
                 }
             }
         }
     }
 
+    // A signal on most of the pods that could show it has a shared cause (the provider,
+    // the database, the network between the controller and the pods): restarting the
+    // pods one by one would not fix it and would only take capacity away.
+    for (pod, rank, reason) in signalled {
+        let judged = fleet
+            .pods
+            .iter()
+            .filter(|p| p.critical.is_none() && !fleet.in_flight.contains(&p.name))
+            .filter(|p| match reason {
+                Reason::ErrorRate => p.error_rate.is_some(),
+                Reason::SlowProcessing => p.p95_seconds.is_some(),
+                _ => true,
+            })
+            .count();
+        let showing = fleet.pods.iter().filter(|p| pod_signal(p, limits).is_some_and(|(_, r)| r == reason)).count();
+        if showing * 2 > judged {
+            skip(&mut out, pod, reason, Guard::SharedCause, limits, memory, now);
+            continue;
+        }
+        match reason {
+            // Failing or slow jobs while the provider throttles us are the provider's
+            // doing: a restart would not fix them, so report instead.
+            Reason::ErrorRate | Reason::SlowProcessing if fleet.capacity.rate_limited => {
+                report(&mut out, pod, reason, limits, memory, now)
+            }
+            _ => candidates.push((rank, pod, Action::GracefulRestart, reason)),
+        }
+    }
+
     // Most severe first, then by name so the order is stable between looks.
-    candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(b.1)));
+    candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.name.cmp(&b.1.name)));
     let mut used = memory.disruptions_in_window(now, limits.action_window);
     let allowed = limits.max_disrupted.min(fleet.max_unavailable) as usize;
     // Pods not Ready are already unavailable; restarts in flight count until they end.
     let mut disrupted = fleet.pods.iter().filter(|p| !p.ready).count()
         + fleet.in_flight.iter().filter(|n| fleet.pods.iter().any(|p| &p.name == *n && p.ready)).count();
-    for (_, name, action, reason, ready) in candidates {
-        let verdict = if !memory.disruption_cooled(name, now, limits.pod_cooldown) {
+    // Ready pods that keep serving: not counting those being restarted.
+    let total = fleet.pods.len();
+    let mut serving = fleet.pods.iter().filter(|p| p.ready && !fleet.in_flight.contains(&p.name)).count();
+    let majority = majority_template(fleet);
+    let mut acted_sets = std::collections::HashSet::new();
+    for (_, pod, action, reason) in candidates {
+        let (name, ready) = (pod.name.as_str(), pod.ready);
+        let key = pod.owner.clone().unwrap_or_else(|| name.to_owned());
+        let after = serving - usize::from(ready);
+        let floor_kept =
+            after >= limits.min_ready_pods as usize && after as f64 >= limits.min_ready_share * total as f64;
+        let other_template = pod.template.as_ref().zip(majority).is_some_and(|(t, m)| t != m);
+        let subject = Subject::Pod(name.to_owned());
+        let verdict = if !memory.disruption_cooled(&key, now, limits.pod_cooldown)
+            || acted_sets.contains(&key)
+            || (action == Action::Evict && memory.evicted_sets.contains_key(&key))
+        {
             Verdict::Suppressed(Guard::Cooldown)
+        } else if other_template {
+            skipped(&subject, reason, Guard::OtherTemplate, limits, memory, now)
+        } else if !floor_kept {
+            skipped(&subject, reason, Guard::ReadyFloor, limits, memory, now)
         } else if used >= limits.max_actions as usize {
             Verdict::Suppressed(Guard::ActionCap)
         } else if ready && disrupted >= allowed {
             Verdict::Suppressed(Guard::DisruptionBudget)
         } else {
             used += 1;
+            acted_sets.insert(key.clone());
             if ready {
                 disrupted += 1;
+                serving -= 1;
             }
             act(limits)
         };
-        out.push(Decision { subject: Subject::Pod(name.to_owned()), action, reason, verdict, scale_to: None });
+        out.push(Decision { subject, action, reason, verdict, scale_to: None, cooldown_key: Some(key) });
     }
 
     if let Some(d) = decide_capacity(&fleet.capacity, limits, memory, now) {
@@ -426,6 +440,70 @@ fn act(limits: &Limits) -> Verdict {
     }
 }
 
+/// The pod template most Ready pods run, when one has a strict plurality.
+fn majority_template(fleet: &FleetObservation) -> Option<&str> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for t in fleet.pods.iter().filter(|p| p.ready).filter_map(|p| p.template.as_deref()) {
+        *counts.entry(t).or_default() += 1;
+    }
+    let mut ranked: Vec<(&str, usize)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    match ranked.as_slice() {
+        [(t, n), (_, m), ..] if n > m => Some(t),
+        [(t, _)] => Some(t),
+        _ => None,
+    }
+}
+
+/// The restart-worthy signal of a pod without a critical state, most severe first.
+/// /health counts only where the kubelet agrees (not Ready, or its restart count moved):
+/// a slow or unreachable /health alone is the controller's view, not the pod's state.
+fn pod_signal(pod: &PodObservation, limits: &Limits) -> Option<(u8, Reason)> {
+    if pod.critical.is_some() {
+        None
+    } else if pod.health_failing_for.is_some_and(|d| d >= limits.health_failure_after)
+        && (!pod.ready || pod.restarts_moved)
+    {
+        Some((1, Reason::HealthCheck))
+    } else if pod.error_rate.is_some_and(|r| r > limits.error_rate_max) {
+        Some((2, Reason::ErrorRate))
+    } else if pod.p95_seconds.is_some_and(|s| s > limits.p95_max_seconds) {
+        Some((3, Reason::SlowProcessing))
+    } else {
+        None
+    }
+}
+
+/// `Skipped` (with an Event) once per cooldown for a lasting condition, quietly `Suppressed` between.
+fn skipped(subject: &Subject, reason: Reason, guard: Guard, limits: &Limits, memory: &Memory, now: Instant) -> Verdict {
+    if memory.report_cooled(&(subject.clone(), reason), now, limits.pod_cooldown) {
+        Verdict::Skipped(guard)
+    } else {
+        Verdict::Suppressed(guard)
+    }
+}
+
+fn skip(
+    out: &mut Vec<Decision>,
+    pod: &PodObservation,
+    reason: Reason,
+    guard: Guard,
+    limits: &Limits,
+    memory: &Memory,
+    now: Instant,
+) {
+    let subject = Subject::Pod(pod.name.clone());
+    let verdict = skipped(&subject, reason, guard, limits, memory, now);
+    out.push(Decision {
+        subject,
+        action: Action::GracefulRestart,
+        reason,
+        verdict,
+        scale_to: None,
+        cooldown_key: pod.owner.clone(),
+    });
+}
+
 fn report(
     out: &mut Vec<Decision>,
     pod: &PodObservation,
@@ -440,77 +518,15 @@ fn report(
     } else {
         Verdict::Suppressed(Guard::Cooldown)
     };
-    out.push(Decision { subject, action: Action::Report, reason, verdict, scale_to: None });
+    out.push(Decision { subject, action: Action::Report, reason, verdict, scale_to: None, cooldown_key: None });
 }
 
-/// Scale up under lasting pressure unless the provider is the bottleneck; scale back down
-/// to the value the controller found once the pressure has been gone for the calm window.
-pub fn decide_capacity(c: &CapacityObservation, limits: &Limits, memory: &Memory, now: Instant) -> Option<Decision> {
-    let target = c.target.as_ref()?;
-    let lasting = c.pressure.zip(c.pressure_for).filter(|(_, d)| *d >= limits.pressure_window);
-    let decision = |action, reason, scale_to, cooled: bool| Decision {
-        subject: Subject::Fleet,
-        action,
-        reason,
-        verdict: if cooled { act(limits) } else { Verdict::Suppressed(Guard::Cooldown) },
-        scale_to,
-    };
-
-    if let Some((reason, _)) = lasting {
-        if c.rate_limited {
-            // More pods would only send more requests into the same 429s.
-            let key = (Subject::Fleet, Reason::RateLimited);
-            let cooled = memory.report_cooled(&key, now, limits.scale_cooldown);
-            return Some(decision(Action::HoldScale, Reason::RateLimited, None, cooled));
-        }
-        let bound = target.ceiling.map_or(limits.scale_max, |c| c.min(limits.scale_max));
-        let from = match target.kind {
-            // Raising an autoscaler's minimum below what it already runs adds nothing.
-            ScaleKind::Hpa | ScaleKind::ScaledObject => target.current.max(target.replicas),
-            ScaleKind::Deployment => target.current,
-        };
-        let to = from.saturating_add(limits.scale_step).min(bound);
-        if to <= target.current {
-            return None;
-        }
-        let cooled = memory.scale_cooled(now, limits.scale_cooldown);
-        return Some(decision(Action::ScaleUp, reason, Some(to), cooled));
-    }
-
-    let original = target.original?;
-    if c.pressure.is_some() || c.calm_for.is_none_or(|d| d < limits.calm_window) || target.current <= original {
-        return None;
-    }
-    let to = match target.kind {
-        // The autoscaler's own scale-down behaviour paces the pods; give the minimum back at once.
-        ScaleKind::Hpa | ScaleKind::ScaledObject => original,
-        ScaleKind::Deployment => target.current.saturating_sub(limits.scale_step).max(original),
-    };
-    let cooled = memory.scale_cooled(now, limits.scale_cooldown);
-    Some(decision(Action::ScaleDown, Reason::PressureGone, Some(to), cooled))
-}
-
-/// Tracks how long the fleet has been under pressure, or free of it.
-#[derive(Debug, Default, Clone)]
-pub struct PressureTracker {
-    pressured_since: Option<Instant>,
-    calm_since: Option<Instant>,
-}
-
-impl PressureTracker {
-    /// Feeds one look; returns (pressure_for, calm_for).
-    pub fn observe(&mut self, now: Instant, pressured: bool) -> (Option<Duration>, Option<Duration>) {
-        if pressured {
-            self.calm_since = None;
-            let since = *self.pressured_since.get_or_insert(now);
-            (Some(now.duration_since(since)), None)
-        } else {
-            self.pressured_since = None;
-            let since = *self.calm_since.get_or_insert(now);
-            (None, Some(now.duration_since(since)))
-        }
-    }
-}
+mod capacity;
+mod memory;
+mod persist;
+pub use capacity::{decide_capacity, PressureTracker};
+pub use memory::Memory;
+pub use persist::MEMORY_ANNOTATION;
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::controller::Context;
 use crate::kube_api::{self, EventTarget, EventType, Eviction};
+use crate::leader::still_leading;
 use crate::observe::pod_status;
 use crate::worker::Drain;
 
@@ -28,6 +29,9 @@ pub struct RestartJob {
     pub why: String,
     /// Pod names at decision time: a replacement is a Ready pod not among them.
     pub known_pods: HashSet<String>,
+    /// The pod's ReplicaSet: the replacement must come from it (a scale-up's new pod or a
+    /// canary's does not count).
+    pub owner: Option<String>,
 }
 
 /// How a graceful restart ended (also the `kind` label of restart_outcomes_total).
@@ -37,6 +41,8 @@ pub enum Outcome {
     ReplacementNotReady,
     EvictionRefused,
     Cancelled,
+    /// The fence found another replica leading (or could not tell): stopped before acting.
+    LeaseLost,
     Failed,
 }
 
@@ -47,6 +53,7 @@ impl Outcome {
             Outcome::ReplacementNotReady => "replacement_not_ready",
             Outcome::EvictionRefused => "eviction_refused",
             Outcome::Cancelled => "cancelled",
+            Outcome::LeaseLost => "lease_lost",
             Outcome::Failed => "failed",
         }
     }
@@ -89,6 +96,10 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         return Outcome::Cancelled;
     }
 
+    if !still_leading(ctx).await {
+        return Outcome::LeaseLost;
+    }
+
     // 2. Drain: the worker stops claiming, finishes in-flight jobs, releases the rest.
     let drain = match job.ip {
         Some(ip) => match ctx.worker.shutdown(ip).await {
@@ -127,6 +138,11 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         Some(Drain::TimedOut) => "drain still running at the deadline".to_owned(),
         None => "not drained".to_owned(),
     };
+    if !still_leading(ctx).await {
+        // The drained container exits and the kubelet restarts it; the new leader judges it afresh.
+        tracing::warn!(pod = %job.pod, "lease lost before the eviction; not evicting");
+        return Outcome::LeaseLost;
+    }
     match kube_api::evict(ctx, &job.pod, false).await {
         Ok(Eviction::Evicted) | Ok(Eviction::Gone) => {
             event(EventType::Normal, "Evicted", format!("evicted ({drained})")).await;
@@ -150,9 +166,12 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
     let deadline = Instant::now() + ctx.config.replacement_timeout;
     loop {
         let ready_new = match kube_api::list_pods(ctx).await {
-            Ok(pods) => {
-                pods.iter().map(pod_status).find(|p| p.ready && !p.terminating && !job.known_pods.contains(&p.name))
-            }
+            Ok(pods) => pods.iter().map(pod_status).find(|p| {
+                p.ready
+                    && !p.terminating
+                    && !job.known_pods.contains(&p.name)
+                    && (job.owner.is_none() || p.owner == job.owner)
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "listing pods while waiting for the replacement");
                 None

@@ -18,6 +18,18 @@ pub struct WorkerClient {
     token: Secret,
 }
 
+/// What one `GET /health` told the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// A 2xx answer.
+    Ok,
+    /// The worker answered, and not with 2xx: it says it is unwell.
+    Failing,
+    /// No answer (timeout, connection refused or reset): the path from the controller to
+    /// the pod, or a throttled CPU, as much as the worker. Not evidence either way.
+    Unknown,
+}
+
 /// How a drain wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drain {
@@ -49,26 +61,25 @@ impl WorkerClient {
         format!("http://{}{path}", SocketAddr::new(ip, port))
     }
 
-    /// `GET /health`: true on any 2xx; false on anything else, including no answer.
-    pub async fn health(&self, ip: IpAddr) -> bool {
+    /// `GET /health`: [`Health::Ok`] on 2xx, [`Health::Failing`] on another answer,
+    /// [`Health::Unknown`] without one.
+    pub async fn health(&self, ip: IpAddr) -> Health {
         match self.http.get(Self::url(ip, self.health_port, "/health")).send().await {
-            Ok(r) => r.status().is_success(),
-            Err(_) => false,
+            Ok(r) if r.status().is_success() => Health::Ok,
+            Ok(_) => Health::Failing,
+            Err(_) => Health::Unknown,
         }
     }
 
     /// `GET /metrics`, parsed.
     pub async fn metrics(&self, ip: IpAddr) -> Result<WorkerMetrics, Error> {
         let url = Self::url(ip, self.metrics_port, "/metrics");
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| Error::Worker(format!("GET {url}: {e}")))?;
-        let text = resp.text().await.map_err(|e| Error::Worker(format!("GET {url}: {e}")))?;
-        Ok(parse_worker_metrics(&text))
+        self.fetch_metrics(&url).await.map_err(|e| Error::Worker(format!("GET {url}: {e}")))
+    }
+
+    async fn fetch_metrics(&self, url: &str) -> Result<WorkerMetrics, reqwest::Error> {
+        let resp = self.http.get(url).send().await.and_then(|r| r.error_for_status())?;
+        Ok(parse_worker_metrics(&resp.text().await?))
     }
 
     /// `POST /shutdown` with the bearer token; the worker answers 202 and starts draining.
@@ -87,17 +98,19 @@ impl WorkerClient {
         }
     }
 
-    /// Polls the worker's in-flight gauge until it is zero or the worker stops answering,
-    /// bounded by `timeout`.
+    /// Polls the worker's in-flight gauge until it is zero or the worker refuses
+    /// connections (it exited), bounded by `timeout`.
     pub async fn wait_drained(&self, ip: IpAddr, timeout: Duration, poll: Duration) -> Drain {
         let start = Instant::now();
         let deadline = start + timeout;
         loop {
-            match self.metrics(ip).await {
+            match self.fetch_metrics(&Self::url(ip, self.metrics_port, "/metrics")).await {
                 Ok(m) if m.inflight.unwrap_or(0.0) <= 0.0 => return Drain::Drained(start.elapsed()),
                 Ok(_) => {}
-                // The process exited after its drain: nothing is in flight.
-                Err(_) => return Drain::Drained(start.elapsed()),
+                // Connection refused: the process exited after its drain, nothing is in flight.
+                Err(e) if e.is_connect() && !e.is_timeout() => return Drain::Drained(start.elapsed()),
+                // A timeout or a 5xx is a failed poll, not a drained worker: ask again.
+                Err(_) => {}
             }
             if Instant::now() + poll > deadline {
                 return Drain::TimedOut;

@@ -21,6 +21,8 @@ fn limits() -> Limits {
         scale_max: 10,
         scale_cooldown: 180 * S,
         signal_window: 300 * S,
+        min_ready_share: 0.51,
+        min_ready_pods: 2,
         dry_run: false,
     }
 }
@@ -29,8 +31,20 @@ fn pod(name: &str) -> PodObservation {
     PodObservation::healthy(name)
 }
 
-fn fleet(pods: Vec<PodObservation>) -> FleetObservation {
+/// Exactly these pods.
+fn bare(pods: Vec<PodObservation>) -> FleetObservation {
     FleetObservation { pods, max_unavailable: 1, in_flight: vec![], capacity: CapacityObservation::default() }
+}
+
+/// These pods among four healthy, Ready, judged ones: what is asked about is an outlier.
+fn fleet(mut pods: Vec<PodObservation>) -> FleetObservation {
+    pods.extend((1..=4).map(|i| judged_ok(&format!("h-{i}"))));
+    bare(pods)
+}
+
+/// A Ready pod whose window shows no failures and fast jobs.
+fn judged_ok(name: &str) -> PodObservation {
+    PodObservation { error_rate: Some(0.0), p95_seconds: Some(1.0), ..pod(name) }
 }
 
 /// (action, reason, verdict) per decision, for compact table rows.
@@ -86,10 +100,33 @@ fn pod_states_map_to_actions() {
             }),
             vec![row("pod/w-1", Report, CrashLoop, Act)],
         ),
-        ("health failing below the threshold: wait", with(&|p| p.health_failing_for = Some(59 * S)), vec![]),
         (
-            "health failing past the threshold: graceful restart",
-            with(&|p| p.health_failing_for = Some(60 * S)),
+            "health failing below the threshold: wait",
+            with(&|p| {
+                p.ready = false;
+                p.health_failing_for = Some(59 * S)
+            }),
+            vec![],
+        ),
+        (
+            "health failing past the threshold, kubelet agrees (not Ready): graceful restart",
+            with(&|p| {
+                p.ready = false;
+                p.health_failing_for = Some(60 * S)
+            }),
+            vec![row("pod/w-1", GracefulRestart, HealthCheck, Act)],
+        ),
+        (
+            "health failing, still Ready and no restarts: only the controller's view, nothing",
+            with(&|p| p.health_failing_for = Some(600 * S)),
+            vec![],
+        ),
+        (
+            "health failing on a Ready pod whose restarts moved: the kubelet saw it too",
+            with(&|p| {
+                p.restarts_moved = true;
+                p.health_failing_for = Some(60 * S)
+            }),
             vec![row("pod/w-1", GracefulRestart, HealthCheck, Act)],
         ),
         (
@@ -106,6 +143,7 @@ fn pod_states_map_to_actions() {
         (
             "health outranks error rate and latency",
             with(&|p| {
+                p.ready = false;
                 p.health_failing_for = Some(90 * S);
                 p.error_rate = Some(0.9);
                 p.p95_seconds = Some(99.0)
@@ -133,7 +171,7 @@ fn crash_loops_are_evicted_only_when_isolated_and_persistent() {
     let cases = vec![
         (
             "one persistent crash loop among serving pods: reschedule it",
-            vec![looping("w-1", 5), pod("w-2")],
+            vec![looping("w-1", 5), pod("w-2"), pod("w-3")],
             vec![row("pod/w-1", Report, CrashLoop, Act), row("pod/w-1", Evict, CrashLoop, Act)],
         ),
         (
@@ -148,7 +186,7 @@ fn crash_loops_are_evicted_only_when_isolated_and_persistent() {
         ),
     ];
     for (name, pods, want) in cases {
-        let got = decide(&fleet(pods), &limits(), &Memory::default(), Instant::now());
+        let got = decide(&bare(pods), &limits(), &Memory::default(), Instant::now());
         assert_eq!(summary(&got), want, "{name}");
     }
 }
@@ -244,7 +282,8 @@ fn the_fleet_cap_holds_across_looks_and_frees_up_after_the_window() {
     let storm: Vec<_> = (0..20)
         .map(|i| PodObservation { ready: false, health_failing_for: Some(300 * S), ..pod(&format!("w-{i:02}")) })
         .collect();
-    let f = fleet(storm);
+    // Twenty failing among twenty-five serving: still a minority, still most of the fleet Ready.
+    let f = bare(storm.into_iter().chain((0..25).map(|i| judged_ok(&format!("h-{i:02}")))).collect());
     let mut m = Memory::default();
     let mut acted = 0;
     for look in 0..30u32 {
@@ -291,35 +330,23 @@ fn capacity_decisions() {
     type Row = (&'static str, CapacityObservation, Option<(Action, Reason, Option<i32>)>);
     let cases: Vec<Row> = vec![
         ("no target known", CapacityObservation::default(), None),
-        ("pressure too young", pressed(capacity(Hpa, 2, 2, None), Reason::QueueDepth, 119 * S), None),
         (
-            "lasting queue pressure: raise the HPA minimum",
-            pressed(capacity(Hpa, 2, 2, None), Reason::QueueDepth, 120 * S),
-            Some((Action::ScaleUp, Reason::QueueDepth, Some(3))),
-        ),
-        (
-            "HPA already runs above its minimum: raise from what runs",
-            pressed(capacity(Hpa, 2, 5, None), Reason::Saturation, 300 * S),
-            Some((Action::ScaleUp, Reason::Saturation, Some(6))),
-        ),
-        (
-            "KEDA ScaledObject: same, through minReplicaCount",
-            pressed(capacity(ScaledObject, 1, 1, None), Reason::QueueDepth, 300 * S),
-            Some((Action::ScaleUp, Reason::QueueDepth, Some(2))),
-        ),
-        (
-            "no autoscaler: Deployment replicas",
-            pressed(capacity(Deployment, 2, 2, None), Reason::QueueDepth, 300 * S),
-            Some((Action::ScaleUp, Reason::QueueDepth, Some(3))),
-        ),
-        (
-            "at the controller's bound: nothing",
-            pressed(capacity(Deployment, 10, 10, Some(2)), Reason::QueueDepth, 300 * S),
+            "lasting backlog with an HPA: the HPA adds pods, not the controller",
+            pressed(capacity(Hpa, 2, 2, None), Reason::QueueDepth, 300 * S),
             None,
         ),
-        ("at the HPA's maximum: nothing", pressed(capacity(Hpa, 10, 10, Some(2)), Reason::QueueDepth, 300 * S), None),
         (
-            "provider rate limited: hold, more pods mean more 429s",
+            "lasting saturation with KEDA: same",
+            pressed(capacity(ScaledObject, 1, 1, None), Reason::Saturation, 300 * S),
+            None,
+        ),
+        (
+            "no autoscaler listed: never the Deployment's replicas",
+            pressed(capacity(Deployment, 2, 2, None), Reason::QueueDepth, 300 * S),
+            None,
+        ),
+        (
+            "provider rate limited: say so, more pods mean more 429s",
             {
                 let mut c = pressed(capacity(Hpa, 2, 2, None), Reason::QueueDepth, 300 * S);
                 c.rate_limited = true;
@@ -328,16 +355,16 @@ fn capacity_decisions() {
             Some((Action::HoldScale, Reason::RateLimited, None)),
         ),
         ("calm but never raised: nothing", calm(capacity(Hpa, 2, 2, None), 900 * S), None),
-        ("calm, raised, too soon: nothing", calm(capacity(Hpa, 4, 4, Some(2)), 599 * S), None),
+        ("calm, raised earlier, too soon: nothing", calm(capacity(Hpa, 4, 4, Some(2)), 599 * S), None),
         (
-            "calm long enough: give the HPA minimum back at once",
+            "calm long enough: give an earlier raise of the HPA minimum back",
             calm(capacity(Hpa, 4, 4, Some(2)), 600 * S),
             Some((Action::ScaleDown, Reason::PressureGone, Some(2))),
         ),
         (
-            "calm long enough: the Deployment steps down",
+            "a Deployment is never written, not even to step down",
             calm(capacity(Deployment, 4, 4, Some(2)), 600 * S),
-            Some((Action::ScaleDown, Reason::PressureGone, Some(3))),
+            None,
         ),
     ];
     for (name, c, want) in cases {
@@ -353,11 +380,10 @@ fn capacity_decisions() {
 fn scaling_waits_for_its_cooldown() {
     let l = limits();
     let t0 = Instant::now();
-    let mut c = capacity(ScaleKind::Hpa, 2, 2, None);
-    c.pressure = Some(Reason::QueueDepth);
-    c.pressure_for = Some(300 * S);
+    let mut c = capacity(ScaleKind::Hpa, 4, 4, Some(2));
+    c.calm_for = Some(900 * S);
     let mut m = Memory::default();
-    let first = decide_capacity(&c, &l, &m, t0).expect("scale up");
+    let first = decide_capacity(&c, &l, &m, t0).expect("scale down");
     m.record(std::slice::from_ref(&first), t0, &l);
     let again = decide_capacity(&c, &l, &m, t0 + 60 * S).expect("decided");
     assert_eq!(again.verdict, Verdict::Suppressed(Guard::Cooldown));
@@ -373,4 +399,115 @@ fn pressure_tracker_measures_unbroken_spells() {
     assert_eq!(t.observe(t0 + 30 * S, true), (Some(30 * S), None));
     assert_eq!(t.observe(t0 + 40 * S, false), (None, Some(Duration::ZERO)));
     assert_eq!(t.observe(t0 + 50 * S, true), (Some(Duration::ZERO), None));
+}
+
+#[test]
+fn a_shared_cause_is_not_a_reason_to_restart() {
+    use Action::*;
+    use Reason::*;
+    use Verdict::*;
+    let t0 = Instant::now();
+    let l = limits();
+    // A provider outage: every worker fails its jobs. No pod is an outlier.
+    let outage = bare((1..=4).map(|i| PodObservation { error_rate: Some(0.9), ..pod(&format!("w-{i}")) }).collect());
+    let got = decide(&outage, &l, &Memory::default(), t0);
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|d| d.verdict == Skipped(Guard::SharedCause)), "{got:?}");
+    // Three of five slow is a majority too; one of five is an outlier.
+    let slow = |n: &str| PodObservation { p95_seconds: Some(99.0), ..judged_ok(n) };
+    let f = bare(vec![slow("w-1"), slow("w-2"), slow("w-3"), judged_ok("w-4"), judged_ok("w-5")]);
+    assert!(decide(&f, &l, &Memory::default(), t0).iter().all(|d| d.verdict == Skipped(Guard::SharedCause)));
+    let f = bare(vec![slow("w-1"), judged_ok("w-2"), judged_ok("w-3"), judged_ok("w-4"), judged_ok("w-5")]);
+    assert_eq!(
+        summary(&decide(&f, &l, &Memory::default(), t0)),
+        vec![row("pod/w-1", GracefulRestart, SlowProcessing, Act)]
+    );
+    // Most of the fleet failing /health at once: hold, with an Event once per cooldown.
+    let failing = |n: &str| PodObservation { ready: false, health_failing_for: Some(120 * S), ..pod(n) };
+    let f = bare(vec![failing("w-1"), failing("w-2"), judged_ok("w-3")]);
+    let mut m = Memory::default();
+    let got = decide(&f, &l, &m, t0);
+    assert!(got.iter().all(|d| d.verdict == Skipped(Guard::SharedCause)), "{got:?}");
+    m.record(&got, t0, &l);
+    assert!(decide(&f, &l, &m, t0 + S).iter().all(|d| d.verdict == Suppressed(Guard::SharedCause)));
+}
+
+#[test]
+fn a_restart_keeps_a_ready_majority_and_two_ready_pods() {
+    use Action::*;
+    use Reason::*;
+    use Verdict::*;
+    let t0 = Instant::now();
+    let l = limits();
+    let slow = PodObservation { p95_seconds: Some(99.0), ..judged_ok("w-1") };
+    // The only Ready worker is never restarted, even when it alone is slow.
+    let not_ready_ok = |n: &str| PodObservation { ready: false, ..judged_ok(n) };
+    let f = bare(vec![slow.clone(), not_ready_ok("w-2"), not_ready_ok("w-3")]);
+    assert_eq!(
+        summary(&decide(&f, &l, &Memory::default(), t0)),
+        vec![row("pod/w-1", GracefulRestart, SlowProcessing, Skipped(Guard::ReadyFloor))]
+    );
+    // Two Ready of which one slow: one would stay, fewer than two.
+    let f = bare(vec![slow.clone(), judged_ok("w-2"), judged_ok("w-3")]);
+    let f2 = bare(vec![slow.clone(), judged_ok("w-2")]);
+    assert_eq!(decide(&f2, &l, &Memory::default(), t0)[0].verdict, Skipped(Guard::ReadyFloor));
+    // Three Ready: two stay, 67 % of the fleet.
+    assert_eq!(decide(&f, &l, &Memory::default(), t0)[0].verdict, Act);
+    // A not-Ready pod costs no Ready pod, but with most of the fleet down it is held too.
+    let down = |n: &str| PodObservation { ready: false, ..pod(n) };
+    let failing = PodObservation { ready: false, health_failing_for: Some(120 * S), ..pod("w-1") };
+    let f = bare(vec![failing.clone(), down("w-2"), down("w-3"), judged_ok("w-4"), judged_ok("w-5")]);
+    assert_eq!(decide(&f, &l, &Memory::default(), t0)[0].verdict, Skipped(Guard::ReadyFloor));
+    // The share is configurable.
+    let lenient = Limits { min_ready_share: 0.3, ..limits() };
+    assert_eq!(decide(&f, &lenient, &Memory::default(), t0)[0].verdict, Act);
+}
+
+#[test]
+fn crash_loop_evictions_are_keyed_by_replica_set_and_spare_canaries() {
+    use Action::*;
+    use Reason::*;
+    use Verdict::*;
+    let t0 = Instant::now();
+    let l = limits();
+    let in_set = |name: &str, set: &str, hash: &str, p: PodObservation| PodObservation {
+        name: name.to_owned(),
+        owner: Some(set.to_owned()),
+        template: Some(hash.to_owned()),
+        ..p
+    };
+    let looping = PodObservation { ready: false, critical: Some(Critical::CrashLoop { restarts: 5 }), ..pod("x") };
+    let serving = |n: &str| in_set(n, "workers-aaa", "aaa", pod(n));
+    // A one-pod canary on another template crash loops: its rollout decides, not an eviction.
+    let f = bare(vec![
+        in_set("canary-1", "canary-bbb", "bbb", looping.clone()),
+        serving("w-2"),
+        serving("w-3"),
+        serving("w-4"),
+    ]);
+    assert_eq!(
+        summary(&decide(&f, &l, &Memory::default(), t0)),
+        vec![
+            row("pod/canary-1", Report, CrashLoop, Act),
+            row("pod/canary-1", Evict, CrashLoop, Skipped(Guard::OtherTemplate))
+        ]
+    );
+    // A pod of the majority's ReplicaSet is evicted once; its replacement (new name, same
+    // ReplicaSet) crash loops too: no second eviction, not even after the cooldown.
+    let first = bare(vec![
+        in_set("w-1", "workers-aaa", "aaa", looping.clone()),
+        serving("w-2"),
+        serving("w-3"),
+        serving("w-4"),
+    ]);
+    let mut m = Memory::default();
+    let got = decide(&first, &l, &m, t0);
+    assert_eq!(got[1].verdict, Act);
+    m.record(&got, t0, &l);
+    let again =
+        bare(vec![in_set("w-9", "workers-aaa", "aaa", looping), serving("w-2"), serving("w-3"), serving("w-4")]);
+    for later in [60 * S, 601 * S, 3600 * S] {
+        let got = decide(&again, &l, &m, t0 + later);
+        assert_eq!(got[1].verdict, Suppressed(Guard::Cooldown), "after {later:?}");
+    }
 }

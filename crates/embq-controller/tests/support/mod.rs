@@ -21,6 +21,9 @@ use kube::client::Body;
 use serde_json::{json, Value};
 use tower_test::mock::{Handle, SendResponse};
 
+mod steps;
+pub use steps::*;
+
 pub const NS: &str = "ns";
 pub const TOKEN: &str = "test-shutdown-token";
 /// Every awaited step of a scenario is bounded by this.
@@ -174,33 +177,25 @@ pub fn eviction_uri(pod: &str, dry_run: bool) -> String {
 pub fn controller(extra: &[&str]) -> (Arc<Context>, MockApi) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);
-    let mut argv = vec![
-        "embq-controller",
-        "--namespace",
-        NS,
-        "--shutdown-token",
-        TOKEN,
-        "--identity",
-        "me",
-        "--health-failure-threshold",
-        "0s",
-        "--pressure-window",
-        "0s",
-        "--calm-window",
-        "0s",
-        "--scale-cooldown",
-        "0s",
-        "--drain-poll",
-        "10ms",
-        "--drain-timeout",
-        "5s",
-        "--replacement-poll",
-        "10ms",
-        "--replacement-timeout",
-        "5s",
-        "--log-format",
-        "text",
+    let defaults = [
+        ("--namespace", NS),
+        ("--shutdown-token", TOKEN),
+        ("--identity", "me"),
+        ("--health-failure-threshold", "0s"),
+        ("--pressure-window", "0s"),
+        ("--calm-window", "0s"),
+        ("--scale-cooldown", "0s"),
+        ("--drain-poll", "10ms"),
+        ("--drain-timeout", "5s"),
+        ("--replacement-poll", "10ms"),
+        ("--replacement-timeout", "5s"),
+        ("--log-format", "text"),
     ];
+    // A flag in `extra` replaces its default (clap refuses a flag given twice).
+    let mut argv = vec!["embq-controller"];
+    for (flag, value) in defaults.iter().filter(|(f, _)| !extra.contains(f)) {
+        argv.extend_from_slice(&[flag, value]);
+    }
     argv.extend_from_slice(extra);
     let config = Config::from_args(Args::parse_from(argv), None).expect("valid test config");
     let ctx = Context::new(client, config, Arc::new(Metrics::new())).expect("context");
