@@ -9,7 +9,7 @@ mod invocation;
 mod migrate;
 pub use enqueue::{parse_jsonl, Parsed};
 pub mod model;
-mod model_onnx;
+pub mod model_onnx;
 mod progress;
 mod prune;
 mod queue;

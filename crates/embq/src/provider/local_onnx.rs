@@ -24,10 +24,13 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Opens the library and the graph; every failure is an error naming the file, never a panic.
     pub fn load(places: &OnnxPlaces) -> Result<Self, String> {
-        if !places.graph.is_file() {
-            return Err(format!("no ONNX graph at {} (write it with `embq model export-onnx`)", places.graph.display()));
-        }
         let version = library_version(&places.dylib)?;
+        if !places.graph.is_file() {
+            return Err(format!(
+                "no ONNX graph at {} (write it with `embq model export-onnx`)",
+                places.graph.display()
+            ));
+        }
         // ort keeps the first path it is given for the life of the process.
         let _ = ort::init_from(places.dylib.display().to_string()).with_name("embq").commit();
         let threads = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
