@@ -138,8 +138,7 @@ fn onnx_without_its_library_fails_fast_and_auto_falls_back_to_candle() {
 
 #[test]
 fn a_bad_local_backend_is_refused_naming_the_variable() {
-    let mut raw = embq::config::RawConfig::default();
-    raw.local_backend = Some("gpu".into());
+    let raw = embq::config::RawConfig { local_backend: Some("gpu".into()), ..Default::default() };
     let err = raw.validate().unwrap_err().to_string();
     assert!(err.contains("LOCAL_BACKEND"), "{err}");
 }

@@ -25,7 +25,9 @@ use super::local_backend::{LocalBackend, OnnxPlaces};
 use super::local_files::{self, MODEL_NAME};
 use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError, RequestCaps};
-use crate::tokens::{CountTokens, TokenCounter};
+use crate::tokens::TokenCounter;
+
+pub use super::local_tokens::LocalTokens;
 
 /// sentence-transformers' `max_seq_length` for this model, special tokens included.
 pub const MAX_TOKENS: usize = 256;
@@ -37,50 +39,6 @@ pub const MAX_TOKENS: usize = 256;
 /// (BENCHMARKS.md, "Memory bounded by bytes").
 pub const LOCAL_CAPS: RequestCaps =
     RequestCaps { max_inputs: 32, max_tokens_per_request: 32 * 64, max_tokens_per_input: MAX_TOKENS };
-
-/// The model's own tokenizer with padding and truncation switched off: counts are exact,
-/// and the model path pads and truncates explicitly.
-pub struct LocalTokens(Tokenizer);
-
-impl LocalTokens {
-    fn ids(&self, text: &str) -> Option<tokenizers::Encoding> {
-        self.0.encode(text, true).ok()
-    }
-
-    /// Token ids of `text` as the model sees them: `[CLS] … [SEP]`, at most [`MAX_TOKENS`].
-    pub fn model_ids(&self, text: &str) -> Vec<u32> {
-        let Some(enc) = self.ids(text) else { return vec![] };
-        let ids = enc.get_ids();
-        if ids.len() <= MAX_TOKENS {
-            return ids.to_vec();
-        }
-        // Keep [CLS] and the first 254 word pieces, then the closing [SEP].
-        let mut out = ids[..MAX_TOKENS - 1].to_vec();
-        out.push(ids[ids.len() - 1]);
-        out
-    }
-}
-
-impl CountTokens for LocalTokens {
-    fn count(&self, text: &str) -> usize {
-        self.ids(text).map(|e| e.len()).unwrap_or_else(|| crate::tokens::estimate(text))
-    }
-
-    fn truncate(&self, text: &str, max: usize) -> String {
-        let Some(enc) = self.ids(text) else { return text.to_string() };
-        if enc.len() <= max || max < 3 {
-            return text.to_string();
-        }
-        // Offsets are byte ranges into `text`; index 0 is [CLS], so the last kept word piece
-        // is index max - 2 (room for [SEP]).
-        let end = enc.get_offsets().get(max - 2).map(|o| o.1).unwrap_or(text.len());
-        let mut end = end.min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text[..end].to_string()
-    }
-}
 
 /// `x · Wᵀ + b` with `W` stored transposed (`[in, out]`, contiguous), so the matrix product
 /// reads the weights row by row.

@@ -14,6 +14,8 @@ pub mod local_files;
 mod local_groups;
 #[cfg(feature = "onnx")]
 pub mod local_onnx;
+#[cfg(feature = "local-model")]
+mod local_tokens;
 pub mod message;
 pub mod openai;
 pub mod openai_batch;
