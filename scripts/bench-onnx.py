@@ -24,6 +24,10 @@ embq does), on the CPU provider with ORT_ENABLE_ALL and 2 intra-op threads, and 
 table: texts per second and the process's peak RSS per measurement (VmHWM after clear_refs).
 
 Usage: scripts/bench-onnx.py [MODEL_DIR] [--texts N] [--rounds R] [--threads T] [--onnx PATH]
+       scripts/bench-onnx.py [MODEL_DIR] --write-only [--onnx PATH]
+--write-only writes the graph (checked against the reference when the repository's fixture is
+there) and stops: `embq model export-onnx` runs this script that way for embq's ONNX Runtime
+backend, which reads MODEL_DIR/model.onnx.
 MODEL_DIR defaults to ~/.cache/embq/models/all-MiniLM-L6-v2 (`embq model fetch`). The graph is
 written to ~/.cache/embq/onnx/all-MiniLM-L6-v2.onnx unless --onnx says otherwise; nothing is
 written inside the repository. Needs numpy, onnx, onnxruntime, safetensors and tokenizers (pip).
@@ -293,6 +297,15 @@ def write_graph(model_dir, path):
     onnx.save(model, str(path))
 
 
+def print_library():
+    """The ONNX Runtime library inside the wheel, as the line embq's ORT_DYLIB_PATH wants."""
+    capi = Path(ort.__file__).parent / "capi"
+    libs = sorted(capi.glob("libonnxruntime.so*")) + sorted(capi.glob("libonnxruntime*.dylib"))
+    libs += sorted(capi.glob("onnxruntime.dll"))
+    if libs:
+        print(f"ORT_DYLIB_PATH={libs[0]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("model_dir", nargs="?", type=Path, default=DEFAULT_MODEL_DIR)
@@ -300,6 +313,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="tables to measure; >1 also prints medians")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--onnx", type=Path, default=DEFAULT_ONNX, help="where to write the graph")
+    ap.add_argument("--write-only", action="store_true", help="write (and check) the graph, time nothing")
     args = ap.parse_args()
     if args.texts < 1 or args.rounds < 1:
         ap.error("--texts and --rounds must be at least 1")
@@ -307,9 +321,16 @@ def main():
     write_graph(args.model_dir, args.onnx)
     tokens = Tokens(args.model_dir / "tokenizer.json")
     sess = session(args.onnx, args.threads)
+    if args.write_only and not REFERENCE.is_file():
+        print(f"wrote {args.onnx} (onnxruntime {ort.__version__} loads it)")
+        print_library()
+        return
     worst = check_reference(sess, tokens)
     print(f"ONNX graph {args.onnx} matches {REFERENCE.name}: min cosine {worst:.9f} "
           f"(onnxruntime {ort.__version__}, {args.threads} intra-op threads, ORT_ENABLE_ALL)")
+    if args.write_only:
+        print_library()
+        return
     sys.stdout.flush()
 
     tables = []

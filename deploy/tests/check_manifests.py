@@ -71,6 +71,8 @@ OPTIONAL_VARS = {
     "GEMINI_BASE_URL": "unset means Google's public endpoint",
     "DB_MAX_CONNECTIONS": "the worker sizes its pool from what it needs (3 + min(MAX_CONCURRENT_JOBS, 3)) when unset",
     "BATCH_LANE_BACKLOG": "unset means only jobs enqueued with lane batch take the batch lane",
+    "LOCAL_BACKEND": "unset means auto: ONNX Runtime for the local model when its library and graph are there, else candle",
+    "ORT_DYLIB_PATH": "only for the local model on ONNX Runtime; unset means the loader's search path (the image has no onnxruntime)",
 }
 
 # Secret-backed variables: name -> (secret, key). Nothing else may come from

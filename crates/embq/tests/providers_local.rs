@@ -96,6 +96,17 @@ fn a_text_alone_and_in_a_padded_batch_gets_the_same_vector() {
 }
 
 #[test]
+fn texts_grouped_by_length_come_back_in_request_order() {
+    let long = "Hotel invoice for three nights with breakfast, city tax charged separately. ".repeat(12);
+    let texts = ["Coffee at Blue Bottle", long.as_str(), "Taxi to the airport, 32 EUR", "hi"];
+    let batch = model().embed_blocking(&texts).unwrap();
+    for (t, v) in texts.iter().zip(&batch) {
+        let alone = model().embed_blocking(&[t]).unwrap().remove(0);
+        assert!(cosine(&alone, v) > 0.99999, "{t:?}: cosine {}", cosine(&alone, v));
+    }
+}
+
+#[test]
 fn long_texts_are_cut_at_256_tokens() {
     let text = "receipt line item number seven ".repeat(80); // ~400 word pieces
     let tokens = model().tokens();

@@ -10,6 +10,7 @@ mod invocation;
 mod migrate;
 pub use enqueue::{parse_jsonl, Parsed};
 pub mod model;
+pub mod model_onnx;
 mod progress;
 mod prune;
 mod queue;

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use super::CliError;
 use crate::config::Config;
+use crate::provider::local_backend::LocalBackend;
 use crate::provider::local_files::{self, FILES, WHEEL_MODEL_FOLDER, WHEEL_PACKAGE};
 
 /// `embq model …`
@@ -26,7 +27,13 @@ pub enum Cmd {
         /// Texts per measurement for short texts (long texts use a quarter as many).
         #[arg(long, default_value_t = 256)]
         texts: usize,
+        /// Engine: candle or onnx [default: LOCAL_BACKEND, auto]
+        #[arg(long)]
+        backend: Option<String>,
     },
+    /// Write the ONNX graph for LOCAL_BACKEND=onnx from the fetched weights (needs python3
+    /// with numpy, onnx, onnxruntime, safetensors and tokenizers; runs scripts/bench-onnx.py).
+    ExportOnnx,
 }
 
 /// Runs `embq model …`.
@@ -42,12 +49,29 @@ pub async fn run(cfg: Config, cmd: Cmd) -> Result<(), CliError> {
             println!("use it with EMBEDDING_PROVIDER=local (MODEL_CACHE_DIR={})", cache_display(&cfg));
             Ok(())
         }
-        Cmd::Bench { texts } => {
-            let cache = cfg.model_cache_dir.clone();
-            tokio::task::spawn_blocking(move || bench(&cache, texts))
+        Cmd::Bench { texts, backend } => {
+            let backend = match backend {
+                Some(b) => LocalBackend::parse(&b).map_err(|e| CliError::Other(format!("--backend {e}")))?,
+                None => cfg.local_backend,
+            };
+            let dylib = cfg.ort_dylib_path.clone();
+            tokio::task::spawn_blocking(move || bench(&cache, texts, backend, dylib.as_deref()))
                 .await
                 .map_err(|e| CliError::Other(e.to_string()))?
                 .map_err(CliError::Other)
+        }
+        Cmd::ExportOnnx => {
+            let dir = local_files::model_dir(&cache);
+            let (graph, dylib) = tokio::task::spawn_blocking(move || super::model_onnx::export(&dir))
+                .await
+                .map_err(|e| CliError::Other(e.to_string()))?
+                .map_err(CliError::Other)?;
+            println!("wrote {} (checked against ONNX Runtime)", graph.display());
+            match dylib {
+                Some(lib) => println!("use it with LOCAL_BACKEND=onnx ORT_DYLIB_PATH={lib}"),
+                None => println!("use it with LOCAL_BACKEND=onnx and ORT_DYLIB_PATH set to libonnxruntime.so"),
+            }
+            Ok(())
         }
         Cmd::Status => {
             let dir = local_files::model_dir(&cache);
@@ -192,9 +216,10 @@ pub fn prefer_local_for_demo(cfg: &mut Config) -> String {
 }
 
 #[cfg(feature = "local-model")]
-fn bench(cache: &Path, n: usize) -> Result<(), String> {
+fn bench(cache: &Path, n: usize, backend: LocalBackend, dylib: Option<&Path>) -> Result<(), String> {
     use std::time::Instant;
-    let model = crate::provider::local::LocalProvider::load(cache, local_files::DIMENSIONS)?;
+    let model = crate::provider::local::LocalProvider::load_with(cache, local_files::DIMENSIONS, backend, dylib)?;
+    println!("backend: {}", model.backend());
     let short: Vec<String> = (0..n).map(|i| format!("Coffee and a bagel at Blue Bottle, receipt {i}, $4.50")).collect();
     let line = "Hotel invoice for three nights with breakfast, city tax charged separately at checkout, ";
     let long: Vec<String> = (0..(n / 4).max(1)).map(|i| format!("{i} {}", line.repeat(12))).collect();
@@ -219,7 +244,7 @@ fn bench(cache: &Path, n: usize) -> Result<(), String> {
 }
 
 #[cfg(not(feature = "local-model"))]
-fn bench(_cache: &Path, _n: usize) -> Result<(), String> {
+fn bench(_cache: &Path, _n: usize, _backend: LocalBackend, _dylib: Option<&Path>) -> Result<(), String> {
     Err("this build has no local model (built without the local-model feature)".into())
 }
 

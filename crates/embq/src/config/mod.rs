@@ -118,6 +118,10 @@ pub struct Config {
     pub rate_limit_scope: RateLimitScope,
     /// The local model's cache directory.
     pub model_cache_dir: std::path::PathBuf,
+    /// The local model's engine (`LOCAL_BACKEND`).
+    pub local_backend: crate::provider::local_backend::LocalBackend,
+    /// `ORT_DYLIB_PATH`: where ONNX Runtime's library is, when set.
+    pub ort_dylib_path: Option<std::path::PathBuf>,
     /// How PostgreSQL stores vectors.
     pub vector_type: crate::queue::VectorStorage,
     /// The index `embq migrate` builds on the stored vectors.
@@ -228,7 +232,12 @@ impl Config {
                 task_type: self.gemini_task_type.clone(),
                 timeout,
             }),
-            ProviderKind::Local => ProviderSpec::Local { cache_dir: self.model_cache_dir.clone(), dimensions },
+            ProviderKind::Local => ProviderSpec::Local {
+                cache_dir: self.model_cache_dir.clone(),
+                dimensions,
+                backend: self.local_backend,
+                ort_dylib: self.ort_dylib_path.clone(),
+            },
         })
     }
 

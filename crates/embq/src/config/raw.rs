@@ -126,6 +126,14 @@ pub struct RawConfig {
     /// Where `embq model fetch` puts the local model [default: $XDG_CACHE_HOME/embq/models or ~/.cache/embq/models]
     #[arg(long, env = "MODEL_CACHE_DIR", global = true)]
     pub model_cache_dir: Option<String>,
+    /// auto | candle | onnx: the local model's engine; auto takes ONNX Runtime when its library
+    /// and the graph (`embq model export-onnx`) are there, candle otherwise [default: auto]
+    #[arg(long, env = "LOCAL_BACKEND", global = true)]
+    pub local_backend: Option<String>,
+    /// The ONNX Runtime library (libonnxruntime.so*) for LOCAL_BACKEND auto/onnx [default: the
+    /// system loader's search path]
+    #[arg(long, env = "ORT_DYLIB_PATH", global = true)]
+    pub ort_dylib_path: Option<String>,
     /// auto | vector | halfvec | real[]: how PostgreSQL stores vectors; auto picks pgvector's
     /// vector(N) (halfvec(N) above 2000 dimensions) when the extension can be used [default: auto]
     #[arg(long, env = "VECTOR_TYPE", global = true)]

@@ -326,6 +326,14 @@ impl RawConfig {
         let model_cache_dir = p.field("MODEL_CACHE_DIR", &self.model_cache_dir, default_model_cache_dir(), |v| {
             Ok(std::path::PathBuf::from(v))
         });
+        let local_backend = p.field(
+            "LOCAL_BACKEND",
+            &self.local_backend,
+            crate::provider::local_backend::LocalBackend::Auto,
+            crate::provider::local_backend::LocalBackend::parse,
+        );
+        let ort_dylib_path =
+            p.field("ORT_DYLIB_PATH", &self.ort_dylib_path, None, |v| Ok(Some(std::path::PathBuf::from(v))));
         let vector_type = p.field(
             "VECTOR_TYPE",
             &self.vector_type,
@@ -389,6 +397,8 @@ impl RawConfig {
             overlong_input,
             rate_limit_scope,
             model_cache_dir,
+            local_backend,
+            ort_dylib_path,
             vector_type,
             vector_index,
             shutdown_loopback_exempt,

@@ -6,7 +6,10 @@
 //! which is overridden), the BERT encoder's last hidden layer is mean-pooled over the real
 //! tokens (attention mask), and the result is L2-normalised. One forward pass runs at a
 //! time on a blocking thread: candle already uses every core, and the async workers must
-//! not stall.
+//! not stall. Texts are grouped by length first, so short texts are not padded to a long one.
+//!
+//! Two engines run the same maths: candle (below, always built) and ONNX Runtime
+//! (`local_onnx.rs`, cargo feature `onnx`), chosen by `LOCAL_BACKEND`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,10 +21,13 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use tokenizers::Tokenizer;
 
+use super::local_backend::{LocalBackend, OnnxPlaces};
 use super::local_files::{self, MODEL_NAME};
 use super::ProviderKind;
 use super::{Embedded, Provider, ProviderError, RequestCaps};
-use crate::tokens::{CountTokens, TokenCounter};
+use crate::tokens::TokenCounter;
+
+pub use super::local_tokens::LocalTokens;
 
 /// sentence-transformers' `max_seq_length` for this model, special tokens included.
 pub const MAX_TOKENS: usize = 256;
@@ -33,50 +39,6 @@ pub const MAX_TOKENS: usize = 256;
 /// (BENCHMARKS.md, "Memory bounded by bytes").
 pub const LOCAL_CAPS: RequestCaps =
     RequestCaps { max_inputs: 32, max_tokens_per_request: 32 * 64, max_tokens_per_input: MAX_TOKENS };
-
-/// The model's own tokenizer with padding and truncation switched off: counts are exact,
-/// and the model path pads and truncates explicitly.
-pub struct LocalTokens(Tokenizer);
-
-impl LocalTokens {
-    fn ids(&self, text: &str) -> Option<tokenizers::Encoding> {
-        self.0.encode(text, true).ok()
-    }
-
-    /// Token ids of `text` as the model sees them: `[CLS] … [SEP]`, at most [`MAX_TOKENS`].
-    pub fn model_ids(&self, text: &str) -> Vec<u32> {
-        let Some(enc) = self.ids(text) else { return vec![] };
-        let ids = enc.get_ids();
-        if ids.len() <= MAX_TOKENS {
-            return ids.to_vec();
-        }
-        // Keep [CLS] and the first 254 word pieces, then the closing [SEP].
-        let mut out = ids[..MAX_TOKENS - 1].to_vec();
-        out.push(ids[ids.len() - 1]);
-        out
-    }
-}
-
-impl CountTokens for LocalTokens {
-    fn count(&self, text: &str) -> usize {
-        self.ids(text).map(|e| e.len()).unwrap_or_else(|| crate::tokens::estimate(text))
-    }
-
-    fn truncate(&self, text: &str, max: usize) -> String {
-        let Some(enc) = self.ids(text) else { return text.to_string() };
-        if enc.len() <= max || max < 3 {
-            return text.to_string();
-        }
-        // Offsets are byte ranges into `text`; index 0 is [CLS], so the last kept word piece
-        // is index max - 2 (room for [SEP]).
-        let end = enc.get_offsets().get(max - 2).map(|o| o.1).unwrap_or(text.len());
-        let mut end = end.min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text[..end].to_string()
-    }
-}
 
 /// `x · Wᵀ + b` with `W` stored transposed (`[in, out]`, contiguous), so the matrix product
 /// reads the weights row by row.
@@ -203,9 +165,38 @@ impl Model {
     }
 }
 
+/// The engine a [`LocalProvider`] runs.
+enum Engine {
+    Candle(Model),
+    #[cfg(feature = "onnx")]
+    Onnx(super::local_onnx::OnnxModel),
+}
+
+impl Engine {
+    /// Embeds each length group in its own forward pass and puts the vectors back in order.
+    fn embed(&mut self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, String> {
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mut out = vec![Vec::new(); ids.len()];
+        for group in super::local_groups::by_length(&lens) {
+            let part: Vec<Vec<u32>> = group.iter().map(|&i| ids[i].clone()).collect();
+            let vectors = match self {
+                Engine::Candle(model) => forward(model, &part).map_err(err("local model"))?,
+                #[cfg(feature = "onnx")]
+                Engine::Onnx(model) => model.forward(&part)?,
+            };
+            for (i, mut v) in group.into_iter().zip(vectors) {
+                crate::vector::l2_normalize(&mut v);
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// all-MiniLM-L6-v2 in process.
 pub struct LocalProvider {
-    model: Arc<Mutex<Model>>,
+    model: Arc<Mutex<Engine>>,
+    backend: &'static str,
     tokens: Arc<LocalTokens>,
     dims: usize,
 }
@@ -221,35 +212,71 @@ fn err(what: &str) -> impl Fn(candle_core::Error) -> String + '_ {
 }
 
 impl LocalProvider {
-    /// Loads the model from `MODEL_CACHE_DIR`; `dims` must be 384.
+    /// Loads the model from `MODEL_CACHE_DIR` on candle; `dims` must be 384.
     pub fn load(cache_dir: &Path, dims: usize) -> Result<Self, String> {
+        Self::load_with(cache_dir, dims, LocalBackend::Candle, None)
+    }
+
+    /// Loads the model from `MODEL_CACHE_DIR` on the engine `backend` asks for (`ort_dylib`
+    /// is `ORT_DYLIB_PATH`). `auto` falls back to candle, saying why; `onnx` fails instead.
+    pub fn load_with(
+        cache_dir: &Path,
+        dims: usize,
+        backend: LocalBackend,
+        ort_dylib: Option<&Path>,
+    ) -> Result<Self, String> {
         if dims != local_files::DIMENSIONS {
             return Err(format!("all-MiniLM-L6-v2 makes 384-dimensional vectors; EMBEDDING_DIMENSIONS is {dims}"));
         }
         let dir = local_files::model_dir(cache_dir);
         local_files::check_present(&dir)?;
-        Self::load_dir(&dir)
+        let places = OnnxPlaces::new(&dir, ort_dylib);
+        let onnx = match backend {
+            LocalBackend::Candle => None,
+            _ => match onnx_engine(&places) {
+                Ok((engine, version)) => {
+                    tracing::info!(graph = %places.graph.display(), version, "local model on ONNX Runtime");
+                    Some(engine)
+                }
+                Err(why) if backend == LocalBackend::Onnx => return Err(format!("LOCAL_BACKEND=onnx: {why}")),
+                Err(why) => {
+                    tracing::info!("local model on candle: {why}");
+                    None
+                }
+            },
+        };
+        match onnx {
+            Some(engine) => Ok(Self::with_engine(engine, "onnx", read_tokenizer(&dir)?)),
+            None => Self::load_dir(&dir),
+        }
     }
 
-    /// Loads the model from a folder holding its files.
+    fn with_engine(engine: Engine, backend: &'static str, tokenizer: Tokenizer) -> Self {
+        Self {
+            model: Arc::new(Mutex::new(engine)),
+            backend,
+            tokens: Arc::new(LocalTokens(tokenizer)),
+            dims: local_files::DIMENSIONS,
+        }
+    }
+
+    /// Which engine runs the model: `candle` or `onnx`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Loads the model from a folder holding its files, on candle.
     pub fn load_dir(dir: &Path) -> Result<Self, String> {
         let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("cannot read {name}: {e}"));
         let config: BertConfig =
             serde_json::from_slice(&read("config.json")?).map_err(|e| format!("config.json: {e}"))?;
-        let mut tokenizer =
-            Tokenizer::from_bytes(read("tokenizer.json")?).map_err(|e| format!("tokenizer.json: {e}"))?;
-        tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| format!("tokenizer.json: {e}"))?;
+        let tokenizer = read_tokenizer(dir)?;
         let device = Device::Cpu;
         let weights = read("model.safetensors")?;
         let vb =
             VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(err("model.safetensors"))?;
         let model = Model::load(vb, &config).map_err(err("model.safetensors"))?;
-        Ok(Self {
-            model: Arc::new(Mutex::new(model)),
-            tokens: Arc::new(LocalTokens(tokenizer)),
-            dims: local_files::DIMENSIONS,
-        })
+        Ok(Self::with_engine(Engine::Candle(model), "candle", tokenizer))
     }
 
     /// The model's tokenizer.
@@ -260,12 +287,33 @@ impl LocalProvider {
     /// Embeds on the calling thread (blocking; [`Provider::embed`] moves it off the runtime).
     pub fn embed_blocking(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, String> {
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.tokens.model_ids(t)).collect();
-        let model = self.model.lock().unwrap_or_else(|p| p.into_inner());
-        forward(&model, &ids).map_err(err("local model"))
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        model.embed(&ids)
     }
 }
 
-/// Pads to the longest sequence, runs the encoder, mean-pools over real tokens, normalises.
+/// The model's tokenizer with padding and truncation off (see [`LocalTokens`]).
+fn read_tokenizer(dir: &Path) -> Result<Tokenizer, String> {
+    let bytes = std::fs::read(dir.join("tokenizer.json")).map_err(|e| format!("cannot read tokenizer.json: {e}"))?;
+    let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| format!("tokenizer.json: {e}"))?;
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).map_err(|e| format!("tokenizer.json: {e}"))?;
+    Ok(tokenizer)
+}
+
+#[cfg(feature = "onnx")]
+fn onnx_engine(places: &OnnxPlaces) -> Result<(Engine, String), String> {
+    let model = super::local_onnx::OnnxModel::load(places)?;
+    let version = model.version().to_string();
+    Ok((Engine::Onnx(model), version))
+}
+
+#[cfg(not(feature = "onnx"))]
+fn onnx_engine(_: &OnnxPlaces) -> Result<(Engine, String), String> {
+    Err("this build of embq has no ONNX Runtime backend (cargo feature `onnx`)".into())
+}
+
+/// Pads to the longest sequence, runs the encoder, mean-pools over real tokens.
 fn forward(model: &Model, ids: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>> {
     let n = ids.len();
     let len = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
@@ -289,11 +337,7 @@ fn forward(model: &Model, ids: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>
         let summed = hidden.broadcast_mul(&weights)?.sum(1)?;
         summed.broadcast_div(&weights.sum(1)?.clamp(1e-9, f64::MAX)?)
     })?;
-    let mut out: Vec<Vec<f32>> = mean.to_vec2()?;
-    for v in &mut out {
-        crate::vector::l2_normalize(v);
-    }
-    Ok(out)
+    mean.to_vec2()
 }
 
 #[async_trait]
@@ -322,8 +366,8 @@ impl Provider for LocalProvider {
         let tokens = ids.iter().map(|s| s.len() as u64).sum();
         let model = self.model.clone();
         let vectors = tokio::task::spawn_blocking(move || {
-            let model = model.lock().unwrap_or_else(|p| p.into_inner());
-            forward(&model, &ids).map_err(|e| format!("local model: {e}"))
+            let mut model = model.lock().unwrap_or_else(|p| p.into_inner());
+            model.embed(&ids)
         })
         .await
         .map_err(|e| ProviderError::Transient(format!("local model task failed: {e}")))?

@@ -8,7 +8,14 @@ mod hash;
 mod kind;
 #[cfg(feature = "local-model")]
 pub mod local;
+pub mod local_backend;
 pub mod local_files;
+#[cfg(feature = "local-model")]
+mod local_groups;
+#[cfg(feature = "onnx")]
+pub mod local_onnx;
+#[cfg(feature = "local-model")]
+mod local_tokens;
 pub mod message;
 pub mod openai;
 pub mod openai_batch;
@@ -190,6 +197,10 @@ pub enum ProviderSpec {
         cache_dir: PathBuf,
         /// Vector size.
         dimensions: usize,
+        /// Which engine runs it (`LOCAL_BACKEND`).
+        backend: local_backend::LocalBackend,
+        /// `ORT_DYLIB_PATH`: the ONNX Runtime library, when not on the loader's path.
+        ort_dylib: Option<PathBuf>,
     },
 }
 
@@ -205,9 +216,10 @@ pub fn build(spec: ProviderSpec) -> Result<Arc<dyn Provider>, BuildError> {
             Ok(Arc::new(gemini::GeminiProvider::new(settings).map_err(|e| BuildError::Setup("gemini", e))?))
         }
         #[cfg(feature = "local-model")]
-        ProviderSpec::Local { cache_dir, dimensions } => {
-            Ok(Arc::new(local::LocalProvider::load(&cache_dir, dimensions).map_err(|e| BuildError::Setup("local", e))?))
-        }
+        ProviderSpec::Local { cache_dir, dimensions, backend, ort_dylib } => Ok(Arc::new(
+            local::LocalProvider::load_with(&cache_dir, dimensions, backend, ort_dylib.as_deref())
+                .map_err(|e| BuildError::Setup("local", e))?,
+        )),
         #[cfg(not(feature = "local-model"))]
         ProviderSpec::Local { .. } => Err(BuildError::Unavailable("local")),
     }

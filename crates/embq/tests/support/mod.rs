@@ -73,6 +73,8 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
             "PROVIDER_TIMEOUT" => r.provider_timeout = v,
             "OVERLONG_INPUT" => r.overlong_input = v,
             "VECTOR_TYPE" => r.vector_type = v,
+            "LOCAL_BACKEND" => r.local_backend = v,
+            "ORT_DYLIB_PATH" => r.ort_dylib_path = v,
             "VECTOR_INDEX" => r.vector_index = v,
             "RATE_LIMIT_SCOPE" => r.rate_limit_scope = v,
             "MAX_REQUESTS_PER_MINUTE" => r.max_requests_per_minute = v,
