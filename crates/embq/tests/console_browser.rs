@@ -192,6 +192,9 @@ async fn the_console_works_in_chromium() {
     assert_eq!(seen["top_hit"], "doc/inv-1/default");
     assert_eq!(seen["refreshed_in_place"], true);
     assert_eq!(seen["csp_violations"], serde_json::json!([]), "the pages need nothing the CSP forbids");
+    let overflow = seen["phone_overflow"].as_object().expect("phone widths measured");
+    assert_eq!(overflow.len(), 5);
+    assert!(overflow.values().all(|px| px.as_i64() == Some(0)), "pages wider than a 390 px screen: {overflow:?}");
 
     // The retried job completes.
     drain(&db);

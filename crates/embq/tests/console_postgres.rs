@@ -39,6 +39,16 @@ async fn a_paused_fleet_budget_is_resumed_from_the_overview() {
         .execute(&mut c)
         .await
         .expect("pause");
+    // A busy budget beside it: levels as a worker left them, two grants in the last minute (one
+    // still in flight) and one older.
+    for sql in [
+        "INSERT INTO embq.rate_budgets (key, requests, tokens, shape) VALUES ('gemini:busy', 42, 9000, 'bucket')",
+        "INSERT INTO embq.rate_grants (key, at, requests, tokens, in_flight) VALUES
+            ('gemini:busy', now(), 1, 500, true), ('gemini:busy', now() - interval '10 seconds', 1, 300, false),
+            ('gemini:busy', now() - interval '5 minutes', 1, 7000, false)",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.expect("busy budget");
+    }
 
     let mut child = Command::new(BIN)
         .env_clear()
@@ -56,6 +66,15 @@ async fn a_paused_fleet_budget_is_resumed_from_the_overview() {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let page = http.get(&base).send().await.expect("GET /").text().await.expect("body");
     assert!(page.contains(BUDGET) && page.contains("Resume"), "the overview shows the pause");
+    assert!(page.contains("paused by the provider (a 429 or an exhausted quota)"), "and its cause");
+    let busy =
+        page.split("<td>gemini:busy</td>").nth(1).and_then(|r| r.split("</tr>").next()).expect("the busy budget's row");
+    assert!(
+        busy.starts_with(
+            "<td>bucket</td><td>42</td><td>9000</td><td>2 requests, 800 tokens</td><td>1</td><td>none</td>"
+        ),
+        "left, last minute and in flight: {busy}"
+    );
     let csrf = page
         .split("name=\"csrf\" content=\"")
         .nth(1)

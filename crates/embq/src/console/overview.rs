@@ -77,26 +77,59 @@ pub async fn page(State(s): State<Shared>) -> Page {
             "<p>A SQLite queue budgets per worker process: a pause shows in the worker's /ready and ends by itself.</p>",
         ),
         Some(url) => {
-            let pauses = limiter::fleet_pauses(url).await.map_err(|limiter::LimiterError::Unavailable(m)| {
+            let budgets = limiter::fleet_budgets(url).await.map_err(|limiter::LimiterError::Unavailable(m)| {
                 PageError::Queue(crate::queue::QueueError::Unavailable(m))
             })?;
-            if pauses.is_empty() {
-                body.push_str("<p>No fleet budget is paused.</p>");
-            }
-            for p in pauses {
-                let _ = write!(
-                    body,
-                    "<form method=\"post\" action=\"/budget/resume\" class=\"pause\">{}<input type=\"hidden\" name=\"budget\" value=\"{b}\">\
-                     <span>{b}: paused by the provider, {:.0} s left</span> <button>Resume</button></form>",
-                    csrf_field(&s.access.csrf),
-                    p.seconds_left,
-                    b = esc(&p.budget)
-                );
-            }
+            budget_table(&mut body, &budgets, &s.access.csrf);
         }
     }
     body.push_str("</section>");
     Ok(layout("Overview", &s.access.csrf, &body).into_response())
+}
+
+/// The fleet budgets: what was left at the last update, the last minute's grants, calls in
+/// flight, and a pause with its cause and a resume button.
+fn budget_table(body: &mut String, budgets: &[limiter::FleetBudget], csrf: &str) {
+    if budgets.is_empty() {
+        body.push_str("<p>No fleet budget yet: workers create theirs with their first provider call.</p>");
+    }
+    if !budgets.iter().any(|b| b.paused_seconds_left.is_some()) {
+        body.push_str("<p>No fleet budget is paused.</p>");
+    }
+    if budgets.is_empty() {
+        return;
+    }
+    body.push_str(
+        "<table><tr><th>budget</th><th>limits look like</th><th>requests left</th><th>tokens left</th>\
+         <th>granted in the last minute</th><th>in flight</th><th>pause</th></tr>",
+    );
+    for b in budgets {
+        let pause = match b.paused_seconds_left {
+            None => "none".to_string(),
+            Some(left) => format!(
+                "<form method=\"post\" action=\"/budget/resume\" class=\"pause\">{}<input type=\"hidden\" name=\"budget\" value=\"{}\">\
+                 <span>paused by the provider (a 429 or an exhausted quota), {left:.0} s left</span> <button>Resume</button></form>",
+                csrf_field(csrf),
+                esc(&b.budget)
+            ),
+        };
+        let _ = write!(
+            body,
+            "<tr title=\"levels as of {:.0} s ago\"><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td>\
+             <td>{:.0} requests, {:.0} tokens</td><td>{}</td><td>{pause}</td></tr>",
+            b.updated_seconds_ago,
+            esc(&b.budget),
+            esc(&b.shape),
+            b.requests_left,
+            b.tokens_left,
+            b.requests_last_minute,
+            b.tokens_last_minute,
+            b.in_flight,
+        );
+    }
+    body.push_str(
+        "</table><p class=\"note\">Levels are as the workers last left them; the buckets refill between calls.</p>",
+    );
 }
 
 /// `POST /budget/resume`: the same operation as `embq budget resume --budget`.

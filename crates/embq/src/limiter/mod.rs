@@ -45,7 +45,7 @@ mod state;
 use ratio::TokenRatio;
 
 pub use local::LocalBudget;
-pub use pauses::{fleet_pauses, resume_fleet, FleetPause};
+pub use pauses::{fleet_budgets, fleet_pauses, resume_fleet, FleetBudget, FleetPause};
 pub use postgres::{budget_key, PgBudget};
 pub use state::{Bucket, BudgetState, Rates, Shape};
 

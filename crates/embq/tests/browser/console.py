@@ -119,6 +119,15 @@ def main():
         WebDriverWait(d, WAIT_S).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-refreshed"))
         out["refreshed_in_place"] = d.execute_script("return window.__same_page === true;")
         out["csp_violations"] = [e["message"] for e in d.get_log("browser") if "Content Security Policy" in e["message"]]
+
+        # On a phone-sized screen no page is wider than the screen (wide tables scroll inside).
+        d.set_window_size(390, 844)
+        out["phone_overflow"] = {}
+        for path, title in (("/", "Overview"), ("/jobs", "Jobs"), (f"/jobs/{scenario['xss_id']}", "Job"),
+                            ("/dead", "Dead letters"), ("/search?q=coffee", "Search")):
+            page(d, base + path, title)
+            out["phone_overflow"][path] = d.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
     finally:
         d.quit()
     print(json.dumps(out))
