@@ -198,3 +198,40 @@ async fn a_refused_shutdown_call_still_ends_in_an_eviction() {
     api.assert_idle();
     assert!(api.log.entries().iter().any(|e| e.ends_with("POST /shutdown (unauthorized)")));
 }
+
+/// `/shutdown` takes the request and never answers (a worker wedged mid-drain): the call gives
+/// up at the scrape timeout instead of holding the restart, and the pod is evicted.
+#[tokio::test]
+async fn a_shutdown_call_that_never_answers_times_out_into_an_eviction() {
+    let mut behaviors = failing_and_two_serving();
+    behaviors[0].shutdown_hangs = true;
+    let ((ctx, workers), mut api) =
+        controller_with_workers_args(behaviors, &["--scrape-timeout", "300ms", "--replacement-timeout", "100ms"]).await;
+    let tick = spawn_tick(&ctx);
+    api.lease_renewed().await;
+    api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
+    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
+    api.lease_renewed().await;
+    let (reason, message) = api.expect_event("w-a").await;
+    assert_eq!(reason, "Draining");
+    assert!(message.contains("shutdown call failed"), "{message}");
+    api.lease_renewed().await;
+    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    let (reason, message) = api.expect_event("w-a").await;
+    assert_eq!((reason.as_str(), message.as_str()), ("Evicted", "evicted (not drained)"));
+    let verdict = loop {
+        let call = api.next().await;
+        if call.uri == pods_uri() {
+            call.ok(pod_list(&[]));
+            continue;
+        }
+        let reason = call.body["reason"].as_str().unwrap_or_default().to_owned();
+        call.echo(201);
+        break reason;
+    };
+    assert_eq!(verdict, "ReplacementNotReady");
+    leader(tick.await.expect("task").expect("tick"));
+    restarts_done(&ctx).await;
+    api.assert_idle();
+    assert!(api.log.entries().iter().any(|e| e.ends_with("POST /shutdown (no answer)")), "the call reached the worker");
+}

@@ -320,14 +320,20 @@ pub fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
 pub struct Behavior {
     pub health: StatusCode,
     pub metrics: String,
+    /// `/shutdown` takes the request and never answers (a worker wedged mid-drain).
+    pub shutdown_hangs: bool,
 }
 
 impl Behavior {
     pub fn healthy(metrics: &str) -> Self {
-        Self { health: StatusCode::OK, metrics: metrics.to_owned() }
+        Self { health: StatusCode::OK, metrics: metrics.to_owned(), shutdown_hangs: false }
     }
     pub fn failing_health() -> Self {
-        Self { health: StatusCode::INTERNAL_SERVER_ERROR, metrics: "embedding_inflight_jobs 0\n".into() }
+        Self {
+            health: StatusCode::INTERNAL_SERVER_ERROR,
+            metrics: "embedding_inflight_jobs 0\n".into(),
+            shutdown_hangs: false,
+        }
     }
 }
 
@@ -412,6 +418,11 @@ async fn shutdown(State(s): State<WorkerState>, headers: HeaderMap) -> StatusCod
     if auth != format!("Bearer {TOKEN}") {
         s.log.push(format!("worker {} POST /shutdown (unauthorized)", s.ip));
         return StatusCode::UNAUTHORIZED;
+    }
+    let hangs = s.behavior.lock().unwrap_or_else(|e| e.into_inner()).shutdown_hangs;
+    if hangs {
+        s.log.push(format!("worker {} POST /shutdown (no answer)", s.ip));
+        std::future::pending::<()>().await;
     }
     s.log.push(format!("worker {} POST /shutdown", s.ip));
     StatusCode::ACCEPTED
