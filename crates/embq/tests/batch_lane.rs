@@ -501,14 +501,14 @@ async fn the_sql_function_takes_a_lane_and_old_calls_still_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lane_s_files_are_bounded_by_the_worker_s_memory_budget() {
     // `embq worker --drain` in a process of its own, so its memory guard reads its own RSS, not
-    // this test binary's. MEMORY_LIMIT_MB=64: jobs in flight may hold 16 MiB, and a batch is in
-    // memory twice while its file is written, so a file holds at most 8 MiB: ~270 of these
-    // 30 KB texts.
+    // this test binary's. MEMORY_LIMIT_MB=256 (the guard at 230 MiB is far above what this
+    // worker needs): jobs in flight may hold 64 MiB, and a batch is in memory twice while its
+    // file is written, so a file holds at most 32 MiB: ~1,100 of these 30 KB texts.
     let db = support::fresh_db(true).await;
     let mock = MockBatchApi::start(DIMS).await;
     mock.auto_end(Some(Ending::Complete));
     let cfg = lane_config(&db.url, &mock, &[("BATCH_LANE_MAX_ENQUEUED_TOKENS", "100000000")]);
-    let jobs: Vec<NewJob> = support::jobs(800, |i| format!("{i} {}", "word ".repeat(6_000)))
+    let jobs: Vec<NewJob> = support::jobs(2_400, |i| format!("{i} {}", "word ".repeat(6_000)))
         .into_iter()
         .map(|j| NewJob { lane: Lane::Batch, ..j })
         .collect();
@@ -525,7 +525,7 @@ async fn the_lane_s_files_are_bounded_by_the_worker_s_memory_budget() {
         ("BATCH_LANE", "on"),
         ("BATCH_LANE_POLL_INTERVAL", "50ms"),
         ("BATCH_LANE_MAX_ENQUEUED_TOKENS", "100000000"),
-        ("MEMORY_LIMIT_MB", "64"),
+        ("MEMORY_LIMIT_MB", "256"),
         ("HEALTH_PORT", "0"),
         ("METRICS_PORT", "0"),
         ("RUST_LOG", "warn"),
@@ -536,14 +536,14 @@ async fn the_lane_s_files_are_bounded_by_the_worker_s_memory_budget() {
         .kill_on_drop(true)
         .spawn()
         .expect("start embq worker");
-    let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
         .await
         .expect("the worker drained the lane in time")
         .expect("worker status");
     assert!(status.success(), "{status}");
     assert_eq!(mock.violations(), Vec::<String>::new());
     let sizes = mock.batch_sizes();
-    assert_eq!(sizes.iter().sum::<usize>(), 800, "{sizes:?}");
-    assert!(sizes.len() >= 3 && sizes.iter().all(|&n| n <= 280), "files of at most 8 MiB: {sizes:?}");
-    assert_eq!(tally(&db.url).await, ((800, 0, 0), (800, 800)));
+    assert_eq!(sizes.iter().sum::<usize>(), 2_400, "{sizes:?}");
+    assert!(sizes.len() >= 3 && sizes.iter().all(|&n| n <= 1_120), "files of at most 32 MiB: {sizes:?}");
+    assert_eq!(tally(&db.url).await, ((2_400, 0, 0), (2_400, 2_400)));
 }
