@@ -67,6 +67,8 @@ embedding_provider_request_duration_seconds
 
 # Variables the worker reads that the manifests may leave unset on purpose.
 OPTIONAL_VARS = {
+    "CONSOLE_LISTEN": "read by `embq console` only, which operators run by hand; workers never serve it",
+    "CONSOLE_TOKEN": "read by `embq console` only (its access token); never set on workers",
     "OPENAI_BASE_URL": "only for openai-compatible servers; unset means the public API",
     "GEMINI_BASE_URL": "unset means Google's public endpoint",
     "DB_MAX_CONNECTIONS": "the worker sizes its pool from what it needs (3 + min(MAX_CONCURRENT_JOBS, 3)) when unset",
