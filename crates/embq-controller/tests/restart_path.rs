@@ -177,22 +177,7 @@ async fn a_refused_shutdown_call_still_ends_in_an_eviction() {
     assert_eq!(reason, "Draining");
     assert!(message.contains("401"), "{message}");
     assert!(!message.contains("stale-token-value"), "no secret in Events: {message}");
-    api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
-    let (reason, message) = api.expect_event("w-a").await;
-    assert_eq!((reason.as_str(), message.as_str()), ("Evicted", "evicted (not drained)"));
-    // The replacement check then runs to its (short) deadline.
-    let verdict = loop {
-        let call = api.next().await;
-        if call.uri == pods_uri() {
-            call.ok(pod_list(&[]));
-            continue;
-        }
-        let reason = call.body["reason"].as_str().unwrap_or_default().to_owned();
-        call.echo(201);
-        break reason;
-    };
-    assert_eq!(verdict, "ReplacementNotReady");
+    evicted_undrained_and_never_replaced(&mut api).await;
     leader(tick.await.expect("task").expect("tick"));
     restarts_done(&ctx).await;
     api.assert_idle();
@@ -215,6 +200,16 @@ async fn a_shutdown_call_that_never_answers_times_out_into_an_eviction() {
     let (reason, message) = api.expect_event("w-a").await;
     assert_eq!(reason, "Draining");
     assert!(message.contains("shutdown call failed"), "{message}");
+    evicted_undrained_and_never_replaced(&mut api).await;
+    leader(tick.await.expect("task").expect("tick"));
+    restarts_done(&ctx).await;
+    api.assert_idle();
+    assert!(api.log.entries().iter().any(|e| e.ends_with("POST /shutdown (no answer)")), "the call reached the worker");
+}
+
+/// After a failed `/shutdown`: w-a is evicted without a drain, and the replacement check runs
+/// to its (short) deadline with no new pod.
+async fn evicted_undrained_and_never_replaced(api: &mut MockApi) {
     api.lease_renewed().await;
     api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
     let (reason, message) = api.expect_event("w-a").await;
@@ -230,8 +225,4 @@ async fn a_shutdown_call_that_never_answers_times_out_into_an_eviction() {
         break reason;
     };
     assert_eq!(verdict, "ReplacementNotReady");
-    leader(tick.await.expect("task").expect("tick"));
-    restarts_done(&ctx).await;
-    api.assert_idle();
-    assert!(api.log.entries().iter().any(|e| e.ends_with("POST /shutdown (no answer)")), "the call reached the worker");
 }
