@@ -107,6 +107,37 @@ fn texts_grouped_by_length_come_back_in_request_order() {
 }
 
 #[test]
+fn a_request_over_the_pass_token_cap_is_split_and_kept_in_order() {
+    // Twelve ~170-token texts exceed one pass's 2,048 padded tokens: two passes of six.
+    let topics = [
+        "hotel invoice for three nights",
+        "coffee and a bagel at the bakery",
+        "taxi ride to the airport at night",
+        "grocery store milk eggs and bread",
+        "airline ticket from Lisbon to Berlin",
+        "pharmacy prescription and vitamins",
+        "electricity bill for the office",
+        "restaurant dinner with the team",
+        "train tickets for a weekend trip",
+        "hardware store screws and paint",
+        "monthly gym membership renewal",
+        "bookshop novels and a notebook",
+    ];
+    // Lengths differ (length grouping reorders them) and all exceed the cap together.
+    let texts: Vec<String> = topics.iter().enumerate().map(|(i, t)| format!("{t}. ").repeat(22 + i)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tokens = model().tokens();
+    let padded = refs.len() * refs.iter().map(|t| tokens.model_ids(t).len()).max().unwrap_or(0);
+    assert!(padded > 2048, "the request must exceed the cap ({padded} padded tokens)");
+    let batch = model().embed_blocking(&refs).unwrap();
+    for (t, v) in refs.iter().zip(&batch) {
+        let alone = model().embed_blocking(&[t]).unwrap().remove(0);
+        assert!(cosine(&alone, v) > 0.99999, "{t:.24}: cosine {}", cosine(&alone, v));
+    }
+    assert!(cosine(&batch[0], &batch[11]) < 0.99, "distinct texts, distinct vectors");
+}
+
+#[test]
 fn long_texts_are_cut_at_256_tokens() {
     let text = "receipt line item number seven ".repeat(80); // ~400 word pieces
     let tokens = model().tokens();
