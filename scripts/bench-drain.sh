@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh
+# shellcheck source=scripts/lib/jobs.sh
+source scripts/lib/jobs.sh
 
 JOBS=${JOBS:-20000}
 DIMS=${DIMS:-384}
@@ -41,11 +43,7 @@ if [ -z "${EMBQ_TEST_DATABASE_URL:-}" ]; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"; pg_stop' EXIT
-python3 -c "
-import json
-for i in range($JOBS):
-    print(json.dumps({'source_type': 'doc', 'source_id': str(i), 'text': f'receipt {i}: coffee beans, oat milk, total {i % 97}.50 paid by card'}))
-" >"$work/jobs.jsonl"
+write_jobs "$JOBS" 1 "$work/jobs.jsonl"
 
 now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -16,6 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh
+# shellcheck source=scripts/lib/jobs.sh
+source scripts/lib/jobs.sh
 
 JOBS=${JOBS:-20000}
 DIMS=${DIMS:-1536}
@@ -34,12 +36,7 @@ if [ -z "${EMBQ_TEST_DATABASE_URL:-}" ]; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"; pg_stop' EXIT
-python3 -c "
-import json
-for i in range($JOBS):
-    t = f'receipt {i}: coffee beans, oat milk, total {i % 97}.50 paid by card. '
-    print(json.dumps({'source_type': 'doc', 'source_id': str(i), 'text': (t * $REPEAT).strip()}))
-" >"$work/jobs.jsonl"
+write_jobs "$JOBS" "$REPEAT" "$work/jobs.jsonl"
 
 export EMBEDDING_PROVIDER=$PROVIDER EMBEDDING_DIMENSIONS=$DIMS HEALTH_PORT=0 METRICS_PORT=0 RUST_LOG=warn
 
