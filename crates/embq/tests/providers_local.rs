@@ -9,43 +9,18 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use embq::provider::local::{LocalProvider, MAX_TOKENS};
 use embq::tokens::CountTokens;
 use embq::vector::cosine;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Reference {
-    sentences: Vec<Sentence>,
-}
-
-#[derive(Deserialize)]
-struct Sentence {
-    text: String,
-    ids: Vec<u32>,
-    vector: Vec<f32>,
-}
-
-fn reference() -> Reference {
-    serde_json::from_str(include_str!("fixtures/minilm/reference.json")).expect("reference fixture")
-}
-
-fn cache_dir() -> PathBuf {
-    support::config(&[]).model_cache_dir
-}
+use support::minilm::{cache_dir, reference};
 
 /// One model for every test in this file (loading takes a moment).
 fn model() -> &'static LocalProvider {
     static MODEL: OnceLock<LocalProvider> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let cache = cache_dir();
-        embq::cli::model::fetch(&cache, false).unwrap_or_else(|e| panic!("cannot fetch the local model: {e}"));
-        LocalProvider::load(&cache, 384).expect("load the local model")
-    })
+    MODEL.get_or_init(|| LocalProvider::load(&cache_dir(), 384).expect("load the local model"))
 }
 
 #[test]

@@ -18,28 +18,7 @@ use embq::provider::local::LocalProvider;
 use embq::provider::local_backend::{LocalBackend, ONNX_GRAPH};
 use embq::provider::local_files;
 use embq::vector::cosine;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Reference {
-    sentences: Vec<Sentence>,
-}
-
-#[derive(Deserialize)]
-struct Sentence {
-    text: String,
-    vector: Vec<f32>,
-}
-
-fn reference() -> Reference {
-    serde_json::from_str(include_str!("fixtures/minilm/reference.json")).expect("reference fixture")
-}
-
-fn cache_dir() -> PathBuf {
-    let cache = support::config(&[]).model_cache_dir;
-    embq::cli::model::fetch(&cache, false).unwrap_or_else(|e| panic!("cannot fetch the local model: {e}"));
-    cache
-}
+use support::minilm::{cache_dir, reference};
 
 /// ORT_DYLIB_PATH, else the library inside python3's onnxruntime package.
 fn library() -> Result<PathBuf, String> {

@@ -1,7 +1,8 @@
 //! Shared test support: configs, stores, a worker harness, waiting on conditions, the mock
-//! embedding API (`mock_provider`) and PostgreSQL (`pg`).
+//! embedding API (`mock_provider`), PostgreSQL (`pg`) and the local model's fixtures (`minilm`).
 #![allow(dead_code)]
 
+pub mod minilm;
 pub mod mock_batch_api;
 pub mod mock_provider;
 pub mod pg;
