@@ -21,6 +21,15 @@ use crate::provider::openai_batch_lines::{request_line, MAX_FILE_BYTES};
 use crate::queue::{BatchState, BatchUpdate, ClaimedJob, GatherLimits, Outcome, ProviderBatch};
 use crate::tokens::OverlongInput;
 
+/// A request line's bytes besides its text (custom_id, method, url, model, dimensions and
+/// JSON punctuation), for sizing before the lines are written.
+const LINE_OVERHEAD: usize = 200;
+
+/// A job's request line in bytes, near enough to size buffers and hold budget.
+fn line_estimate(j: &ClaimedJob) -> usize {
+    j.text.len() + LINE_OVERHEAD
+}
+
 impl Lane {
     /// The text a job's request carries: truncated to the model's input cap unless
     /// `OVERLONG_INPUT=reject` (then the provider's refusal dead-letters the job).
@@ -64,7 +73,7 @@ impl Lane {
         check(Step::AfterRecord);
         info!(batch = batch.id, submission_id = %batch.submission_id, jobs = g.jobs.len(),
               tokens = batch.estimated_tokens, "provider batch recorded");
-        let held = self.ctx.inflight_bytes.hold(2 * g.jobs.iter().map(|j| j.text.len() as u64 + 200).sum::<u64>());
+        let held = self.ctx.inflight_bytes.hold(2 * g.jobs.iter().map(|j| line_estimate(j) as u64).sum::<u64>());
         let renew = self.keep_leased(&batch);
         let result = self.upload_and_create(&batch, Some(g.jobs)).await;
         drop(renew);
@@ -106,7 +115,7 @@ impl Lane {
                             return self.nothing_left(b).await;
                         }
                         // The texts go as soon as the file is written: one copy of the batch in memory.
-                        let size = jobs.iter().map(|j| j.text.len() + 200).sum();
+                        let size = jobs.iter().map(line_estimate).sum();
                         let file = Upload::new(&b.file_name(), size, |out| {
                             jobs.iter().for_each(|j| out.extend_from_slice(&self.line(j)))
                         });
