@@ -7,7 +7,7 @@
 //! migrate` records the declaration beside the version, so a binary older than the schema can
 //! tell whether it may run (a rollback across an additive migration) or must not.
 
-use super::QueueError;
+use super::{MigrateReport, QueueError};
 
 /// The schema version this binary reads and writes.
 pub const SCHEMA_VERSION: i32 = 10;
@@ -98,6 +98,24 @@ pub(super) fn check_version(found: Option<Installed>) -> Result<SchemaFit, Queue
          breaking (binaries need schema version {} or newer): upgrade embq before running it against this database",
         found.compatible_from
     )))
+}
+
+/// What `embq migrate` does when the installed schema is newer than this binary (a rollback's
+/// migrate Job runs the older image): `Some(report)` with nothing to apply when every newer
+/// migration keeps this binary working, an error when one does not; `None` when not newer.
+pub(super) fn migrate_onto_newer(found: Option<Installed>) -> Result<Option<MigrateReport>, QueueError> {
+    let current = found.map_or(0, |i| i.version);
+    if current <= SCHEMA_VERSION {
+        return Ok(None);
+    }
+    let SchemaFit::NewerCompatible { installed } = check_version(found)? else {
+        return Err(QueueError::Schema(format!("schema version {current} is newer than this binary's")));
+    };
+    let note = format!(
+        "the schema is at version {installed}, newer than this binary's {SCHEMA_VERSION}; \
+         every migration since is additive, so this binary runs against it unchanged"
+    );
+    Ok(Some(MigrateReport { version: installed, notes: vec![note] }))
 }
 
 #[cfg(test)]

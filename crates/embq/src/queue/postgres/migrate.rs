@@ -16,20 +16,11 @@ pub(super) async fn migrate_with(pg: &PgQueue, opts: MigrateOptions) -> Result<M
     // Several pods may run `embq migrate` at once; one applies, the others wait and find it done.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('embq.migrate'))").persistent(false).execute(&mut *tx).await?;
     let installed = installed(pg, &mut tx).await?;
-    let current = installed.map_or(0, |i| i.version);
-    if current > SCHEMA_VERSION {
-        // A rollback's migrate Job runs the older image: nothing to apply when the newer schema
-        // keeps this binary working, a clear refusal when it does not.
-        let SchemaFit::NewerCompatible { installed } = schema::check_version(installed)? else {
-            return Err(QueueError::Schema(format!("schema version {current} is newer than this binary's")));
-        };
+    if let Some(report) = schema::migrate_onto_newer(installed)? {
         tx.commit().await?;
-        let note = format!(
-            "the schema is at version {installed}, newer than this binary's {SCHEMA_VERSION}; \
-             every migration since is additive, so this binary runs against it unchanged"
-        );
-        return Ok(MigrateReport { version: installed, notes: vec![note] });
+        return Ok(report);
     }
+    let current = installed.map_or(0, |i| i.version);
     for (i, script) in schema::POSTGRES.iter().enumerate().skip(current as usize) {
         let version = i as i32 + 1;
         // The column starts as real[]; its type is settled below, from the configuration.

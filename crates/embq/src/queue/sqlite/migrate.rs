@@ -10,18 +10,11 @@ use crate::queue::{MigrateOptions, MigrateReport, QueueError};
 pub(super) async fn migrate_with(db: &SqliteQueue, _opts: MigrateOptions) -> Result<MigrateReport, QueueError> {
     let mut tx = db.begin().await?;
     let installed = installed(&mut tx).await?;
-    let current = installed.map_or(0, |i| i.version);
-    if current > SCHEMA_VERSION {
-        let SchemaFit::NewerCompatible { installed } = schema::check_version(installed)? else {
-            return Err(QueueError::Schema(format!("schema version {current} is newer than this binary's")));
-        };
+    if let Some(report) = schema::migrate_onto_newer(installed)? {
         tx.commit().await?;
-        let note = format!(
-            "the schema is at version {installed}, newer than this binary's {SCHEMA_VERSION}; \
-             every migration since is additive, so this binary runs against it unchanged"
-        );
-        return Ok(MigrateReport { version: installed, notes: vec![note] });
+        return Ok(report);
     }
+    let current = installed.map_or(0, |i| i.version);
     for (i, script) in schema::SQLITE.iter().enumerate().skip(current as usize) {
         let version = i as i32 + 1;
         sqlx::Executor::execute(&mut *tx, *script)
