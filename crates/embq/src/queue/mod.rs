@@ -14,6 +14,7 @@
 //! `migrate.rs`, `browse.rs`); `browse.rs` here the console's read types; `schema.rs` the
 //! embedded migrations; `search.rs` the client-side scan; `errors.rs` how database errors are sorted.
 
+mod batch_pack;
 mod batches;
 mod browse;
 mod errors;

@@ -5,12 +5,10 @@ use std::time::Duration;
 
 use super::claim::{claim_in, Pick};
 use super::{ms, SqliteQueue};
+use crate::queue::batch_pack::{Packed, Packer};
 use crate::queue::batches::{lease_of, BatchUpdate, GatherLimits, Gathered, LaneStats, ProviderBatch, Sizer};
 use crate::queue::rows::ClaimedRow;
 use crate::queue::{ClaimedJob, QueueError};
-
-/// Jobs read per round of a gathering (bounds memory between size checks).
-const GATHER_ROUND: usize = 2_000;
 
 /// The columns of [`ProviderBatch`].
 const BATCH_COLUMNS: &str = "id, submission_id, state, model, requests, estimated_tokens, input_file_id, batch_id,
@@ -40,34 +38,17 @@ pub(super) async fn gather(
     .fetch_one(&mut *tx)
     .await?;
     let held = u64::try_from(held).unwrap_or(0);
-    let (room, first_always) = (limits.max_tokens.saturating_sub(held), held == 0);
-    let (mut jobs, mut back, mut unchanged) = (Vec::<ClaimedJob>::new(), Vec::<i64>::new(), 0u64);
-    let (mut bytes, mut tokens, mut full) = (0u64, 0u64, false);
-    while room > 0 && !full && jobs.len() < limits.max_requests {
-        let want = GATHER_ROUND.min(limits.max_requests - jobs.len());
+    let mut pack = Packer::new(limits, held, size);
+    while let Some(want) = pack.wants() {
         // No lease expiry: the lease sweep leaves a batch's jobs alone.
         let round = claim_in(&mut tx, Pick::Batch, want, &lease, None, now, model).await?;
         let got = round.len();
-        for j in round {
-            if j.unchanged {
-                unchanged += 1;
-                continue;
-            }
-            let (b, t) = size(&j);
-            let first = jobs.is_empty() && first_always;
-            if full || (!first && (bytes + b > limits.max_bytes || tokens + t > room)) {
-                full = true;
-                back.push(j.id);
-                continue;
-            }
-            bytes += b;
-            tokens += t;
-            jobs.push(j);
-        }
+        pack.take(round);
         if got < want {
             break;
         }
     }
+    let Packed { mut jobs, back, unchanged, tokens } = pack.finish();
     if !back.is_empty() {
         sqlx::query(
             "UPDATE jobs SET state = 'ready', attempts = attempts - 1, lease_owner = NULL, lease_token = NULL,
