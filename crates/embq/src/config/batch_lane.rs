@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::validate::{bounded, nonzero_duration, Problems};
+use super::fields::{bounded, nonzero_duration, Problems};
 use super::{ser_ms, ProviderKind, RawConfig};
 
 /// OpenAI's per-file cap on requests.

@@ -17,6 +17,7 @@ use crate::provider::{BuildError, Provider, ProviderSpec};
 use crate::queue::{StoreSettings, VectorSettings};
 
 mod batch_lane;
+mod fields;
 mod raw;
 mod validate;
 
@@ -27,8 +28,8 @@ pub use crate::provider::ProviderKind;
 pub use crate::queue::PoolMode;
 pub use crate::redact::{DatabaseUrl, HttpUrl, Secret};
 pub use batch_lane::BatchLaneConfig;
+pub use fields::{parse_duration, ConfigError};
 pub use raw::RawConfig;
-pub use validate::{parse_duration, ConfigError};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
