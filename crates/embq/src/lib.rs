@@ -11,6 +11,7 @@
 //!   the accept loop behind their ports (timeouts, a connection cap).
 //! - [`vector`]: vector encoding and validation.
 //! - [`tokens`], [`batching`], [`limiter`]: token counts, request packing, RPM/TPM budgets.
+//! - [`nearest`]: semantic search: a query embedded, the nearest stored vectors found.
 //! - [`redact`]: credentials kept out of printed URLs and messages.
 //! - [`cli`]: one module per `embq` subcommand.
 
@@ -26,6 +27,7 @@ pub mod memory;
 pub mod metrics;
 pub mod metrics_batch_lane;
 pub mod metrics_fleet;
+pub mod nearest;
 pub mod outcome;
 pub mod provider;
 pub mod queue;

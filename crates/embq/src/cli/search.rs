@@ -3,6 +3,7 @@
 
 use super::CliError;
 use crate::config::Config;
+use crate::nearest::NearestError;
 use crate::provider::Provider;
 use crate::queue::{Queue, Search, SearchHit, SearchMethod};
 
@@ -58,20 +59,18 @@ pub async fn run(cfg: Config, args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Embeds `query` with `provider` and returns the stored embeddings of its model nearest to it.
-pub(crate) async fn nearest(
+/// [`crate::nearest::nearest`] with its failures as the CLI reports them.
+pub(super) async fn nearest(
     provider: &dyn Provider,
     q: &dyn Queue,
     query: &str,
     k: usize,
     source_type: Option<&str>,
 ) -> Result<Search, CliError> {
-    let embedded =
-        provider.embed(&[query]).await.map_err(|e| CliError::Other(format!("could not embed the query: {e}")))?;
-    let Some(vector) = embedded.vectors.into_iter().next() else {
-        return Err(CliError::Other("the provider returned no vector for the query".into()));
-    };
-    Ok(q.search(&vector, provider.model(), k, source_type).await?)
+    crate::nearest::nearest(provider, q, query, k, source_type).await.map_err(|e| match e {
+        NearestError::Store(e) => CliError::Queue(e),
+        other => CliError::Other(other.to_string()),
+    })
 }
 
 /// One hit as printed: score, key and a one-line snippet of its text, tab-separated.

@@ -30,6 +30,7 @@ pub use crate::redact::{DatabaseUrl, HttpUrl, Secret};
 pub use batch_lane::BatchLaneConfig;
 pub use fields::{parse_duration, ConfigError};
 pub use raw::RawConfig;
+pub use validate::DEFAULT_MAX_PAUSE;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -27,6 +27,8 @@ fn default_model_cache_dir() -> std::path::PathBuf {
     base.join("embq").join("models")
 }
 
+/// How long a provider may pause the budget at most unless MAX_PROVIDER_PAUSE says otherwise.
+pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(300);
 /// The most batches one worker may run at once.
 const MAX_CONCURRENT_JOBS_LIMIT: u64 = 1_024;
 /// The most jobs in one batch.
@@ -171,14 +173,13 @@ impl RawConfig {
         let worker_id = if worker_id.is_empty() { default_worker_id() } else { worker_id };
         let provider_timeout =
             p.field("PROVIDER_TIMEOUT", &self.provider_timeout, Duration::from_secs(60), nonzero_duration);
-        let max_provider_pause =
-            p.field("MAX_PROVIDER_PAUSE", &self.max_provider_pause, crate::limiter::DEFAULT_MAX_PAUSE, |v| {
-                let d = parse_duration(v)?;
-                if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) {
-                    return Err("must be between 1s and 24h".into());
-                }
-                Ok(d)
-            });
+        let max_provider_pause = p.field("MAX_PROVIDER_PAUSE", &self.max_provider_pause, DEFAULT_MAX_PAUSE, |v| {
+            let d = parse_duration(v)?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) {
+                return Err("must be between 1s and 24h".into());
+            }
+            Ok(d)
+        });
         let base_caps = match provider {
             ProviderKind::OpenaiCompatible => crate::provider::openai::COMPATIBLE_CAPS,
             _ => crate::provider::openai::OPENAI_CAPS,

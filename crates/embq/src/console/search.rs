@@ -29,7 +29,7 @@ pub async fn page(State(s): State<Shared>, Query(p): Query<Params>) -> Page {
     );
     let query = p.q.trim();
     if !query.is_empty() {
-        let found = crate::cli::search::nearest(s.provider.as_ref(), s.queue.as_ref(), query, HITS, None)
+        let found = crate::nearest::nearest(s.provider.as_ref(), s.queue.as_ref(), query, HITS, None)
             .await
             .map_err(|e| PageError::Bad(e.to_string()))?;
         if found.hits.is_empty() {

@@ -93,9 +93,6 @@ pub trait Budget: Send + Sync + 'static {
 /// How long a 429 without any hint pauses the provider.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(2);
 
-/// How long a provider may pause the budget at most unless MAX_PROVIDER_PAUSE says otherwise.
-pub const DEFAULT_MAX_PAUSE: Duration = Duration::from_secs(300);
-
 /// The longest a waiting caller sleeps before asking the budget again: a pause cleared by
 /// `embq budget resume` (or a budget grown elsewhere) is noticed within this.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -151,7 +148,7 @@ impl Limiter {
     pub fn new(budget: Arc<dyn Budget>) -> Self {
         Self {
             budget,
-            max_pause: DEFAULT_MAX_PAUSE,
+            max_pause: crate::config::DEFAULT_MAX_PAUSE,
             turn: tokio::sync::Mutex::new(()),
             grew: tokio::sync::Notify::new(),
             ratio: TokenRatio::default(),
