@@ -1,9 +1,10 @@
 //! Every setting, parsed and validated once at start.
 //!
 //! Values arrive as raw strings (from a command-line flag or its environment variable:
-//! [`raw`]), are turned into typed values ([`validate`]) so that *all* problems are reported
-//! together, each naming its variable, and secrets stay wrapped so no output shows them
-//! ([`crate::redact`]). This module holds the validated [`Config`] and its small types.
+//! `raw.rs`), are turned into typed values (`validate.rs`, with one value's parsing in
+//! `fields.rs` and the batch lane's settings in `batch_lane.rs`) so that *all* problems are
+//! reported together, each naming its variable, and secrets stay wrapped so no output shows
+//! them ([`crate::redact`]). This module holds the validated [`Config`] and its small types.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;

@@ -3,7 +3,41 @@
 
 use std::borrow::Cow;
 
-use super::QueueError;
+/// Errors from the queue store, named by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database could not be reached or failed; try again later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The schema is missing or from another version; an operator must act.
+    #[error("{0}")]
+    Schema(String),
+    /// The request itself was invalid.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The database answered and refused this write for good (a constraint, a trigger, bad
+    /// data); repeating it unchanged fails the same way. Holds the database's message.
+    #[error("the database refused this write: {0}")]
+    Rejected(String),
+}
+
+impl QueueError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "database",
+            Self::Schema(_) => "schema",
+            Self::Invalid(_) => "invalid",
+            Self::Rejected(_) => "rejected",
+        }
+    }
+}
+
+impl From<sqlx::Error> for QueueError {
+    fn from(e: sqlx::Error) -> Self {
+        classify_sqlx(e)
+    }
+}
 
 /// What a database error means for the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

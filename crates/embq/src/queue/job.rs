@@ -133,6 +133,15 @@ pub(crate) fn dedupe_keys(jobs: &[NewJob]) -> Vec<&NewJob> {
     keep.into_iter().map(|i| &jobs[i]).collect()
 }
 
+/// What an enqueue call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EnqueueReport {
+    /// New jobs.
+    pub inserted: u64,
+    /// Pending jobs whose text was replaced.
+    pub replaced: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

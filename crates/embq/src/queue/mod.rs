@@ -7,16 +7,23 @@
 //! newer enqueue of the same key ends as `superseded`; one whose record was deleted (or whose
 //! write-back row is gone) ends as `cancelled`.
 //!
-//! Where things are: this file holds the trait, the job and report types, and `connect`;
-//! `state.rs` the [`JobState`]/[`WorkerState`] enums; `rows.rs` and `stats.rs` the rows both
-//! stores decode and the stats folding; `postgres/` and `sqlite/` one file per operation
+//! Where things are: this file holds the [`Queue`] trait and `connect`; `claimed.rs` a claimed
+//! job, its lease, its [`Outcome`] and the finish/rescue reports; `job.rs` a job to enqueue;
+//! `state.rs` the [`JobState`]/[`WorkerState`] enums and a worker's row; `rows.rs` and
+//! `stats.rs` the rows both stores decode and the stats folding; `dead.rs` dead-lettered jobs;
+//! `clock.rs` where timestamps come from; `postgres/` and `sqlite/` one file per operation
 //! (`claim.rs`, `finish.rs`, `enqueue.rs`, `maintenance.rs`, `dead_letters.rs`, `search.rs`,
-//! `migrate.rs`, `browse.rs`); `browse.rs` here the console's read types; `schema.rs` the
-//! embedded migrations; `search.rs` the client-side scan; `errors.rs` how database errors are sorted.
+//! `migrate.rs`, `browse.rs`); `browse.rs` here the console's read types; `batches.rs` and
+//! `batch_pack.rs` the batch lane's records and packing; `schema.rs` the embedded migrations
+//! and version rules; `search.rs` stored embeddings and the client-side scan; `errors.rs`
+//! [`QueueError`] and how database errors are sorted.
 
 mod batch_pack;
 mod batches;
 mod browse;
+mod claimed;
+mod clock;
+mod dead;
 mod errors;
 mod job;
 mod postgres;
@@ -34,293 +41,26 @@ pub use browse::{
     minute_floor, Activity, DeadGroup, JobDetail, JobFilter, JobSummary, MinuteActivity, VectorInfo, WorkerLeases,
     MAX_LISTING,
 };
+pub use claimed::{ClaimedJob, FinishReport, Lease, Outcome, RescueReport};
+pub use clock::Clock;
+pub use dead::{DeadJob, DeadSelection};
+pub use errors::QueueError;
 pub(crate) use job::dedupe_keys;
-pub use job::{text_sha256, NewJob, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES};
+pub use job::{text_sha256, EnqueueReport, NewJob, MAX_KEY_BYTES, MAX_METADATA_BYTES, MAX_TEXT_BYTES};
 pub use postgres::{ColumnType, IndexOutcome, PgQueue, VectorIndex, VectorStorage, HNSW_INDEX};
 pub use prune::{PruneReport, PruneRequest, PRUNE_BATCH_SIZE};
-pub use schema::{SchemaFit, SCHEMA_VERSION};
-pub use search::{scan, Search, SearchHit, SearchMethod};
+pub use schema::{MigrateOptions, MigrateReport, SchemaFit, SCHEMA_VERSION};
+pub use search::{scan, Search, SearchHit, SearchMethod, StoredEmbedding};
 pub use settings::{PoolMode, StoreSettings, VectorSettings};
 pub use sqlite::SqliteQueue;
-pub use state::{BatchState, JobState, Lane, UnknownState, WorkerState};
+pub use state::{BatchState, JobState, Lane, UnknownState, WorkerInfo, WorkerState};
+pub use stats::QueueStats;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-
-/// Errors from the queue store, named by what the caller should do.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// The database could not be reached or failed; try again later.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    /// The schema is missing or from another version; an operator must act.
-    #[error("{0}")]
-    Schema(String),
-    /// The request itself was invalid.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// The database answered and refused this write for good (a constraint, a trigger, bad
-    /// data); repeating it unchanged fails the same way. Holds the database's message.
-    #[error("the database refused this write: {0}")]
-    Rejected(String),
-}
-
-impl QueueError {
-    /// A bounded label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Unavailable(_) => "database",
-            Self::Schema(_) => "schema",
-            Self::Invalid(_) => "invalid",
-            Self::Rejected(_) => "rejected",
-        }
-    }
-}
-
-impl From<sqlx::Error> for QueueError {
-    fn from(e: sqlx::Error) -> Self {
-        errors::classify_sqlx(e)
-    }
-}
-
-/// What an enqueue call did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct EnqueueReport {
-    /// New jobs.
-    pub inserted: u64,
-    /// Pending jobs whose text was replaced.
-    pub replaced: u64,
-}
-
-/// A job handed to a worker.
-#[derive(Debug, Clone)]
-pub struct ClaimedJob {
-    /// Job id.
-    pub id: i64,
-    /// Source type.
-    pub source_type: String,
-    /// Source id.
-    pub source_id: String,
-    /// Content type.
-    pub content_type: String,
-    /// Text to embed.
-    pub text: String,
-    /// This is attempt number `attempt` (1-based).
-    pub attempt: u32,
-    /// Priority.
-    pub priority: i32,
-    /// The stored embedding already matches this text and model: the claim itself marked the job
-    /// done (no lease is held on it), so it needs no provider call and no `finish`.
-    pub unchanged: bool,
-}
-
-/// Proof that a set of jobs is leased to this worker; `finish` checks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The worker holding the lease.
-    pub owner: String,
-    /// Unique per claim.
-    pub token: String,
-}
-
-/// How a claimed job ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Embedded: store this vector and mark done.
-    Done(Vec<f32>),
-    /// Stored embedding is current: mark done without writing.
-    Unchanged,
-    /// Failed; try again after the delay (an attempt was spent).
-    Retry {
-        /// Delay before the job is ready again.
-        after: Duration,
-        /// Why it failed.
-        error: String,
-    },
-    /// Failed for good.
-    Dead(String),
-    /// Not processed (shutdown, throttling): back to ready without spending an attempt.
-    Released {
-        /// Delay before the job is ready again.
-        after: Duration,
-    },
-}
-
-/// What `finish` applied; jobs whose lease was lost are not counted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FinishReport {
-    /// Marked done with a new vector.
-    pub stored: u64,
-    /// Marked done unchanged.
-    pub unchanged: u64,
-    /// Scheduled for retry.
-    pub retried: u64,
-    /// Dead-lettered.
-    pub dead: u64,
-    /// Released.
-    pub released: u64,
-    /// Superseded by a newer pending job for the same key.
-    pub superseded: u64,
-    /// Rejected because the lease was lost.
-    pub lost: u64,
-    /// Embedded, but their write-back row no longer exists: cancelled, nothing stored.
-    pub cancelled: u64,
-}
-
-/// What the lease sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RescueReport {
-    /// Jobs made ready again.
-    pub requeued: u64,
-    /// Jobs that had used their last attempt and were dead-lettered.
-    pub dead: u64,
-}
-
-/// Counts for `embq queue stats` and the queue gauges.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
-pub struct QueueStats {
-    /// Claimable now.
-    pub ready: u64,
-    /// Waiting for a retry time.
-    pub scheduled: u64,
-    /// Leased to a worker.
-    pub running: u64,
-    /// Finished.
-    pub done: u64,
-    /// Dead-lettered.
-    pub dead: u64,
-    /// Replaced by a newer enqueue.
-    pub superseded: u64,
-    /// Their record was deleted (PostgreSQL's `embq.forget`) or their write-back row is gone.
-    pub cancelled: u64,
-    /// Age of the oldest ready job.
-    pub oldest_ready_age_seconds: Option<f64>,
-    /// Ready jobs per priority, highest first.
-    pub ready_by_priority: Vec<(i32, u64)>,
-}
-
-/// A dead-lettered job.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeadJob {
-    /// Job id.
-    pub id: i64,
-    /// Source type.
-    pub source_type: String,
-    /// Source id.
-    pub source_id: String,
-    /// Content type.
-    pub content_type: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last error.
-    pub last_error: Option<String>,
-    /// When it was dead-lettered.
-    pub failed_at: DateTime<Utc>,
-}
-
-/// Which dead jobs an operation selects.
-#[derive(Debug, Clone)]
-pub enum DeadSelection {
-    /// These ids.
-    Ids(Vec<i64>),
-    /// All of them.
-    All,
-}
-
-/// A worker's row in the workers table.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct WorkerInfo {
-    /// Worker id.
-    pub id: String,
-    /// Host name.
-    pub host: String,
-    /// Process id.
-    pub pid: i64,
-    /// embq version.
-    pub version: String,
-    /// Jobs in flight.
-    pub in_flight: i64,
-    /// Jobs processed since start.
-    pub processed: i64,
-    /// Jobs failed since start.
-    pub failed: i64,
-    /// What the worker is doing.
-    pub state: WorkerState,
-}
-
-/// A stored embedding, for search.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
-pub struct StoredEmbedding {
-    /// Source type.
-    pub source_type: String,
-    /// Source id.
-    pub source_id: String,
-    /// Content type.
-    pub content_type: String,
-    /// Model.
-    pub model: String,
-    /// The vector (PostgreSQL reads its `embedding` column as `real[]`).
-    #[sqlx(rename = "embedding")]
-    pub vector: Vec<f32>,
-    /// The text it was made from, while its job is kept.
-    pub text: Option<String>,
-}
-
-/// What `migrate_with` may do beyond the schema.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MigrateOptions {
-    /// Queue again the texts of vectors from another model or at other dimensions, dropping
-    /// those that no longer fit the column (`embq migrate --reembed`).
-    pub reembed: bool,
-}
-
-/// What a migration did.
-#[derive(Debug, Clone, Default)]
-pub struct MigrateReport {
-    /// The schema version now in place.
-    pub version: i32,
-    /// What was decided about vector storage, and why, for the operator.
-    pub notes: Vec<String>,
-}
-
-/// The clock the queue's timestamps come from.
-#[derive(Clone, Debug, Default)]
-pub enum Clock {
-    /// The database's clock (PostgreSQL `now()`), or the system clock for SQLite.
-    #[default]
-    System,
-    /// A clock the tests move by hand.
-    Manual(Arc<Mutex<DateTime<Utc>>>),
-}
-
-impl Clock {
-    /// A manual clock starting at `start`.
-    pub fn manual(start: DateTime<Utc>) -> Self {
-        Self::Manual(Arc::new(Mutex::new(start)))
-    }
-    /// Moves a manual clock forward; does nothing to the system clock.
-    pub fn advance(&self, by: Duration) {
-        if let Self::Manual(t) = self {
-            let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
-            *t += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::zero());
-        }
-    }
-    /// The time to pass to SQL; `None` means "use the database's own clock".
-    pub fn sql_now(&self) -> Option<DateTime<Utc>> {
-        match self {
-            Self::System => None,
-            Self::Manual(t) => Some(*t.lock().unwrap_or_else(|p| p.into_inner())),
-        }
-    }
-    /// The current time on this clock, from the process.
-    pub fn now(&self) -> DateTime<Utc> {
-        self.sql_now().unwrap_or_else(Utc::now)
-    }
-}
 
 /// The queue store. Both implementations give the same guarantees.
 #[async_trait]

@@ -7,7 +7,7 @@
 //! migrate` records the declaration beside the version, so a binary older than the schema can
 //! tell whether it may run (a rollback across an additive migration) or must not.
 
-use super::{MigrateReport, QueueError};
+use super::QueueError;
 
 /// The schema version this binary reads and writes.
 pub const SCHEMA_VERSION: i32 = 10;
@@ -116,6 +116,23 @@ pub(super) fn migrate_onto_newer(found: Option<Installed>) -> Result<Option<Migr
          every migration since is additive, so this binary runs against it unchanged"
     );
     Ok(Some(MigrateReport { version: installed, notes: vec![note] }))
+}
+
+/// What `migrate_with` may do beyond the schema.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MigrateOptions {
+    /// Queue again the texts of vectors from another model or at other dimensions, dropping
+    /// those that no longer fit the column (`embq migrate --reembed`).
+    pub reembed: bool,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Default)]
+pub struct MigrateReport {
+    /// The schema version now in place.
+    pub version: i32,
+    /// What was decided about vector storage, and why, for the operator.
+    pub notes: Vec<String>,
 }
 
 #[cfg(test)]

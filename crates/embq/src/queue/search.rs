@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use super::StoredEmbedding;
 use crate::vector::cosine;
 
 /// One search result.
@@ -60,6 +59,24 @@ pub fn scan(stored: impl IntoIterator<Item = StoredEmbedding>, query: &[f32], k:
             text: e.text,
         })
         .collect()
+}
+
+/// A stored embedding, for search.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct StoredEmbedding {
+    /// Source type.
+    pub source_type: String,
+    /// Source id.
+    pub source_id: String,
+    /// Content type.
+    pub content_type: String,
+    /// Model.
+    pub model: String,
+    /// The vector (PostgreSQL reads its `embedding` column as `real[]`).
+    #[sqlx(rename = "embedding")]
+    pub vector: Vec<f32>,
+    /// The text it was made from, while its job is kept.
+    pub text: Option<String>,
 }
 
 #[cfg(test)]

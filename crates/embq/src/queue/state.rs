@@ -219,6 +219,27 @@ text_state!(WorkerState, "worker");
 text_state!(Lane, "lane");
 text_state!(BatchState, "batch");
 
+/// A worker's row in the workers table.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WorkerInfo {
+    /// Worker id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: i64,
+    /// embq version.
+    pub version: String,
+    /// Jobs in flight.
+    pub in_flight: i64,
+    /// Jobs processed since start.
+    pub processed: i64,
+    /// Jobs failed since start.
+    pub failed: i64,
+    /// What the worker is doing.
+    pub state: WorkerState,
+}
+
 #[cfg(test)]
 mod tests {
     use sqlx::{Connection, SqliteConnection};

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{JobState, QueueStats};
+use serde::Serialize;
+
+use super::JobState;
 
 /// One group of the stats query, as both stores name its columns.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -45,6 +47,29 @@ pub(super) fn fold_stats(rows: Vec<StatRow>) -> QueueStats {
     }
     s.ready_by_priority = by_prio.into_iter().rev().collect();
     s
+}
+
+/// Counts for `embq queue stats` and the queue gauges.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct QueueStats {
+    /// Claimable now.
+    pub ready: u64,
+    /// Waiting for a retry time.
+    pub scheduled: u64,
+    /// Leased to a worker.
+    pub running: u64,
+    /// Finished.
+    pub done: u64,
+    /// Dead-lettered.
+    pub dead: u64,
+    /// Replaced by a newer enqueue.
+    pub superseded: u64,
+    /// Their record was deleted (PostgreSQL's `embq.forget`) or their write-back row is gone.
+    pub cancelled: u64,
+    /// Age of the oldest ready job.
+    pub oldest_ready_age_seconds: Option<f64>,
+    /// Ready jobs per priority, highest first.
+    pub ready_by_priority: Vec<(i32, u64)>,
 }
 
 #[cfg(test)]
