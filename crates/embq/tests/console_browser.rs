@@ -2,7 +2,8 @@
 //! (`tests/browser/console.py`), against the real binary on a SQLite store, with the database
 //! checked after every action. Chromium, chromium-driver and Selenium are required: `.ci/run`
 //! installs them, and without them this test fails naming what is missing (it never skips).
-//! The screenshots in `docs/console/` (shown in the README) are written by this run.
+//! Screenshots go to the test's temporary directory; `EMBQ_CONSOLE_SCREENSHOTS=docs/console`
+//! writes the README's ones instead (a test run leaves the checkout unchanged otherwise).
 
 mod support;
 
@@ -103,9 +104,14 @@ async fn kill(q: &Arc<dyn Queue>, jobs: &[NewJob], errors: &[&str]) -> Vec<i64> 
     ids.into_iter().map(|(_, id)| id).collect()
 }
 
-fn screenshots() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/console");
-    std::fs::create_dir_all(&dir).expect("create docs/console");
+/// Where the Selenium script saves its screenshots: EMBQ_CONSOLE_SCREENSHOTS (relative to the
+/// repository) when set, else `scratch`.
+fn screenshots(scratch: &Path) -> PathBuf {
+    let dir = match std::env::var_os("EMBQ_CONSOLE_SCREENSHOTS") {
+        Some(d) => Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(d),
+        None => scratch.join("screenshots"),
+    };
+    std::fs::create_dir_all(&dir).expect("create the screenshot folder");
     dir
 }
 
@@ -152,7 +158,7 @@ async fn the_console_works_in_chromium() {
     let scenario = serde_json::json!({
         "xss_id": xss_id, "retry_id": dead[3], "purge_error": "HTTP 400", "query": "invoice for twelve office chairs",
     });
-    let shots = screenshots();
+    let shots = screenshots(dir.path());
     let run = Command::new("python3")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.py"))
         .args([console.url.as_str(), &shots.display().to_string(), &scenario.to_string()])
