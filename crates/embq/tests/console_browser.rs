@@ -10,10 +10,8 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::Duration;
 
-use embq::queue::{no_progress, Clock, DeadSelection, JobState, Lease, NewJob, Outcome, Queue};
+use embq::queue::{no_progress, Clock, DeadSelection, JobState, NewJob};
 
 const BIN: &str = env!("CARGO_BIN_EXE_embq");
 const XSS: &str = "<img src=x onerror=alert(1)>";
@@ -91,19 +89,6 @@ fn doc(id: &str, text: &str) -> NewJob {
     }
 }
 
-/// Dead-letters `jobs` with `errors` (in order) through the store's own claim and finish.
-async fn kill(q: &Arc<dyn Queue>, jobs: &[NewJob], errors: &[&str]) -> Vec<i64> {
-    q.enqueue(jobs, &no_progress).await.expect("enqueue");
-    let lease = Lease { owner: "test".into(), token: "t-1".into() };
-    let claimed = q.claim(jobs.len(), &lease, Duration::from_secs(60), "unused").await.expect("claim");
-    let mut ids: Vec<(String, i64)> = claimed.iter().map(|c| (c.source_id.clone(), c.id)).collect();
-    ids.sort();
-    let outcomes: Vec<(i64, Outcome)> =
-        ids.iter().zip(errors).map(|((_, id), e)| (*id, Outcome::Dead(e.to_string()))).collect();
-    assert_eq!(q.finish(&lease, "unused", &outcomes).await.expect("finish").dead, errors.len() as u64);
-    ids.into_iter().map(|(_, id)| id).collect()
-}
-
 /// Where the Selenium script saves its screenshots: EMBQ_CONSOLE_SCREENSHOTS (relative to the
 /// repository) when set, else `scratch`.
 fn screenshots(scratch: &Path) -> PathBuf {
@@ -130,7 +115,12 @@ async fn the_console_works_in_chromium() {
     q.enqueue(&texts.map(|(k, t)| doc(k, t)), &no_progress).await.expect("enqueue");
     drain(&db);
     let dead_jobs = ["d1", "d2", "d3", "d4", "d5"].map(|k| doc(k, &format!("text of {k}")));
-    let dead = kill(&q, &dead_jobs, &[TOO_LONG, TOO_LONG, TOO_LONG, "HTTP 500: upstream unavailable", "timeout"]).await;
+    let dead = support::dead_letter(
+        &q,
+        &dead_jobs,
+        &[TOO_LONG, TOO_LONG, TOO_LONG, "HTTP 500: upstream unavailable", "timeout"],
+    )
+    .await;
     let xss_id = q
         .jobs(&embq::queue::JobFilter { key: Some("xss".into()), limit: 1, ..Default::default() })
         .await

@@ -1,11 +1,13 @@
 //! `embq console` on PostgreSQL: the fleet budget a provider paused is shown and resumed from the
-//! page (the operation `embq budget resume` runs), only with the CSRF token.
+//! page (the operation `embq budget resume` runs), only with the CSRF token; and every page and
+//! a dead-letter retry and purge through PgBouncer in transaction mode, as on Supabase's pooler.
 
 mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use embq::queue::Clock;
 use sqlx::Connection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_embq");
@@ -19,6 +21,32 @@ impl Drop for Console {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `embq console` on a free loopback port with `env`; returns it and its base URL.
+fn start_console(env: &[(&str, &str)]) -> (Console, String) {
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(["console", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the console");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("address");
+    let console = Console(child);
+    let base = line.trim().strip_prefix("embq console on ").unwrap_or_default().to_string();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line:?}");
+    (console, base)
+}
+
+/// The CSRF token a console page carries.
+fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page names its CSRF token")
+        .to_string()
 }
 
 async fn paused(url: &str) -> i64 {
@@ -50,18 +78,7 @@ async fn a_paused_fleet_budget_is_resumed_from_the_overview() {
         sqlx::query(sql).execute(&mut c).await.expect("busy budget");
     }
 
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs(env)
-        .args(["console", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the console");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("address");
-    let console = Console(child);
-    let base = line.trim().strip_prefix("embq console on ").unwrap_or_default().to_string();
-    assert!(base.starts_with("http://127.0.0.1:"), "{line:?}");
+    let (console, base) = start_console(&env);
 
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let page = http.get(&base).send().await.expect("GET /").text().await.expect("body");
@@ -75,12 +92,7 @@ async fn a_paused_fleet_budget_is_resumed_from_the_overview() {
         ),
         "left, last minute and in flight: {busy}"
     );
-    let csrf = page
-        .split("name=\"csrf\" content=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("the page names its CSRF token")
-        .to_string();
+    let csrf = csrf_of(&page);
     let post = |body: String| {
         http.post(format!("{base}budget/resume"))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -95,5 +107,74 @@ async fn a_paused_fleet_budget_is_resumed_from_the_overview() {
     assert_eq!(paused(&url).await, 0);
     let after = http.get(&base).send().await.expect("GET /").text().await.expect("body");
     assert!(after.contains("No fleet budget is paused."));
+    drop(console);
+}
+
+async fn state_of(url: &str, id: i64) -> Option<String> {
+    let rows: Vec<(String,)> = support::rows(url, &format!("SELECT state FROM embq.jobs WHERE id = {id}")).await;
+    rows.into_iter().next().map(|r| r.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_and_the_dead_letter_actions_work_through_pgbouncer() {
+    // As on Supabase: the owner role, pgvector in `extensions`, the console on the transaction pooler.
+    let direct = support::pg::fresh_supabase_db().await;
+    let db = url::Url::parse(&direct).expect("url").path().trim_start_matches('/').to_string();
+    let mut pooled = url::Url::parse(&support::pg::with_db(&support::pg::pgbouncer_admin_url(), &db)).expect("url");
+    pooled.set_username(support::pg::OWNER_ROLE).expect("user");
+    let migrate = Command::new(BIN)
+        .env_clear()
+        .envs([("DATABASE_URL", direct.as_str()), ("EMBEDDING_PROVIDER", "hash"), ("RUST_LOG", "warn")])
+        .arg("migrate")
+        .output()
+        .expect("migrate");
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    let q = support::store(&direct, Clock::System).await;
+    let jobs = support::jobs_named(3, "r");
+    let dead = support::dead_letter(&q, &jobs, &["HTTP 400: bad input", "HTTP 400: bad input", "timeout"]).await;
+
+    let env = [
+        ("DATABASE_URL", pooled.as_str()),
+        ("DATABASE_POOL_MODE", "transaction"),
+        ("EMBEDDING_PROVIDER", "hash"),
+        ("RUST_LOG", "warn"),
+    ];
+    let (console, base) = start_console(&env);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path.clone()).send().await.expect("GET");
+            assert_eq!(r.status(), 200, "GET {path}");
+            r.text().await.expect("body")
+        }
+    };
+    let overview = get(base.clone()).await;
+    let listing = get(format!("{base}jobs?state=dead")).await;
+    assert!(dead.iter().all(|id| listing.contains(&format!("/jobs/{id}\""))), "every dead job is listed");
+    let one = get(format!("{base}jobs/{}", dead[2])).await;
+    assert!(one.contains("timeout"), "a job's page shows its last error");
+    let letters = get(format!("{base}dead")).await;
+    assert!(letters.contains("HTTP 400: bad input") && letters.contains("timeout"), "the dead letters, grouped");
+    get(format!("{base}search?q=r")).await;
+
+    let csrf = csrf_of(&overview);
+    let post = |path: &str, body: String| {
+        http.post(format!("{base}{path}")).header("content-type", "application/x-www-form-urlencoded").body(body).send()
+    };
+    let confirm = post("dead/confirm", format!("csrf={csrf}&action=retry&group=HTTP+400%3A+bad+input"))
+        .await
+        .expect("POST confirm");
+    assert_eq!(confirm.status(), 200);
+    assert!(confirm.text().await.expect("body").contains("<strong id=\"count\">2</strong>"), "the group holds 2");
+    let retried =
+        post("dead/apply", format!("csrf={csrf}&action=retry&ids={},{}", dead[0], dead[1])).await.expect("POST apply");
+    assert_eq!(retried.status(), 200);
+    assert!(retried.text().await.expect("body").contains("2 dead-lettered job(s) queued again"));
+    assert_eq!(state_of(&direct, dead[0]).await.as_deref(), Some("ready"));
+    assert_eq!(state_of(&direct, dead[1]).await.as_deref(), Some("ready"));
+    let purged = post("dead/apply", format!("csrf={csrf}&action=purge&ids={}", dead[2])).await.expect("POST apply");
+    assert_eq!(purged.status(), 200);
+    assert_eq!(state_of(&direct, dead[2]).await, None, "purged for good");
     drop(console);
 }

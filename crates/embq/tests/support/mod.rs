@@ -276,3 +276,17 @@ pub async fn dead_letter_errors(cfg: &Config, n: usize) -> Vec<String> {
     let dead = q.dead_jobs(n as i64 + 1).await.expect("dead jobs");
     dead.into_iter().map(|d| d.last_error.unwrap_or_default()).collect()
 }
+
+/// Dead-letters `jobs` with `errors` (in order of source id) through the store's own claim
+/// and finish; returns their ids in that order.
+pub async fn dead_letter(q: &Arc<dyn Queue>, jobs: &[NewJob], errors: &[&str]) -> Vec<i64> {
+    q.enqueue(jobs, &embq::queue::no_progress).await.expect("enqueue");
+    let lease = embq::queue::Lease { owner: "test".into(), token: "t-1".into() };
+    let claimed = q.claim(jobs.len(), &lease, Duration::from_secs(60), "unused").await.expect("claim");
+    let mut ids: Vec<(String, i64)> = claimed.iter().map(|c| (c.source_id.clone(), c.id)).collect();
+    ids.sort();
+    let outcomes: Vec<(i64, embq::queue::Outcome)> =
+        ids.iter().zip(errors).map(|((_, id), e)| (*id, embq::queue::Outcome::Dead(e.to_string()))).collect();
+    assert_eq!(q.finish(&lease, "unused", &outcomes).await.expect("finish").dead, errors.len() as u64);
+    ids.into_iter().map(|(_, id)| id).collect()
+}
