@@ -7,7 +7,7 @@
 //! - [`outcome`]: how a failed attempt becomes retry, release or dead letter.
 //! - [`worker`]: the claim -> batch -> embed -> store loop, heartbeats, drain; and the batch
 //!   lane (`worker/batch_lane/`), which sends `batch`-lane jobs through the OpenAI Batch API.
-//! - [`health`], [`http`], [`metrics`] (and [`metrics_batch_lane`], [`metrics_fleet`]), [`memory`]: what probes and Prometheus see; [`listener`]:
+//! - [`health`], [`http`], [`metrics`] (with the batch lane's and the fleet's), [`memory`]: what probes and Prometheus see; [`listener`]:
 //!   the accept loop behind their ports (timeouts, a connection cap).
 //! - [`vector`]: vector encoding and validation.
 //! - [`tokens`], [`batching`], [`limiter`]: token counts, request packing, RPM/TPM budgets.
@@ -25,8 +25,6 @@ pub mod limiter;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
-pub mod metrics_batch_lane;
-pub mod metrics_fleet;
 pub mod nearest;
 pub mod outcome;
 pub mod provider;

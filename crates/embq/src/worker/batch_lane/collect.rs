@@ -16,7 +16,7 @@ use tracing::info;
 
 use super::failpoint::{check, Step};
 use super::{Lane, LaneError};
-use crate::metrics_batch_lane::BatchStateLabel;
+use crate::metrics::batch_lane::BatchStateLabel;
 use crate::outcome::{decide, retry_or_dead, Decision};
 use crate::provider::openai_batch::OVER_ENQUEUED_LIMIT;
 use crate::provider::openai_batch_lines::{parse_result_line, LineResult};

@@ -18,7 +18,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use super::Ctx;
-use crate::metrics_batch_lane::LaneLabel;
+use crate::metrics::batch_lane::LaneLabel;
 use crate::provider::openai_batch::{BatchApiError, BatchClient};
 use crate::provider::ProviderSpec;
 use crate::queue::{BatchState, BatchUpdate, ProviderBatch, QueueError};

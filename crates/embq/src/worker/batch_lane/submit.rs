@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::failpoint::{check, Step};
 use super::{Lane, LaneError};
-use crate::metrics_batch_lane::BatchStateLabel;
+use crate::metrics::batch_lane::BatchStateLabel;
 use crate::outcome::retry_or_dead;
 use crate::provider::openai_batch::{BatchApiError, BatchObject, Upload};
 use crate::provider::openai_batch_lines::{request_line, MAX_FILE_BYTES};

@@ -4,78 +4,22 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// `type` label of `worker_memory_usage_bytes`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MemoryLabel {
-    /// rss | heapUsed | heapTotal
-    pub r#type: &'static str,
-}
+pub mod batch_lane;
+pub mod fleet;
+mod labels;
 
-/// Labels of `embq_build_info`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabel {
-    /// embq version.
-    pub version: String,
-    /// Provider name.
-    pub provider: String,
-    /// Model name.
-    pub model: String,
-}
+pub use labels::{
+    BuildLabel, KindLabel, MemoryLabel, ProviderLabel, RequestLabel, ERROR_KINDS, OVERLONG_KINDS, STATUS_CLASSES,
+};
 
-/// `kind` label of error counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// A bounded error kind.
-    pub kind: &'static str,
-}
-
-/// `provider` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProviderLabel {
-    /// Provider name.
-    pub provider: &'static str,
-}
-
-/// Provider request labels.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabel {
-    /// Provider name.
-    pub provider: &'static str,
-    /// 2xx | 4xx | 429 | 5xx | error
-    pub status_class: &'static str,
-}
-
+/// A gauge of floating-point values.
 type GaugeF = Gauge<f64, AtomicU64>;
-
-/// Every `kind` of `embedding_worker_errors_total`: the store's and the provider's error kinds.
-/// Each has a series from the start (at 0), so `rate()` and alerts see 0 rather than nothing.
-pub const ERROR_KINDS: &[&str] = &[
-    "database",
-    "rejected",
-    "schema",
-    "invalid",
-    "rate_limited",
-    "quota_exhausted",
-    "too_large",
-    "transient",
-    "invalid_input",
-    "invalid_request",
-    "invalid_response",
-    "unauthorized",
-];
-
-/// Every `status_class` of `embedding_provider_requests_total`.
-pub const STATUS_CLASSES: &[&str] = &["2xx", "4xx", "429", "5xx"];
-
-/// Every `kind` of `embedding_overlong_inputs_total`.
-pub const OVERLONG_KINDS: &[&str] = &["truncated", "rejected"];
 
 /// The worker's metrics.
 pub struct Metrics {
@@ -106,8 +50,8 @@ pub struct Metrics {
     pub processing_seconds: Histogram,
     /// embedding_batch_size_jobs
     pub batch_size_jobs: Histogram,
-    /// The fleet-wide queue gauges, exported by one worker at a time (`metrics_fleet.rs`).
-    pub fleet: crate::metrics_fleet::FleetGauges,
+    /// The fleet-wide queue gauges, exported by one worker at a time (`fleet.rs`).
+    pub fleet: fleet::FleetGauges,
     /// embedding_queue_processing_rate
     pub processing_rate: GaugeF,
     /// embedding_inflight_jobs
@@ -132,8 +76,8 @@ pub struct Metrics {
     pub provider_paused_seconds: GaugeF,
     /// embedding_overlong_inputs_total{kind="truncated|rejected"}
     pub overlong_inputs: Family<KindLabel, Counter>,
-    /// The batch lane's (`metrics_batch_lane.rs`).
-    pub batch_lane: crate::metrics_batch_lane::BatchLaneMetrics,
+    /// The batch lane's (`batch_lane.rs`).
+    pub batch_lane: batch_lane::BatchLaneMetrics,
 }
 
 /// Buckets for batched API calls: 5 ms up to about 5 minutes.
