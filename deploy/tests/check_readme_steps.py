@@ -12,13 +12,20 @@ drifts in it fails only on a real cluster. This checks, offline:
   and the labels they select exist in some render, and the custom metrics API
   paths name a rendered Service and a metric prometheus-adapter serves;
 * the hand-run migration: the README's sed gives every container of the
-  migrate Job the image it names.
+  migrate Job the image it names;
+* deploy-workers.sh: the options table and the options the README's commands
+  use are those the script accepts, `--environment` names an overlay, the exit
+  codes are the script's;
+* the worker metrics the README quotes exist (EMBQ_BIN, as check_manifests.py;
+  EMBQ_ASSUME_LISTS=1 for the agreed list), and an HPA failure reason it
+  quotes fits a metric type the HPA uses.
 
 usage: check_readme_steps.py --rendered-dir DIR [--repo DIR]
 DIR holds the renders scripts/validate-deploy.sh writes (the overlays, base,
 monitoring, migrate, all-components).
 """
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +34,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_manifests import Checker  # noqa: E402
+from check_manifests import Checker, worker_lists  # noqa: E402
 
 # Keys the README creates that nothing in deploy/ reads, and why (the README says so too).
 UNREAD_KEYS = {
@@ -162,6 +169,39 @@ def check_migrate_by_hand(c, readme, rendered_dir):
     c.check(images and set(images) == {image}, f"README's sed leaves the migrate Job on {images}, not {image}")
 
 
+def check_deploy_script(c, readme, cmds, repo):
+    """The options table, the commands and the exit codes against deploy-workers.sh itself."""
+    script = (repo / "deploy/scripts/deploy-workers.sh").read_text(encoding="utf-8")
+    accepted = set(re.findall(r"^\s+(?:-h \| )?(--[a-z-]+)\)$", script, re.M))
+    documented = set(re.findall(r"^\| `(--[a-z-]+)", readme, re.M))
+    c.check(documented == accepted, f"README's options {sorted(documented)} vs the script's {sorted(accepted)}")
+    overlays = {p.name for p in (repo / "deploy/kubernetes/overlays").iterdir() if p.is_dir()}
+    runs = [cmd for cmd in cmds if "deploy-workers.sh " in cmd]
+    c.check(len(runs) >= 3, f"found only {len(runs)} deploy-workers.sh commands in the README")
+    for cmd in runs:
+        for opt in re.findall(r"\s(--[a-z-]+)", cmd.split("deploy-workers.sh", 1)[1]):
+            c.check(opt in accepted, f"the README runs deploy-workers.sh with {opt}, which it does not accept")
+        for opt, value in re.findall(r"(--environment|--canary-base)[ =]([a-z-]+)", cmd):
+            c.check(value in overlays, f"the README deploys {opt} {value}, which is no overlay")
+    m = re.search(r"Exit codes: (.*?)\n`ROLLOUT_TIMEOUT`", readme, re.S)
+    if c.check(m is not None, "README: no exit code list"):
+        codes = {int(n) for n in re.findall(r"(?:^|,)\s*(\d+) ", m.group(1).replace("\n", " "))}
+        script_codes = {0, 1} | {int(n) for n in re.findall(r"^readonly EXIT_[A-Z_]+=(\d+)$", script, re.M)}
+        c.check(codes == script_codes, f"README's exit codes {sorted(codes)} vs the script's {sorted(script_codes)}")
+
+
+def check_metric_mentions(c, readme, docs, metrics):
+    """Metric names and HPA failure reasons the README quotes, against what exists."""
+    for anchor, name in sorted(set(re.findall(r"(\^?)\b(embedding_[a-z_]+)\b(?!\()", readme))):
+        if anchor:  # a grep pattern: some metric starts with it
+            c.check(any(m.startswith(name) for m in metrics), f"the README greps for ^{name}, which no metric starts with")
+        else:
+            c.check(name in metrics, f"the README mentions {name}, which the worker does not export")
+    types = {m["type"] for h in docs if h["kind"] == "HorizontalPodAutoscaler" for m in h["spec"].get("metrics", [])}
+    for kind in sorted(set(re.findall(r"FailedGet(\w+?)Metric", readme))):
+        c.check(kind in types, f"the README's FailedGet{kind}Metric: no rendered HPA has a {kind} metric ({sorted(types)})")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rendered-dir", required=True)
@@ -177,6 +217,9 @@ def main():
     check_secrets(c, cmds, docs)
     check_names(c, cmds, docs, adapter_metrics)
     check_migrate_by_hand(c, readme, args.rendered_dir)
+    check_deploy_script(c, readme, cmds, repo)
+    _, metrics, _ = worker_lists(os.environ.get("EMBQ_ASSUME_LISTS") == "1")
+    check_metric_mentions(c, readme, docs, metrics | adapter_metrics)
     for failure in c.failures:
         print(f"FAIL {failure}")
     print(f"check_readme_steps: {c.checks - len(c.failures)} of {c.checks} checks passed")
