@@ -10,28 +10,19 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sqlx::{Column, Connection, PgConnection, Row};
+use support::deploy_roles::{
+    as_user, create_role, migrated_db, role_name, seed, DUE_READY_JOBS, EXPORTER_ROLE_SQL, KEDA_ROLE_SQL,
+    OLDEST_AGE_SECS,
+};
 
-const KEDA_ROLE_SQL: &str = include_str!("../../../deploy/kubernetes/components/keda/readonly-role.sql");
-const EXPORTER_ROLE_SQL: &str = include_str!("../../../deploy/kubernetes/components/queue-exporter/readonly-role.sql");
 const EXPORTER_QUERIES: &str = include_str!("../../../deploy/kubernetes/components/queue-exporter/queries.yaml");
 const DEPLOY_README: &str = include_str!("../../../deploy/README.md");
-/// The app's table and trigger on Supabase (README.md's recipe): what the roles must not read.
-const RECIPE: &str = include_str!("../../../examples/supabase/documents.sql");
 
 /// SQLSTATE insufficient_privilege.
 const PERMISSION_DENIED: &str = "42501";
-/// How long ago the oldest due job was queued in the seeded backlog.
-const OLDEST_AGE_SECS: f64 = 120.0;
 
 fn kubernetes_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes")
-}
-
-/// The role a role-creation script creates (`CREATE ROLE <name> ...`).
-fn role_name(sql: &str) -> &str {
-    let rest = sql.split("CREATE ROLE ").nth(1).expect("the script creates a role");
-    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-    &rest[..end]
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -87,69 +78,6 @@ fn exporter_queries() -> std::collections::BTreeMap<String, ExporterQuery> {
         serde_yaml::from_str(EXPORTER_QUERIES).expect("queries.yaml is postgres_exporter's format");
     assert!(!q.is_empty(), "queries.yaml holds no query");
     q
-}
-
-/// A Supabase-like database after `embq migrate` and the app's recipe; returns the owner's URL.
-async fn migrated_db() -> String {
-    let url = support::pg::fresh_supabase_db().await;
-    let cfg = support::config_at(&url, &[("EMBEDDING_DIMENSIONS", "1536")]);
-    let q = embq::queue::connect(&cfg.store()).await.expect("open store");
-    q.migrate().await.expect("migrate as the database owner");
-    let mut owner = PgConnection::connect(&url).await.expect("connect as the owner");
-    sqlx::raw_sql(RECIPE).execute(&mut owner).await.expect("the recipe runs as the owner");
-    url
-}
-
-fn as_user(url: &str, user: &str) -> String {
-    let mut u = url::Url::parse(url).expect("test URL parses");
-    u.set_username(user).expect("URL takes a user name");
-    u.to_string()
-}
-
-/// Runs a role-creation script as Supabase's `postgres` runs it from the SQL editor: a
-/// non-superuser with CREATEROLE that owns embq's objects (here: a member of the owner). The
-/// role gets a name of its own per test (roles are cluster-wide); returns it.
-async fn create_role(owner_url: &str, script: &str) -> String {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let documented = role_name(script);
-    let role = format!("{documented}_{}", &suffix[..12]);
-    let admin = format!("dba_{}", &suffix[..12]);
-    let mut su = PgConnection::connect(&support::pg::pg_admin_url()).await.expect("connect as superuser");
-    sqlx::raw_sql(&format!(
-        "CREATE ROLE {admin} LOGIN CREATEROLE NOSUPERUSER; GRANT {} TO {admin};",
-        support::pg::OWNER_ROLE
-    ))
-    .execute(&mut su)
-    .await
-    .expect("create the SQL editor's role");
-    let mut dba = PgConnection::connect(&as_user(owner_url, &admin)).await.expect("connect as the admin");
-    sqlx::raw_sql(&script.replace(documented, &role))
-        .execute(&mut dba)
-        .await
-        .unwrap_or_else(|e| panic!("the documented role SQL fails: {e}"));
-    role
-}
-
-/// A backlog with every state: 3 due ready jobs (the oldest queued [`OLDEST_AGE_SECS`] ago),
-/// one ready but scheduled later, and one each running, done, dead and superseded.
-async fn seed(owner: &mut PgConnection) {
-    for id in ["r1", "r2", "r3", "later", "run", "done", "dead", "old"] {
-        sqlx::query("SELECT embq.enqueue('doc', $1, 'text of ' || $1)").bind(id).execute(&mut *owner).await.unwrap();
-    }
-    sqlx::raw_sql(&format!(
-        "UPDATE embq.jobs SET run_at = now() - interval '{OLDEST_AGE_SECS} seconds' WHERE source_id = 'r1';
-         UPDATE embq.jobs SET run_at = now() + interval '1 hour' WHERE source_id = 'later';
-         UPDATE embq.jobs SET state = 'running', lease_owner = 'w', lease_expires_at = now() + interval '1 minute'
-          WHERE source_id = 'run';
-         UPDATE embq.jobs SET state = 'done', finished_at = now() WHERE source_id = 'done';
-         UPDATE embq.jobs SET state = 'dead', finished_at = now(), run_at = now() - interval '1 day'
-          WHERE source_id = 'dead';
-         UPDATE embq.jobs SET state = 'superseded', finished_at = now(), run_at = now() - interval '1 day'
-          WHERE source_id = 'old';"
-    ))
-    .execute(&mut *owner)
-    .await
-    .expect("seed the backlog");
 }
 
 /// The one value of a one-row, one-column answer, as KEDA's scaler reads it (a float).
@@ -290,7 +218,7 @@ async fn keda_role_counts_the_due_ready_jobs_and_can_do_nothing_else() {
     }
     seed(&mut owner).await;
     for (what, sql) in &queries {
-        assert_eq!(single_value(&mut keda, what, sql).await, 3.0, "{what}: 3 due ready jobs");
+        assert_eq!(single_value(&mut keda, what, sql).await, DUE_READY_JOBS, "{what}: the due ready jobs");
     }
     assert_read_only(&mut owner, &mut keda, &role).await;
     assert_eq!(job_count(&mut owner).await, 8, "the role changed nothing");
@@ -310,7 +238,7 @@ async fn queue_exporter_role_reads_the_backlog_and_can_do_nothing_else() {
     seed(&mut owner).await;
     let busy = exporter_samples(&mut exporter).await;
     assert_eq!(busy.keys().collect::<Vec<_>>(), ["embq_queue_oldest_ready_age_seconds", "embq_queue_ready_jobs"]);
-    assert_eq!(busy["embq_queue_ready_jobs"], [3.0], "3 due ready jobs");
+    assert_eq!(busy["embq_queue_ready_jobs"], [DUE_READY_JOBS], "the due ready jobs");
     let age = busy["embq_queue_oldest_ready_age_seconds"][0];
     // The seed backdated the oldest due job; the bound above leaves room for a slow machine.
     assert!((OLDEST_AGE_SECS..OLDEST_AGE_SECS + 600.0).contains(&age), "oldest ready age {age}");
