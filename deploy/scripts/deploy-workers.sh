@@ -210,6 +210,10 @@ parse_args() {
         canary_base=$2
         shift 2
         ;;
+      --canary-base=*)
+        canary_base=${1#*=}
+        shift
+        ;;
       -h | --help)
         usage
         exit 0

@@ -14,7 +14,8 @@ cluster around it:
   controller (PodMonitor and alerts);
 * the shipped overlays carry no Namespace and no VPA; the controller's Role
   names the objects it gets and patches;
-* every opt-in component renders into a valid, restricted fleet.
+* every opt-in component renders into a valid, restricted fleet, and the
+  queue exporter runs none of postgres_exporter's default collectors.
 
 usage: check_cluster_fit.py --rendered-dir DIR [--repo DIR]
 DIR holds OVERLAY.yaml renders (production, staging, production-keda, canary,
@@ -204,6 +205,32 @@ def check_components(c, docs):
     c.check(find(docs, "Deployment", "embq-queue-exporter"), f"{where}: the queue-exporter component renders no exporter")
 
 
+# The collectors each postgres_exporter release enables by default (its collector/*.go,
+# registerCollector(..., defaultEnabled, ...)); PG_EXPORTER_DISABLE_DEFAULT_METRICS does not stop them.
+EXPORTER_DEFAULT_COLLECTORS = {
+    "v0.15.0": {
+        "database", "locks", "replication", "replication_slot", "stat_bgwriter",
+        "stat_database", "stat_user_tables", "statio_user_tables", "wal",
+    },
+}
+
+
+def check_queue_exporter(c, docs):
+    """The exporter's read-only role runs only queries.yaml: every default collector is off."""
+    where = "all-components: embq-queue-exporter"
+    for d in find(docs, "Deployment", "embq-queue-exporter"):
+        ctr = container(d, "exporter")
+        tag = ctr["image"].rsplit(":", 1)[-1]
+        defaults = EXPORTER_DEFAULT_COLLECTORS.get(tag)
+        if not c.check(defaults is not None, f"{where}: image tag {tag}: list its default collectors in EXPORTER_DEFAULT_COLLECTORS"):
+            continue
+        off = {a.removeprefix("--no-collector.") for a in ctr.get("args", []) if a.startswith("--no-collector.")}
+        c.check(off == defaults, f"{where}: collectors left on {sorted(defaults - off)}, unknown flags {sorted(off - defaults)}")
+        env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+        c.check(env.get("PG_EXPORTER_DISABLE_DEFAULT_METRICS") == "true", f"{where}: default metrics on")
+        c.check(env.get("PG_EXPORTER_DISABLE_SETTINGS_METRICS") == "true", f"{where}: pg_settings metrics on")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rendered-dir", required=True)
@@ -219,6 +246,7 @@ def main():
     all_components = Path(args.rendered_dir) / "all-components.yaml"
     if c.check(all_components.exists(), "no render of deploy/tests/overlays/all-components"):
         check_components(c, load(args.rendered_dir, "all-components"))
+        check_queue_exporter(c, load(args.rendered_dir, "all-components"))
     for failure in c.failures:
         print(f"FAIL {failure}")
     print(f"check_cluster_fit: {c.checks - len(c.failures)} of {c.checks} checks passed")

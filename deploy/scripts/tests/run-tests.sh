@@ -623,6 +623,12 @@ expect_rc 2
 expect_err 'canary-base must be production or production-keda'
 end
 
+begin "--canary-base=VALUE is read like the other options' = form"
+run_deploy -- --environment canary --canary-base=staging
+expect_rc 2
+expect_err 'canary-base must be production or production-keda'
+end
+
 echo
 echo "$passed passed, $failed failed"
 [[ "$failed" -eq 0 ]]

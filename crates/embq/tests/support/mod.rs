@@ -1,7 +1,9 @@
 //! Shared test support: configs, stores, a worker harness, waiting on conditions, the mock
-//! embedding API (`mock_provider`), PostgreSQL (`pg`) and the local model's fixtures (`minilm`).
+//! embedding API (`mock_provider`), PostgreSQL (`pg`), the local model's fixtures (`minilm`) and
+//! the deploy guide's read-only database roles (`deploy_roles`).
 #![allow(dead_code)]
 
+pub mod deploy_roles;
 pub mod minilm;
 pub mod mock_batch_api;
 pub mod mock_provider;
