@@ -405,7 +405,7 @@ async fn execute(
                             restart::graceful_restart(task_ctx, job).await
                         });
                     }
-                    Action::ScaleUp | Action::ScaleDown => scale_now(ctx, fleet, d, &why).await,
+                    Action::ScaleDown => scale_now(ctx, fleet, d, &why).await,
                 }
             }
         }
@@ -444,17 +444,13 @@ async fn scale_now(ctx: &Context, fleet: &Fleet, d: &Decision, why: &str) {
         return;
     };
     let dep = EventTarget::deployment(&fleet.deployment);
-    let event_reason = match d.action {
-        Action::ScaleUp => "ScaledUp",
-        _ => "ScaledDown",
-    };
     match kube_api::scale(ctx, fleet, &target, to).await {
         Ok(done) => {
             kube_api::post_event(
                 ctx,
                 &dep,
                 EventType::Normal,
-                event_reason,
+                "ScaledDown",
                 d.action.as_str(),
                 &format!("{done}: {why}"),
             )
@@ -489,7 +485,6 @@ fn verb(d: &Decision) -> &'static str {
         Action::Report => "report",
         Action::Evict => "evict the pod",
         Action::GracefulRestart => "restart the pod gracefully",
-        Action::ScaleUp => "scale up",
         Action::ScaleDown => "scale down",
         Action::HoldScale => "hold scaling",
     }

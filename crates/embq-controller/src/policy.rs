@@ -27,8 +27,6 @@ pub struct Limits {
     pub max_disrupted: u32,
     pub pressure_window: Duration,
     pub calm_window: Duration,
-    pub scale_step: i32,
-    pub scale_max: i32,
     pub scale_cooldown: Duration,
     pub signal_window: Duration,
     /// Share of the fleet that must stay Ready after a remediation (0.51: a majority).
@@ -94,20 +92,14 @@ pub enum ScaleKind {
     Hpa,
     /// A KEDA ScaledObject: the controller moves `spec.minReplicaCount`.
     ScaledObject,
-    /// Nobody: the controller moves the Deployment's `spec.replicas`.
-    Deployment,
 }
 
-/// The object the controller would change to add capacity.
+/// The autoscaler whose minimum the controller may give back (never a Deployment's replicas).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScaleTarget {
     pub kind: ScaleKind,
-    /// The autoscaler's minimum, or the Deployment's replicas.
+    /// The autoscaler's minimum.
     pub current: i32,
-    /// Replicas the Deployment has now (an autoscaler may run above its minimum).
-    pub replicas: i32,
-    /// The autoscaler's maximum (no ceiling for a bare Deployment).
-    pub ceiling: Option<i32>,
     /// The value before the controller first raised it (kept in an annotation).
     pub original: Option<i32>,
 }
@@ -144,11 +136,9 @@ pub enum Action {
     Report,
     /// Evict the pod through the Eviction API (PDBs apply); no drain, it is not serving.
     Evict,
-    /// POST /shutdown, wait for the drain, evict, check the replacement is Ready.
+    /// Evict (SIGTERM drains the worker), watch the drain, check the replacement is Ready.
     GracefulRestart,
-    /// Raise the autoscaler's minimum, or the Deployment's replicas.
-    ScaleUp,
-    /// Lower them back towards the value before the controller raised them.
+    /// Give the autoscaler's minimum back to the value before an earlier version raised it.
     ScaleDown,
     /// Pressure is there but adding pods would not help (provider rate limit).
     HoldScale,
@@ -177,7 +167,6 @@ impl Action {
             Action::Report => "report",
             Action::Evict => "evict",
             Action::GracefulRestart => "graceful_restart",
-            Action::ScaleUp => "scale_up",
             Action::ScaleDown => "scale_down",
             Action::HoldScale => "hold_scale",
         }

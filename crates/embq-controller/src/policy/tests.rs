@@ -17,8 +17,6 @@ fn limits() -> Limits {
         max_disrupted: 1,
         pressure_window: 120 * S,
         calm_window: 600 * S,
-        scale_step: 1,
-        scale_max: 10,
         scale_cooldown: 180 * S,
         signal_window: 300 * S,
         min_ready_share: 0.51,
@@ -297,20 +295,8 @@ fn the_fleet_cap_holds_across_looks_and_frees_up_after_the_window() {
     assert_eq!(later.iter().filter(|d| d.verdict == Verdict::Act).count(), 3);
 }
 
-fn capacity(kind: ScaleKind, current: i32, replicas: i32, original: Option<i32>) -> CapacityObservation {
-    CapacityObservation {
-        target: Some(ScaleTarget {
-            kind,
-            current,
-            replicas,
-            ceiling: match kind {
-                ScaleKind::Deployment => None,
-                _ => Some(10),
-            },
-            original,
-        }),
-        ..Default::default()
-    }
+fn capacity(kind: ScaleKind, current: i32, original: Option<i32>) -> CapacityObservation {
+    CapacityObservation { target: Some(ScaleTarget { kind, current, original }), ..Default::default() }
 }
 
 #[test]
@@ -332,38 +318,38 @@ fn capacity_decisions() {
         ("no target known", CapacityObservation::default(), None),
         (
             "lasting backlog with an HPA: the HPA adds pods, not the controller",
-            pressed(capacity(Hpa, 2, 2, None), Reason::QueueDepth, 300 * S),
+            pressed(capacity(Hpa, 2, None), Reason::QueueDepth, 300 * S),
             None,
         ),
         (
             "lasting saturation with KEDA: same",
-            pressed(capacity(ScaledObject, 1, 1, None), Reason::Saturation, 300 * S),
+            pressed(capacity(ScaledObject, 1, None), Reason::Saturation, 300 * S),
             None,
         ),
         (
             "no autoscaler listed: never the Deployment's replicas",
-            pressed(capacity(Deployment, 2, 2, None), Reason::QueueDepth, 300 * S),
+            pressed(CapacityObservation::default(), Reason::QueueDepth, 300 * S),
             None,
         ),
         (
             "provider rate limited: say so, more pods mean more 429s",
             {
-                let mut c = pressed(capacity(Hpa, 2, 2, None), Reason::QueueDepth, 300 * S);
+                let mut c = pressed(capacity(Hpa, 2, None), Reason::QueueDepth, 300 * S);
                 c.rate_limited = true;
                 c
             },
             Some((Action::HoldScale, Reason::RateLimited, None)),
         ),
-        ("calm but never raised: nothing", calm(capacity(Hpa, 2, 2, None), 900 * S), None),
-        ("calm, raised earlier, too soon: nothing", calm(capacity(Hpa, 4, 4, Some(2)), 599 * S), None),
+        ("calm but never raised: nothing", calm(capacity(Hpa, 2, None), 900 * S), None),
+        ("calm, raised earlier, too soon: nothing", calm(capacity(Hpa, 4, Some(2)), 599 * S), None),
         (
             "calm long enough: give an earlier raise of the HPA minimum back",
-            calm(capacity(Hpa, 4, 4, Some(2)), 600 * S),
+            calm(capacity(Hpa, 4, Some(2)), 600 * S),
             Some((Action::ScaleDown, Reason::PressureGone, Some(2))),
         ),
         (
-            "a Deployment is never written, not even to step down",
-            calm(capacity(Deployment, 4, 4, Some(2)), 600 * S),
+            "no autoscaler: a Deployment is never written, not even to step down",
+            calm(CapacityObservation::default(), 600 * S),
             None,
         ),
     ];
@@ -380,7 +366,7 @@ fn capacity_decisions() {
 fn scaling_waits_for_its_cooldown() {
     let l = limits();
     let t0 = Instant::now();
-    let mut c = capacity(ScaleKind::Hpa, 4, 4, Some(2));
+    let mut c = capacity(ScaleKind::Hpa, 4, Some(2));
     c.calm_for = Some(900 * S);
     let mut m = Memory::default();
     let first = decide_capacity(&c, &l, &m, t0).expect("scale down");

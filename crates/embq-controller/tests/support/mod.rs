@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
@@ -25,7 +25,6 @@ mod steps;
 pub use steps::*;
 
 pub const NS: &str = "ns";
-pub const TOKEN: &str = "test-shutdown-token";
 /// Every awaited step of a scenario is bounded by this.
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -179,7 +178,6 @@ pub fn controller(extra: &[&str]) -> (Arc<Context>, MockApi) {
     let client = kube::Client::new(service, NS);
     let defaults = [
         ("--namespace", NS),
-        ("--shutdown-token", TOKEN),
         ("--identity", "me"),
         ("--health-failure-threshold", "0s"),
         ("--pressure-window", "0s"),
@@ -320,19 +318,19 @@ pub fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
 pub struct Behavior {
     pub health: StatusCode,
     pub metrics: String,
-    /// `/shutdown` takes the request and never answers (a worker wedged mid-drain).
-    pub shutdown_hangs: bool,
+    /// The status `/metrics` answers with (a 5xx makes a failed poll).
+    pub metrics_status: StatusCode,
 }
 
 impl Behavior {
     pub fn healthy(metrics: &str) -> Self {
-        Self { health: StatusCode::OK, metrics: metrics.to_owned(), shutdown_hangs: false }
+        Self { health: StatusCode::OK, metrics: metrics.to_owned(), metrics_status: StatusCode::OK }
     }
     pub fn failing_health() -> Self {
         Self {
             health: StatusCode::INTERNAL_SERVER_ERROR,
             metrics: "embedding_inflight_jobs 0\n".into(),
-            shutdown_hangs: false,
+            metrics_status: StatusCode::OK,
         }
     }
 }
@@ -409,21 +407,15 @@ async fn health(State(s): State<WorkerState>) -> (StatusCode, &'static str) {
     (code, r#"{"status":"degraded"}"#)
 }
 
-async fn metrics(State(s): State<WorkerState>) -> String {
-    s.behavior.lock().unwrap_or_else(|e| e.into_inner()).metrics.clone()
+async fn metrics(State(s): State<WorkerState>) -> (StatusCode, String) {
+    let b = s.behavior.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    s.log.push(format!("worker {} GET /metrics {}", s.ip, b.metrics_status.as_u16()));
+    (b.metrics_status, b.metrics)
 }
 
-async fn shutdown(State(s): State<WorkerState>, headers: HeaderMap) -> StatusCode {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if auth != format!("Bearer {TOKEN}") {
-        s.log.push(format!("worker {} POST /shutdown (unauthorized)", s.ip));
-        return StatusCode::UNAUTHORIZED;
-    }
-    let hangs = s.behavior.lock().unwrap_or_else(|e| e.into_inner()).shutdown_hangs;
-    if hangs {
-        s.log.push(format!("worker {} POST /shutdown (no answer)", s.ip));
-        std::future::pending::<()>().await;
-    }
+/// The real worker's `/shutdown` drains and then exits the process, so the kubelet restarts
+/// the container: each accepted call is one container restart. Logged so tests can count them.
+async fn shutdown(State(s): State<WorkerState>) -> StatusCode {
     s.log.push(format!("worker {} POST /shutdown", s.ip));
     StatusCode::ACCEPTED
 }
