@@ -259,11 +259,9 @@ pub enum Eviction {
 }
 
 /// Evicts a pod through the Eviction API, so PodDisruptionBudgets are respected.
-/// With `dry_run` the API server checks the budgets but evicts nothing.
-pub async fn evict(ctx: &Context, pod: &str, dry_run: bool) -> Result<Eviction, Error> {
+pub async fn evict(ctx: &Context, pod: &str) -> Result<Eviction, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let params = EvictParams { post_options: PostParams { dry_run, ..Default::default() }, ..Default::default() };
-    match api.evict(pod, &params).await {
+    match api.evict(pod, &EvictParams::default()).await {
         Ok(_) => Ok(Eviction::Evicted),
         Err(kube::Error::Api(e)) if e.code == 429 => Ok(Eviction::Refused(e.message)),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(Eviction::Gone),

@@ -1,15 +1,15 @@
-//! The graceful restart of one worker: check the eviction is allowed, evict through the
-//! Eviction API (the worker drains on the SIGTERM that follows), watch the drain (bounded),
-//! then wait (bounded) for a replacement to become Ready. An Event marks each step.
+//! The graceful restart of one worker: fence, evict through the Eviction API (the worker
+//! drains on the SIGTERM that follows), watch the drain (bounded), then wait (bounded)
+//! for a replacement to become Ready. An Event marks each step.
 //!
 //! One restart, not two: the worker's `POST /shutdown` makes the process exit, so calling it
 //! before the eviction would have the kubelet restart the container and then the eviction
 //! replace the pod. The eviction alone drains (SIGTERM) and honours the PodDisruptionBudget.
 //!
-//! The eviction is tried with `dryRun=All` first: if a PodDisruptionBudget refuses it
-//! (429) the worker is left alone before the fence spends a Lease write on it. A refusal is
-//! not retried here; the pod's cooldown, set when the restart was decided, keeps the
-//! next attempt at least one cooldown away — no retry storm against the budget.
+//! If a PodDisruptionBudget refuses the eviction (429) the worker is left alone, untouched:
+//! nothing was asked of it before. A refusal is not retried here; the pod's cooldown, set
+//! when the restart was decided, keeps the next attempt at least one cooldown away — no
+//! retry storm against the budget.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -78,29 +78,11 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         async move { kube_api::post_event(ctx, &target, type_, reason, "GracefulRestart", &message).await }
     };
 
-    // 1. Would the budget allow the eviction at all?
-    match kube_api::evict(ctx, &job.pod, true).await {
-        Ok(Eviction::Evicted) => {}
-        Ok(Eviction::Gone) => return Outcome::Cancelled,
-        Ok(Eviction::Refused(msg)) => {
-            event(
-                EventType::Warning,
-                "EvictionRefused",
-                format!("not restarting ({}): the disruption budget refuses an eviction now: {msg}; next try after the cooldown", job.why),
-            )
-            .await;
-            return Outcome::EvictionRefused;
-        }
-        Err(e) => {
-            tracing::warn!(pod = %job.pod, error = %e, "eviction check failed");
-            return Outcome::Failed;
-        }
-    }
     if ctx.shutdown.is_cancelled() {
         return Outcome::Cancelled;
     }
 
-    // 2. Evict: the kubelet sends SIGTERM, on which the worker drains (claims nothing
+    // 1. Evict: the kubelet sends SIGTERM, on which the worker drains (claims nothing
     // more, finishes its in-flight jobs, releases the rest) before it exits, and the
     // ReplicaSet creates the replacement. The worker's `/shutdown` is not called first:
     // it makes the process exit, the kubelet would restart the container, and the
@@ -109,8 +91,10 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         tracing::warn!(pod = %job.pod, "lease lost before the eviction; not evicting");
         return Outcome::LeaseLost;
     }
-    match kube_api::evict(ctx, &job.pod, false).await {
-        Ok(Eviction::Evicted) | Ok(Eviction::Gone) => {
+    match kube_api::evict(ctx, &job.pod).await {
+        // Already gone (deleted since the decision): nothing of ours to follow.
+        Ok(Eviction::Gone) => return Outcome::Cancelled,
+        Ok(Eviction::Evicted) => {
             event(
                 EventType::Normal,
                 "Evicted",
@@ -123,7 +107,7 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
                 EventType::Warning,
                 "EvictionRefused",
                 format!(
-                    "not restarting ({}): the disruption budget now refuses the eviction: {msg}; next try after the cooldown",
+                    "not restarting ({}): the disruption budget refuses the eviction now: {msg}; next try after the cooldown",
                     job.why
                 ),
             )
@@ -136,7 +120,7 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         }
     }
 
-    // 3. Watch the drain, so the Events say whether in-flight jobs finished or were cut off.
+    // 2. Watch the drain, so the Events say whether in-flight jobs finished or were cut off.
     if let Some(ip) = job.ip {
         match ctx.worker.wait_drained(ip, ctx.config.drain_timeout, ctx.config.drain_poll).await {
             Drain::Drained(d) => {
@@ -160,7 +144,7 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         return Outcome::Cancelled;
     }
 
-    // 4. Verify: a pod that did not exist before becomes Ready in time.
+    // 3. Verify: a pod that did not exist before becomes Ready in time.
     let deadline = Instant::now() + ctx.config.replacement_timeout;
     loop {
         let ready_new = match kube_api::list_pods(ctx).await {

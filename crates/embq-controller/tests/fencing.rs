@@ -19,7 +19,6 @@ async fn losing_the_lease_mid_restart_stops_before_the_eviction() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
     // Before the eviction: another replica holds a live Lease now.
     api.expect("GET", &lease_uri()).await.ok(lease("other", 0));
     leader(tick.await.expect("task").expect("tick"));
@@ -36,13 +35,12 @@ async fn an_unanswerable_lease_check_stops_before_the_eviction() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
     api.expect("GET", &lease_uri()).await.status(500, "InternalError", "etcd timeout");
     leader(tick.await.expect("task").expect("tick"));
     restarts_done(&ctx).await;
     api.assert_idle();
     let log = api.log.entries();
-    assert!(!log.iter().any(|e| e.ends_with(&eviction_uri("w-a", false))), "no eviction without the Lease: {log:#?}");
+    assert!(!log.iter().any(|e| e.ends_with(&eviction_uri("w-a"))), "no eviction without the Lease: {log:#?}");
 }
 
 /// On shutdown the holder clears the Lease, so the next replica need not wait it out.

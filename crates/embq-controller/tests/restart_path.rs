@@ -1,7 +1,6 @@
 //! The graceful restart's steps: one restart per decision, and the steps that do not go
-//! to plan: a drain that does not finish or cannot be seen, a budget that refuses after
-//! allowing the dry run, a replacement that never becomes Ready (or comes from another
-//! ReplicaSet), and Failed pods left in the list.
+//! to plan: a drain that does not finish or cannot be seen, a replacement that never
+//! becomes Ready (or comes from another ReplicaSet), and Failed pods left in the list.
 
 mod support;
 
@@ -25,9 +24,8 @@ async fn one_graceful_restart_restarts_the_worker_once() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
     api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    api.expect("POST", &eviction_uri("w-a")).await.reply(201, status_body(201, "", ""));
     assert_eq!(api.expect_event("w-a").await.0, "Evicted");
     assert_eq!(api.expect_event("w-a").await.0, "Drained");
     answer_replacement_polls(&mut api, pod_list(&[pod(&PodSpec::ready("w-d", a))]), "ReplacementReady").await;
@@ -37,7 +35,7 @@ async fn one_graceful_restart_restarts_the_worker_once() {
 
     let log = api.log.entries();
     let container_restarts = log.iter().filter(|e| e.ends_with("POST /shutdown")).count();
-    let evictions = log.iter().filter(|e| e.ends_with(&eviction_uri("w-a", false))).count();
+    let evictions = log.iter().filter(|e| e.ends_with(&eviction_uri("w-a"))).count();
     assert_eq!((container_restarts, evictions), (0, 1), "one restart, by eviction: {log:#?}");
     assert!(ctx.metrics.encode().contains(r#"restart_outcomes_total{kind="replacement_ready"} 1"#));
 }
@@ -52,9 +50,8 @@ async fn a_drain_that_does_not_finish_is_reported() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
     api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    api.expect("POST", &eviction_uri("w-a")).await.reply(201, status_body(201, "", ""));
     assert_eq!(api.expect_event("w-a").await.0, "Evicted");
     let (reason, message) = api.expect_event("w-a").await;
     assert_eq!(reason, "DrainTimedOut");
@@ -80,9 +77,8 @@ async fn a_failed_metrics_poll_is_not_drained() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
     api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    api.expect("POST", &eviction_uri("w-a")).await.reply(201, status_body(201, "", ""));
     assert_eq!(api.expect_event("w-a").await.0, "Evicted");
     assert_eq!(api.expect_event("w-a").await.0, "DrainTimedOut");
     answer_replacement_polls(&mut api, pod_list(&[pod(&PodSpec::ready("w-d", workers.ips[1]))]), "ReplacementReady")
@@ -93,30 +89,6 @@ async fn a_failed_metrics_poll_is_not_drained() {
     // It kept polling through the failures (at 10 ms for 200 ms) instead of stopping at the first.
     let failed_polls = api.log.entries().iter().filter(|e| *e == &format!("worker {a} GET /metrics 500")).count();
     assert!(failed_polls >= 3, "{failed_polls} polls");
-}
-
-/// The budget allows the dry run, then refuses the real eviction: a Warning, nothing
-/// drained, no retry.
-#[tokio::test]
-async fn an_eviction_refused_after_the_dry_run_is_not_retried() {
-    let ((ctx, workers), mut api) = controller_with_workers(failing_and_two_serving()).await;
-    let tick = spawn_tick(&ctx);
-    api.lease_renewed().await;
-    api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
-    api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.status(
-        429,
-        "TooManyRequests",
-        "Cannot evict pod as it would violate the pod's disruption budget.",
-    );
-    let (reason, message) = api.expect_event("w-a").await;
-    assert_eq!(reason, "EvictionRefused");
-    assert!(message.contains("now refuses the eviction"), "{message}");
-    leader(tick.await.expect("task").expect("tick"));
-    restarts_done(&ctx).await;
-    api.assert_idle();
-    assert!(ctx.metrics.encode().contains(r#"restart_outcomes_total{kind="eviction_refused"} 1"#));
 }
 
 /// Answers the replacement check's pod lists with `pods` until its verdict Event, which
@@ -154,9 +126,8 @@ async fn a_replacement_must_come_from_the_same_replica_set() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(pods, deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
     api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    api.expect("POST", &eviction_uri("w-a")).await.reply(201, status_body(201, "", ""));
     assert_eq!(api.expect_event("w-a").await.0, "Evicted");
     assert_eq!(api.expect_event("w-a").await.0, "Drained");
     let after = pod_list(&[
@@ -216,7 +187,8 @@ async fn failed_pods_do_not_spend_the_budget() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(pods(1), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.status(429, "TooManyRequests", "budget");
+    api.lease_renewed().await;
+    api.expect("POST", &eviction_uri("w-a")).await.status(429, "TooManyRequests", "budget");
     assert_eq!(api.expect_event("w-a").await.0, "EvictionRefused");
     let decisions = leader(tick.await.expect("task").expect("tick"));
     assert_eq!(
@@ -244,7 +216,8 @@ async fn the_pause_switch_stops_every_action() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.status(429, "TooManyRequests", "budget");
+    api.lease_renewed().await;
+    api.expect("POST", &eviction_uri("w-a")).await.status(429, "TooManyRequests", "budget");
     assert_eq!(api.expect_event("w-a").await.0, "EvictionRefused");
     assert_eq!(leader(tick.await.expect("task").expect("tick"))[0].verdict, Verdict::Act);
     restarts_done(&ctx).await;

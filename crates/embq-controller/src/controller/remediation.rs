@@ -117,7 +117,7 @@ async fn evict_now(ctx: &Context, target: &EventTarget, d: &Decision, why: &str)
         tracing::warn!(pod = %target.name, "lease lost before the eviction; not evicting");
         return;
     }
-    let (type_, reason, message) = match kube_api::evict(ctx, &target.name, false).await {
+    let (type_, reason, message) = match kube_api::evict(ctx, &target.name).await {
         Ok(kube_api::Eviction::Evicted) => (EventType::Normal, "Evicted", format!("evicted to reschedule: {why}")),
         Ok(kube_api::Eviction::Gone) => return,
         Ok(kube_api::Eviction::Refused(msg)) => (

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::support::*;
 use super::Requests;
 
-/// `/health` failing: Lease, fleet read, PDB check, fence, eviction (SIGTERM drains),
+/// `/health` failing: Lease, fleet read, fence, eviction (SIGTERM drains),
 /// drain watched, replacement Ready — with an Event at each step.
 pub async fn graceful_restart() -> Requests {
     let ok = || Behavior::healthy(&worker_metrics(0.0, 1.0, 0.0));
@@ -29,11 +29,9 @@ pub async fn graceful_restart() -> Requests {
         pod_list(&[pod(&PodSpec::not_ready("w-a", a)), pod(&PodSpec::ready("w-b", b)), pod(&PodSpec::ready("w-c", c))]);
     api.fleet(pods, deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
 
-    let dry = api.expect("POST", &eviction_uri("w-a", true)).await;
-    dry.reply(201, status_body(201, "", ""));
     // The fence: the Lease is renewed before the eviction.
     api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    api.expect("POST", &eviction_uri("w-a")).await.reply(201, status_body(201, "", ""));
     let (reason, message) = api.expect_event("w-a").await;
     assert_eq!(reason, "Evicted");
     assert!(message.contains("(/health failing for 0s"), "{message}");
@@ -62,7 +60,7 @@ pub async fn graceful_restart() -> Requests {
     let log = api.log.entries();
     let at =
         |needle: &str| log.iter().position(|e| e == needle).unwrap_or_else(|| panic!("{needle} missing from {log:#?}"));
-    let evicted = at(&format!("POST {}", eviction_uri("w-a", false)));
+    let evicted = at(&format!("POST {}", eviction_uri("w-a")));
     assert!(log[evicted..].iter().any(|e| e == &format!("worker {a} GET /metrics 200")), "{log:#?}");
     assert!(!log.iter().any(|e| e.contains("POST /shutdown")), "{log:#?}");
     let text = ctx.metrics.encode();
@@ -71,7 +69,7 @@ pub async fn graceful_restart() -> Requests {
     api.seen
 }
 
-/// A PodDisruptionBudget refuses the eviction (429): the worker is not drained, an Event
+/// A PodDisruptionBudget refuses the eviction (429): the worker keeps running, an Event
 /// says why, and the next tick does not try again (cooldown) — no retry storm.
 pub async fn eviction_refused_by_pdb() -> Requests {
     let ((ctx, workers), mut api) = controller_with_workers(failing_and_two_serving()).await;
@@ -85,7 +83,8 @@ pub async fn eviction_refused_by_pdb() -> Requests {
         api.lease_renewed().await;
         api.fleet(pods(), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
         if round == 0 {
-            api.expect("POST", &eviction_uri("w-a", true)).await.status(
+            api.lease_renewed().await;
+            api.expect("POST", &eviction_uri("w-a")).await.status(
                 429,
                 "TooManyRequests",
                 "Cannot evict pod as it would violate the pod's disruption budget.",
@@ -164,8 +163,8 @@ pub async fn storm_is_capped() -> Requests {
         assert_eq!((acted, capped), (want_acted, 17), "round {round}");
     }
     api.assert_idle();
-    // Three restarts: a PDB check and an eviction each, and no worker asked to exit besides.
-    assert_eq!(evictions.len(), 6, "{evictions:#?}");
+    // Three restarts: an eviction each, and no worker asked to exit besides.
+    assert_eq!(evictions.len(), 3, "{evictions:#?}");
     assert!(!api.log.entries().iter().any(|e| e.ends_with("POST /shutdown")));
     assert!(ctx
         .metrics

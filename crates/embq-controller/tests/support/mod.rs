@@ -166,9 +166,8 @@ pub fn pods_uri() -> String {
     format!("/api/v1/namespaces/{NS}/pods?&labelSelector=app%3Dembedding-queue-worker")
 }
 
-pub fn eviction_uri(pod: &str, dry_run: bool) -> String {
-    let q = if dry_run { "&dryRun=All" } else { "" };
-    format!("/api/v1/namespaces/{NS}/pods/{pod}/eviction?{q}")
+pub fn eviction_uri(pod: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/pods/{pod}/eviction?")
 }
 
 /// A controller Context wired to a fresh mocked API server.
