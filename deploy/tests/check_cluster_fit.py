@@ -96,13 +96,6 @@ def check_scaling(c, docs_by_overlay):
             )
             resources = [m["resource"]["name"] for m in spec.get("metrics", []) if m["type"] == "Resource"]
             c.check(not resources, f"{overlay}: HPA scales on {resources}, which keep idle replicas up")
-            ctl = find(docs_by_overlay[overlay], "Deployment", "worker-restart-controller")
-            env = {e["name"]: e.get("value") for e in (container(ctl[0], "controller") or {}).get("env", [])} if ctl else {}
-            if overlay == "production":
-                c.check(
-                    env.get("SCALE_MAX_REPLICAS") == str(spec["maxReplicas"]),
-                    f"{overlay}: controller SCALE_MAX_REPLICAS {env.get('SCALE_MAX_REPLICAS')} != HPA maxReplicas",
-                )
     keda = docs_by_overlay["production-keda"]
     hpa_max = derived_max(2, config)
     for so in find(keda, "ScaledObject"):

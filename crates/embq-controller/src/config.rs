@@ -4,7 +4,6 @@
 //! Deployment fails at start with one readable message instead of a crash loop
 //! that reveals one mistake per restart.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -25,15 +24,12 @@ pub struct Args {
     /// Deployment that owns the worker pods.
     #[arg(long, env = "WORKER_DEPLOYMENT", default_value = "embedding-queue-workers")]
     pub deployment: String,
-    /// Worker health port (GET /health, POST /shutdown).
+    /// Worker health port (GET /health).
     #[arg(long, env = "WORKER_HEALTH_PORT", default_value_t = 8080)]
     pub worker_health_port: u16,
     /// Worker metrics port (GET /metrics).
     #[arg(long, env = "WORKER_METRICS_PORT", default_value_t = 9091)]
     pub worker_metrics_port: u16,
-    /// Bearer token for the workers' POST /shutdown (mount it from a Secret).
-    #[arg(long, env = "SHUTDOWN_TOKEN", hide_env_values = true)]
-    pub shutdown_token: Option<String>,
     /// Worker MAX_CONCURRENT_JOBS, to judge saturation from in-flight jobs.
     #[arg(long, env = "WORKER_MAX_CONCURRENT_JOBS", default_value_t = 3)]
     pub worker_max_concurrent_jobs: u32,
@@ -111,12 +107,6 @@ pub struct Args {
     /// How long the pressure must be gone before the raised minimum is lowered again.
     #[arg(long, env = "CALM_WINDOW", default_value = "10m", value_parser = parse_duration)]
     pub calm_window: Duration,
-    /// Replicas added (or removed) per scaling step.
-    #[arg(long, env = "SCALE_STEP", default_value_t = 1)]
-    pub scale_step: i32,
-    /// The controller never raises replicas (or an autoscaler's minimum) above this.
-    #[arg(long, env = "SCALE_MAX_REPLICAS", default_value_t = 10)]
-    pub scale_max_replicas: i32,
     /// Minimum time between two scaling steps.
     #[arg(long, env = "SCALE_COOLDOWN", default_value = "3m", value_parser = parse_duration)]
     pub scale_cooldown: Duration,
@@ -151,31 +141,6 @@ pub enum LogFormat {
     Text,
 }
 
-/// A secret string whose `Debug` and `Display` never show it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
 /// Everything the controller needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -184,7 +149,6 @@ pub struct Config {
     pub deployment: String,
     pub worker_health_port: u16,
     pub worker_metrics_port: u16,
-    pub shutdown_token: Secret,
     pub interval: Duration,
     pub scrape_timeout: Duration,
     pub min_jobs_in_window: u64,
@@ -231,10 +195,6 @@ impl Config {
         need(is_dns_subdomain(&a.lease_name), "--lease-name (LEASE_NAME) must be a valid object name");
         need(a.worker_health_port != 0, "--worker-health-port (WORKER_HEALTH_PORT) must not be 0");
         need(a.worker_metrics_port != 0, "--worker-metrics-port (WORKER_METRICS_PORT) must not be 0");
-        need(
-            a.dry_run || a.shutdown_token.as_deref().is_some_and(|t| !t.is_empty()),
-            "--shutdown-token (SHUTDOWN_TOKEN) is required unless --dry-run: workers answer 401 without it",
-        );
         need(
             a.worker_max_concurrent_jobs > 0,
             "--worker-max-concurrent-jobs (WORKER_MAX_CONCURRENT_JOBS) must be at least 1",
@@ -284,8 +244,6 @@ impl Config {
             a.min_ready_share > 0.0 && a.min_ready_share <= 1.0,
             "--min-ready-share (MIN_READY_SHARE) must be above 0 and at most 1",
         );
-        need(a.scale_step > 0, "--scale-step (SCALE_STEP) must be at least 1");
-        need(a.scale_max_replicas > 0, "--scale-max-replicas (SCALE_MAX_REPLICAS) must be at least 1");
 
         let identity = a.identity.clone().filter(|s| !s.is_empty()).or(hostname.filter(|s| !s.is_empty()));
         need(
@@ -311,8 +269,6 @@ impl Config {
                 min_ready_pods: a.min_ready_pods,
                 pressure_window: a.pressure_window,
                 calm_window: a.calm_window,
-                scale_step: a.scale_step,
-                scale_max: a.scale_max_replicas,
                 scale_cooldown: a.scale_cooldown,
                 signal_window: a.signal_window,
                 dry_run: a.dry_run,
@@ -322,7 +278,6 @@ impl Config {
             deployment: a.deployment,
             worker_health_port: a.worker_health_port,
             worker_metrics_port: a.worker_metrics_port,
-            shutdown_token: Secret::new(a.shutdown_token.unwrap_or_default()),
             interval: a.interval,
             scrape_timeout: a.scrape_timeout,
             min_jobs_in_window: a.min_jobs_in_window,
@@ -387,22 +342,13 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_valid_with_a_token() {
-        let c = Config::from_args(args(&["--shutdown-token", "t0ken"]), Some("pod-1".into()))
-            .expect("defaults should validate");
+    fn defaults_are_valid() {
+        let c = Config::from_args(args(&[]), Some("pod-1".into())).expect("defaults should validate");
         assert_eq!(c.namespace, "paperless-maverick");
         assert_eq!(c.selector, "app=embedding-queue-worker");
         assert_eq!(c.deployment, "embedding-queue-workers");
         assert_eq!(c.identity, "pod-1");
         assert!(!c.limits.dry_run);
-    }
-
-    #[test]
-    fn the_shutdown_token_never_shows_in_debug_output() {
-        let c = Config::from_args(args(&["--shutdown-token", "s3cr3t-value"]), Some("p".into())).expect("valid");
-        let shown = format!("{c:?}");
-        assert!(!shown.contains("s3cr3t-value"), "{shown}");
-        assert!(shown.contains("[redacted]"));
     }
 
     #[test]
@@ -422,16 +368,16 @@ mod tests {
         )
         .expect_err("invalid");
         let text = err.to_string();
-        for needle in ["NAMESPACE", "ERROR_RATE_THRESHOLD", "RECONCILE_INTERVAL", "MAX_DISRUPTED", "SHUTDOWN_TOKEN"] {
+        for needle in ["NAMESPACE", "ERROR_RATE_THRESHOLD", "RECONCILE_INTERVAL", "MAX_DISRUPTED"] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
     }
 
     #[test]
-    fn dry_run_needs_no_token() {
+    fn dry_run_parses_and_leader_election_needs_an_identity() {
         let c = Config::from_args(args(&["--dry-run"]), Some("p".into())).expect("valid");
         assert!(c.limits.dry_run);
-        let c = Config::from_args(args(&["--dry-run", "false", "--shutdown-token", "x"]), None);
+        let c = Config::from_args(args(&["--dry-run", "false"]), None);
         assert!(c.is_err(), "no identity for leader election");
     }
 }

@@ -140,21 +140,12 @@ fn scaled_object_target(so: &DynamicObject, deployment: &str) -> Option<Autoscal
 }
 
 impl Fleet {
-    /// What the policy would scale, or `None` when nothing may be scaled.
+    /// The autoscaler the policy may scale, or `None` when there is none (or it cannot be
+    /// changed safely): a Deployment's `spec.replicas` is never a target.
     pub fn scale_target(&self) -> Option<ScaleTarget> {
-        let replicas = self.deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         match &self.autoscaler {
-            Err(()) => None,
-            Ok(Some(a)) => {
-                Some(ScaleTarget { kind: a.kind, current: a.min, replicas, ceiling: Some(a.max), original: a.original })
-            }
-            Ok(None) => Some(ScaleTarget {
-                kind: ScaleKind::Deployment,
-                current: replicas,
-                replicas,
-                ceiling: None,
-                original: original_of(&self.deployment.metadata),
-            }),
+            Ok(Some(a)) => Some(ScaleTarget { kind: a.kind, current: a.min, original: a.original }),
+            Ok(None) | Err(()) => None,
         }
     }
 
@@ -268,11 +259,9 @@ pub enum Eviction {
 }
 
 /// Evicts a pod through the Eviction API, so PodDisruptionBudgets are respected.
-/// With `dry_run` the API server checks the budgets but evicts nothing.
-pub async fn evict(ctx: &Context, pod: &str, dry_run: bool) -> Result<Eviction, Error> {
+pub async fn evict(ctx: &Context, pod: &str) -> Result<Eviction, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let params = EvictParams { post_options: PostParams { dry_run, ..Default::default() }, ..Default::default() };
-    match api.evict(pod, &params).await {
+    match api.evict(pod, &EvictParams::default()).await {
         Ok(_) => Ok(Eviction::Evicted),
         Err(kube::Error::Api(e)) if e.code == 429 => Ok(Eviction::Refused(e.message)),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(Eviction::Gone),
@@ -280,7 +269,7 @@ pub async fn evict(ctx: &Context, pod: &str, dry_run: bool) -> Result<Eviction, 
     }
 }
 
-/// Sets the autoscaler's minimum (or the Deployment's replicas) to `to`, remembering the
+/// Sets the autoscaler's minimum to `to`, remembering the
 /// value found before the first raise in an annotation; the annotation goes when the
 /// value is back to it.
 pub async fn scale(ctx: &Context, fleet: &Fleet, target: &ScaleTarget, to: i32) -> Result<String, Error> {
@@ -303,13 +292,6 @@ pub async fn scale(ctx: &Context, fleet: &Fleet, target: &ScaleTarget, to: i32) 
                 .patch(&a.name, &pp, &Patch::Merge(&patch))
                 .await?;
             format!("ScaledObject {} minReplicaCount", a.name)
-        }
-        (Ok(None), ScaleKind::Deployment) => {
-            let patch = json!({ "metadata": meta, "spec": { "replicas": to } });
-            Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-                .patch(&ctx.config.deployment, &pp, &Patch::Merge(&patch))
-                .await?;
-            format!("Deployment {} replicas", ctx.config.deployment)
         }
         _ => return Err(Error::Setup("scale target changed under the decision".into())),
     };

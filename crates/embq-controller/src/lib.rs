@@ -8,10 +8,10 @@
 //! - [`config`]: flags and environment variables, validated once.
 //! - [`policy`]: pure decisions (observations in, actions out) with every guard.
 //! - [`observe`]: pod status, Prometheus text and per-pod windows turned into policy inputs.
-//! - [`worker`]: HTTP calls to a worker (/health, /metrics, POST /shutdown, drain wait).
+//! - [`worker`]: HTTP calls to a worker (/health, /metrics, drain wait).
 //! - [`kube_api`]: reads and writes through the Kubernetes API (fleet, events, eviction, scaling).
 //! - [`leader`]: leader election through a coordination.k8s.io Lease.
-//! - [`restart`]: the graceful restart sequence (drain, evict, wait for the replacement).
+//! - [`restart`]: the graceful restart sequence (evict, watch the drain, wait for the replacement).
 //! - [`controller`]: the shared [`controller::Context`], `reconcile`, `error_policy` and the run loop.
 //! - [`metrics`]: the controller's own metrics; [`http`]: its /health and /metrics.
 

@@ -5,10 +5,10 @@
 //! before ([`Memory`]) and returns a list of [`Decision`]s with every guard already
 //! applied (cooldowns, the fleet-wide cap, the disruption budget, dry-run). The
 //! caller then records them with [`Memory::record`]. Time is passed in as `now`, so the
-//! tables below can replay any history.
+//! tables below can replay any history. The input types are in `policy/observation.rs`, the
+//! output types in `policy/decision.rs`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,8 +27,6 @@ pub struct Limits {
     pub max_disrupted: u32,
     pub pressure_window: Duration,
     pub calm_window: Duration,
-    pub scale_step: i32,
-    pub scale_max: i32,
     pub scale_cooldown: Duration,
     pub signal_window: Duration,
     /// Share of the fleet that must stay Ready after a remediation (0.51: a majority).
@@ -36,273 +34,6 @@ pub struct Limits {
     /// Ready pods that must stay after a remediation, whatever the share.
     pub min_ready_pods: u32,
     pub dry_run: bool,
-}
-
-/// A critical condition that Kubernetes reports about a pod's container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Critical {
-    /// ErrImagePull / ImagePullBackOff / InvalidImageName.
-    ImagePull,
-    /// CrashLoopBackOff that is not an OOM kill.
-    CrashLoop { restarts: i32 },
-    /// The container's last termination was OOMKilled. `fresh` when the restart
-    /// count moved since the previous look (a new kill, not an old one remembered).
-    OomKilled { restarts: i32, fresh: bool },
-}
-
-/// What one look found about one pod.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PodObservation {
-    pub name: String,
-    pub ready: bool,
-    pub critical: Option<Critical>,
-    /// How long /health has answered "unhealthy" without a success in between
-    /// (timeouts and connection errors are unknown, not failures).
-    pub health_failing_for: Option<Duration>,
-    /// The container's restart count moved since the previous look: the kubelet saw it fail.
-    pub restarts_moved: bool,
-    /// Failed / finished jobs over the window, only when enough jobs finished.
-    pub error_rate: Option<f64>,
-    /// p95 of processing duration over the window, only when enough jobs finished.
-    pub p95_seconds: Option<f64>,
-    /// The owning ReplicaSet: a replacement pod has a new name but the same owner.
-    pub owner: Option<String>,
-    /// The pod-template-hash label: which template (rollout step, canary) the pod runs.
-    pub template: Option<String>,
-}
-
-impl PodObservation {
-    pub fn healthy(name: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            ready: true,
-            critical: None,
-            health_failing_for: None,
-            restarts_moved: false,
-            error_rate: None,
-            p95_seconds: None,
-            owner: None,
-            template: None,
-        }
-    }
-}
-
-/// Who scales the worker Deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScaleKind {
-    /// An autoscaling/v2 HorizontalPodAutoscaler: the controller moves `spec.minReplicas`.
-    Hpa,
-    /// A KEDA ScaledObject: the controller moves `spec.minReplicaCount`.
-    ScaledObject,
-    /// Nobody: the controller moves the Deployment's `spec.replicas`.
-    Deployment,
-}
-
-/// The object the controller would change to add capacity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScaleTarget {
-    pub kind: ScaleKind,
-    /// The autoscaler's minimum, or the Deployment's replicas.
-    pub current: i32,
-    /// Replicas the Deployment has now (an autoscaler may run above its minimum).
-    pub replicas: i32,
-    /// The autoscaler's maximum (no ceiling for a bare Deployment).
-    pub ceiling: Option<i32>,
-    /// The value before the controller first raised it (kept in an annotation).
-    pub original: Option<i32>,
-}
-
-/// Fleet-wide capacity signals.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct CapacityObservation {
-    pub target: Option<ScaleTarget>,
-    /// Why the fleet is under pressure now, if it is.
-    pub pressure: Option<Reason>,
-    /// How long the pressure has lasted without a break.
-    pub pressure_for: Option<Duration>,
-    /// How long the fleet has been free of pressure.
-    pub calm_for: Option<Duration>,
-    /// The provider answered 429 or workers waited for rate-limit budget in the window.
-    pub rate_limited: bool,
-}
-
-/// Everything one look at the fleet found.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct FleetObservation {
-    pub pods: Vec<PodObservation>,
-    /// The Deployment's rolling-update maxUnavailable, resolved to a pod count.
-    pub max_unavailable: u32,
-    /// Pods whose graceful restart is still running.
-    pub in_flight: Vec<String>,
-    pub capacity: CapacityObservation,
-}
-
-/// What the controller does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    /// An Event and a metric; nothing changes in the cluster.
-    Report,
-    /// Evict the pod through the Eviction API (PDBs apply); no drain, it is not serving.
-    Evict,
-    /// POST /shutdown, wait for the drain, evict, check the replacement is Ready.
-    GracefulRestart,
-    /// Raise the autoscaler's minimum, or the Deployment's replicas.
-    ScaleUp,
-    /// Lower them back towards the value before the controller raised them.
-    ScaleDown,
-    /// Pressure is there but adding pods would not help (provider rate limit).
-    HoldScale,
-}
-
-/// Why: the failure class and signal behind an action. Bounded, used as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    ImagePull,
-    CrashLoop,
-    OomKilled,
-    OomRepeated,
-    HealthCheck,
-    ErrorRate,
-    SlowProcessing,
-    QueueDepth,
-    Saturation,
-    RateLimited,
-    PressureGone,
-}
-
-impl Action {
-    /// Metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Report => "report",
-            Action::Evict => "evict",
-            Action::GracefulRestart => "graceful_restart",
-            Action::ScaleUp => "scale_up",
-            Action::ScaleDown => "scale_down",
-            Action::HoldScale => "hold_scale",
-        }
-    }
-}
-
-impl Reason {
-    /// Metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::ImagePull => "image_pull",
-            Reason::CrashLoop => "crash_loop",
-            Reason::OomKilled => "oom_killed",
-            Reason::OomRepeated => "oom_repeated",
-            Reason::HealthCheck => "health_check",
-            Reason::ErrorRate => "error_rate",
-            Reason::SlowProcessing => "slow_processing",
-            Reason::QueueDepth => "queue_depth",
-            Reason::Saturation => "saturation",
-            Reason::RateLimited => "rate_limited",
-            Reason::PressureGone => "pressure_gone",
-        }
-    }
-
-    /// The Event reason (CamelCase, as Kubernetes shows them).
-    pub fn event_reason(self) -> &'static str {
-        match self {
-            Reason::ImagePull => "ImagePullFailure",
-            Reason::CrashLoop => "CrashLoop",
-            Reason::OomKilled => "OOMKilled",
-            Reason::OomRepeated => "MemoryLimitTooLow",
-            Reason::HealthCheck => "HealthCheckFailing",
-            Reason::ErrorRate => "HighErrorRate",
-            Reason::SlowProcessing => "SlowProcessing",
-            Reason::QueueDepth => "QueueBacklog",
-            Reason::Saturation => "WorkersSaturated",
-            Reason::RateLimited => "ProviderRateLimited",
-            Reason::PressureGone => "PressureGone",
-        }
-    }
-}
-
-/// Why a decided action was not carried out. Bounded, used as a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Guard {
-    Cooldown,
-    ActionCap,
-    DisruptionBudget,
-    /// Too few pods would stay Ready: the fleet as a whole is unwell, not this pod.
-    ReadyFloor,
-    /// Most judged pods show the same signal: a shared cause (provider, database), not this pod.
-    SharedCause,
-    /// The pod runs another template than the Ready majority (a canary, a rollout): its
-    /// Deployment's rollout decides about it, not a restart.
-    OtherTemplate,
-    /// The pause switch is on: the controller only reports.
-    Paused,
-}
-
-impl Guard {
-    /// Metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Guard::Cooldown => "cooldown",
-            Guard::ActionCap => "action_cap",
-            Guard::DisruptionBudget => "disruption_budget",
-            Guard::ReadyFloor => "ready_floor",
-            Guard::SharedCause => "shared_cause",
-            Guard::OtherTemplate => "other_template",
-            Guard::Paused => "paused",
-        }
-    }
-}
-
-/// Whether a decision is carried out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Act,
-    /// Dry-run: log and emit a "would ..." Event only.
-    DryRun,
-    Suppressed(Guard),
-    /// Held back by a fleet-level guard, and said so with a `RemediationSkipped` Event
-    /// (once per cooldown; later looks give `Suppressed`).
-    Skipped(Guard),
-}
-
-/// What an action is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Subject {
-    Pod(String),
-    Fleet,
-}
-
-impl fmt::Display for Subject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Subject::Pod(p) => write!(f, "pod/{p}"),
-            Subject::Fleet => f.write_str("fleet"),
-        }
-    }
-}
-
-/// One decision.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub subject: Subject,
-    pub action: Action,
-    pub reason: Reason,
-    pub verdict: Verdict,
-    /// The new replica count (or minimum) for scale actions.
-    pub scale_to: Option<i32>,
-    /// What the disruption cooldown is keyed by: the owning ReplicaSet, else the pod.
-    pub cooldown_key: Option<String>,
-}
-
-impl Decision {
-    pub fn carried_out(&self) -> bool {
-        matches!(self.verdict, Verdict::Act | Verdict::DryRun)
-    }
-    pub fn pod(&self) -> Option<&str> {
-        match &self.subject {
-            Subject::Pod(p) => Some(p),
-            Subject::Fleet => None,
-        }
-    }
 }
 
 /// Holds back every action but reports (the pause switch): nothing is recorded, so
@@ -522,10 +253,14 @@ fn report(
 }
 
 mod capacity;
+mod decision;
 mod memory;
+mod observation;
 mod persist;
 pub use capacity::{decide_capacity, PressureTracker};
+pub use decision::{Action, Decision, Guard, Reason, Subject, Verdict};
 pub use memory::Memory;
+pub use observation::{CapacityObservation, Critical, FleetObservation, PodObservation, ScaleKind, ScaleTarget};
 pub use persist::MEMORY_ANNOTATION;
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
-//! The graceful restart of one worker: check the eviction is allowed, POST /shutdown,
-//! wait (bounded) for the drain, evict through the Eviction API, then wait (bounded)
+//! The graceful restart of one worker: fence, evict through the Eviction API (the worker
+//! drains on the SIGTERM that follows), watch the drain (bounded), then wait (bounded)
 //! for a replacement to become Ready. An Event marks each step.
 //!
-//! The eviction is tried with `dryRun=All` first: if a PodDisruptionBudget refuses it
-//! (429) the worker is left alone instead of being drained for nothing. A refusal is
-//! not retried here; the pod's cooldown, set when the restart was decided, keeps the
-//! next attempt at least one cooldown away — no retry storm against the budget.
+//! One restart, not two: the worker's `POST /shutdown` makes the process exit, so calling it
+//! before the eviction would have the kubelet restart the container and then the eviction
+//! replace the pod. The eviction alone drains (SIGTERM) and honours the PodDisruptionBudget.
+//!
+//! If a PodDisruptionBudget refuses the eviction (429) the worker is left alone, untouched:
+//! nothing was asked of it before. A refusal is not retried here; the pod's cooldown, set
+//! when the restart was decided, keeps the next attempt at least one cooldown away — no
+//! retry storm against the budget.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -74,84 +78,38 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         async move { kube_api::post_event(ctx, &target, type_, reason, "GracefulRestart", &message).await }
     };
 
-    // 1. Would the budget allow the eviction at all?
-    match kube_api::evict(ctx, &job.pod, true).await {
-        Ok(Eviction::Evicted) => {}
-        Ok(Eviction::Gone) => return Outcome::Cancelled,
-        Ok(Eviction::Refused(msg)) => {
-            event(
-                EventType::Warning,
-                "EvictionRefused",
-                format!("not restarting ({}): the disruption budget refuses an eviction now: {msg}; next try after the cooldown", job.why),
-            )
-            .await;
-            return Outcome::EvictionRefused;
-        }
-        Err(e) => {
-            tracing::warn!(pod = %job.pod, error = %e, "eviction check failed");
-            return Outcome::Failed;
-        }
-    }
     if ctx.shutdown.is_cancelled() {
         return Outcome::Cancelled;
     }
 
+    // 1. Evict: the kubelet sends SIGTERM, on which the worker drains (claims nothing
+    // more, finishes its in-flight jobs, releases the rest) before it exits, and the
+    // ReplicaSet creates the replacement. The worker's `/shutdown` is not called first:
+    // it makes the process exit, the kubelet would restart the container, and the
+    // eviction would then restart the worker a second time.
     if !still_leading(ctx).await {
-        return Outcome::LeaseLost;
-    }
-
-    // 2. Drain: the worker stops claiming, finishes in-flight jobs, releases the rest.
-    let drain = match job.ip {
-        Some(ip) => match ctx.worker.shutdown(ip).await {
-            Ok(()) => {
-                event(
-                    EventType::Normal,
-                    "Draining",
-                    format!(
-                        "restarting gracefully ({}): POST /shutdown accepted, waiting up to {}s for in-flight jobs",
-                        job.why,
-                        ctx.config.drain_timeout.as_secs()
-                    ),
-                )
-                .await;
-                Some(ctx.worker.wait_drained(ip, ctx.config.drain_timeout, ctx.config.drain_poll).await)
-            }
-            Err(e) => {
-                event(
-                    EventType::Warning,
-                    "Draining",
-                    format!("restarting ({}): shutdown call failed ({e}); evicting, SIGTERM starts the drain", job.why),
-                )
-                .await;
-                None
-            }
-        },
-        None => None,
-    };
-    if ctx.shutdown.is_cancelled() {
-        return Outcome::Cancelled;
-    }
-
-    // 3. Evict: the ReplicaSet creates the replacement.
-    let drained = match drain {
-        Some(Drain::Drained(d)) => format!("drained in {:.1}s", d.as_secs_f64()),
-        Some(Drain::TimedOut) => "drain still running at the deadline".to_owned(),
-        None => "not drained".to_owned(),
-    };
-    if !still_leading(ctx).await {
-        // The drained container exits and the kubelet restarts it; the new leader judges it afresh.
         tracing::warn!(pod = %job.pod, "lease lost before the eviction; not evicting");
         return Outcome::LeaseLost;
     }
-    match kube_api::evict(ctx, &job.pod, false).await {
-        Ok(Eviction::Evicted) | Ok(Eviction::Gone) => {
-            event(EventType::Normal, "Evicted", format!("evicted ({drained})")).await;
+    match kube_api::evict(ctx, &job.pod).await {
+        // Already gone (deleted since the decision): nothing of ours to follow.
+        Ok(Eviction::Gone) => return Outcome::Cancelled,
+        Ok(Eviction::Evicted) => {
+            event(
+                EventType::Normal,
+                "Evicted",
+                format!("evicted ({}): SIGTERM drains the worker before it exits", job.why),
+            )
+            .await;
         }
         Ok(Eviction::Refused(msg)) => {
             event(
                 EventType::Warning,
                 "EvictionRefused",
-                format!("{drained}, but the disruption budget now refuses the eviction: {msg}; the kubelet restarts the drained container"),
+                format!(
+                    "not restarting ({}): the disruption budget refuses the eviction now: {msg}; next try after the cooldown",
+                    job.why
+                ),
             )
             .await;
             return Outcome::EvictionRefused;
@@ -162,7 +120,31 @@ async fn run(ctx: &Context, job: &RestartJob) -> Outcome {
         }
     }
 
-    // 4. Verify: a pod that did not exist before becomes Ready in time.
+    // 2. Watch the drain, so the Events say whether in-flight jobs finished or were cut off.
+    if let Some(ip) = job.ip {
+        match ctx.worker.wait_drained(ip, ctx.config.drain_timeout, ctx.config.drain_poll).await {
+            Drain::Drained(d) => {
+                event(EventType::Normal, "Drained", format!("in-flight jobs finished in {:.1}s", d.as_secs_f64()))
+                    .await;
+            }
+            Drain::TimedOut => {
+                event(
+                    EventType::Warning,
+                    "DrainTimedOut",
+                    format!(
+                        "in-flight jobs not seen finished within {}s: the kubelet ends the container at its grace period and unfinished jobs are retried",
+                        ctx.config.drain_timeout.as_secs()
+                    ),
+                )
+                .await;
+            }
+        }
+    }
+    if ctx.shutdown.is_cancelled() {
+        return Outcome::Cancelled;
+    }
+
+    // 3. Verify: a pod that did not exist before becomes Ready in time.
     let deadline = Instant::now() + ctx.config.replacement_timeout;
     loop {
         let ready_new = match kube_api::list_pods(ctx).await {

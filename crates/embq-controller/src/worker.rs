@@ -1,11 +1,11 @@
-//! HTTP calls to one worker on its pod IP: /health, /metrics, POST /shutdown, and the drain wait.
+//! HTTP calls to one worker on its pod IP: /health, /metrics, and the drain wait.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Config, Secret};
+use crate::config::Config;
 use crate::observe::{parse_worker_metrics, WorkerMetrics};
 use crate::Error;
 
@@ -15,7 +15,6 @@ pub struct WorkerClient {
     http: reqwest::Client,
     health_port: u16,
     metrics_port: u16,
-    token: Secret,
 }
 
 /// What one `GET /health` told the controller.
@@ -35,7 +34,7 @@ pub enum Health {
 pub enum Drain {
     /// No job in flight any more (or the process is gone).
     Drained(Duration),
-    /// Still busy at the deadline; eviction's SIGTERM gives it the rest of its grace period.
+    /// Still busy, or not answering, at the deadline; the kubelet ends it at its grace period.
     TimedOut,
 }
 
@@ -48,12 +47,7 @@ impl WorkerClient {
             .no_proxy()
             .build()
             .map_err(|e| Error::Setup(format!("worker HTTP client: {e}")))?;
-        Ok(Self {
-            http,
-            health_port: config.worker_health_port,
-            metrics_port: config.worker_metrics_port,
-            token: config.shutdown_token.clone(),
-        })
+        Ok(Self { http, health_port: config.worker_health_port, metrics_port: config.worker_metrics_port })
     }
 
     fn url(ip: IpAddr, port: u16, path: &str) -> String {
@@ -82,24 +76,9 @@ impl WorkerClient {
         Ok(parse_worker_metrics(&resp.text().await?))
     }
 
-    /// `POST /shutdown` with the bearer token; the worker answers 202 and starts draining.
-    pub async fn shutdown(&self, ip: IpAddr) -> Result<(), Error> {
-        let url = Self::url(ip, self.health_port, "/shutdown");
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(self.token.expose())
-            .send()
-            .await
-            .map_err(|e| Error::Worker(format!("POST {url}: {e}")))?;
-        match resp.status() {
-            s if s.is_success() => Ok(()),
-            s => Err(Error::Worker(format!("POST {url}: HTTP {s}"))),
-        }
-    }
-
     /// Polls the worker's in-flight gauge until it is zero or the worker refuses
-    /// connections (it exited), bounded by `timeout`.
+    /// connections (it exited), bounded by `timeout`. A poll that fails otherwise (timeout,
+    /// 5xx) says nothing about the jobs in flight, so it is not "drained".
     pub async fn wait_drained(&self, ip: IpAddr, timeout: Duration, poll: Duration) -> Drain {
         let start = Instant::now();
         let deadline = start + timeout;

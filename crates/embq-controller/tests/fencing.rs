@@ -1,5 +1,5 @@
 //! The Lease as a fence: a replica acts only while it holds the Lease, checks it before
-//! every drain and eviction, gives it up on shutdown, bounds each tick below it, and
+//! every eviction, gives it up on shutdown, bounds each tick below it, and
 //! carries the guards' memory in it across restarts and failovers.
 
 mod support;
@@ -11,16 +11,14 @@ use embq_controller::policy::{Guard, Verdict, MEMORY_ANNOTATION};
 use serde_json::json;
 use support::*;
 
-/// The Lease passes to another replica while a worker drains: the eviction is not made.
+/// The Lease passes to another replica between the decision (and its budget check) and
+/// the eviction: the eviction is not made.
 #[tokio::test]
 async fn losing_the_lease_mid_restart_stops_before_the_eviction() {
     let ((ctx, workers), mut api) = controller_with_workers(failing_and_two_serving()).await;
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
-    api.lease_renewed().await;
-    assert_eq!(api.expect_event("w-a").await.0, "Draining");
     // Before the eviction: another replica holds a live Lease now.
     api.expect("GET", &lease_uri()).await.ok(lease("other", 0));
     leader(tick.await.expect("task").expect("tick"));
@@ -30,19 +28,19 @@ async fn losing_the_lease_mid_restart_stops_before_the_eviction() {
     assert!(text.contains(r#"restart_controller_restart_outcomes_total{kind="lease_lost"} 1"#), "{text}");
 }
 
-/// A failing renewal before the drain (API error) reads as "not leading": no drain.
+/// A failing renewal before the eviction (API error) reads as "not leading": no eviction.
 #[tokio::test]
-async fn an_unanswerable_lease_check_stops_before_the_drain() {
+async fn an_unanswerable_lease_check_stops_before_the_eviction() {
     let ((ctx, workers), mut api) = controller_with_workers(failing_and_two_serving()).await;
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(three_pods(&workers), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.reply(201, status_body(201, "", ""));
     api.expect("GET", &lease_uri()).await.status(500, "InternalError", "etcd timeout");
     leader(tick.await.expect("task").expect("tick"));
     restarts_done(&ctx).await;
     api.assert_idle();
-    assert!(!api.log.entries().iter().any(|e| e.contains("/shutdown")), "no drain without the Lease");
+    let log = api.log.entries();
+    assert!(!log.iter().any(|e| e.ends_with(&eviction_uri("w-a"))), "no eviction without the Lease: {log:#?}");
 }
 
 /// On shutdown the holder clears the Lease, so the next replica need not wait it out.

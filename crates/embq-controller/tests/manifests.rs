@@ -41,7 +41,7 @@ fn the_deployment_runs_restricted_as_worker_restart_controller() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
     assert!(c["resources"]["limits"]["memory"].is_string(), "memory limit set");
     let env: Vec<&str> = c["env"].as_sequence().expect("env").iter().filter_map(|e| e["name"].as_str()).collect();
-    for var in ["NAMESPACE", "POD_NAME", "SHUTDOWN_TOKEN", "WORKER_SELECTOR", "WORKER_DEPLOYMENT"] {
+    for var in ["NAMESPACE", "POD_NAME", "WORKER_SELECTOR", "WORKER_DEPLOYMENT"] {
         assert!(env.contains(&var), "{var} missing");
     }
 }

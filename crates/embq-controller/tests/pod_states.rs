@@ -36,7 +36,7 @@ async fn a_crash_loop_is_evicted_once_per_replica_set() {
     .await;
     assert_eq!(api.expect_event("w-a").await.0, "CrashLoop");
     api.lease_renewed().await;
-    api.expect("POST", &eviction_uri("w-a", false)).await.reply(201, status_body(201, "", ""));
+    api.expect("POST", &eviction_uri("w-a")).await.reply(201, status_body(201, "", ""));
     let (reason, message) = api.expect_event("w-a").await;
     assert_eq!(reason, "Evicted");
     assert!(message.contains("crash looping (5 restarts)"), "{message}");
@@ -110,7 +110,8 @@ async fn an_oom_kill_is_an_event_and_the_pod_stays_judged() {
     let tick = spawn_tick(&ctx);
     api.lease_renewed().await;
     api.fleet(fleet(false), deployment(3, json!({})), None, ready_hpa(3, json!({}))).await;
-    api.expect("POST", &eviction_uri("w-a", true)).await.status(429, "TooManyRequests", "budget");
+    api.lease_renewed().await;
+    api.expect("POST", &eviction_uri("w-a")).await.status(429, "TooManyRequests", "budget");
     assert_eq!(api.expect_event("w-a").await.0, "EvictionRefused");
     let decisions = leader(tick.await.expect("task").expect("tick"));
     assert_eq!((decisions[0].action, decisions[0].reason), (Action::GracefulRestart, Reason::HealthCheck));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{act, Action, CapacityObservation, Decision, Guard, Limits, Memory, Reason, ScaleKind, Subject, Verdict};
+use super::{act, Action, CapacityObservation, Decision, Guard, Limits, Memory, Reason, Subject, Verdict};
 
 /// Capacity is the autoscaler's job: the controller adds no pods (a second loop adding
 /// them would fight the HPA, and while the provider throttles every added pod only adds
@@ -35,11 +35,7 @@ pub fn decide_capacity(c: &CapacityObservation, limits: &Limits, memory: &Memory
     }
 
     let original = target.original?;
-    if target.kind == ScaleKind::Deployment
-        || c.pressure.is_some()
-        || c.calm_for.is_none_or(|d| d < limits.calm_window)
-        || target.current <= original
-    {
+    if c.pressure.is_some() || c.calm_for.is_none_or(|d| d < limits.calm_window) || target.current <= original {
         return None;
     }
     // The autoscaler's own scale-down behaviour paces the pods; give the minimum back at once.

@@ -45,7 +45,7 @@ impl Memory {
                     }
                     self.disruptions.push_back(now);
                 }
-                Action::ScaleUp | Action::ScaleDown => self.last_scale = Some(now),
+                Action::ScaleDown => self.last_scale = Some(now),
             }
         }
         self.forget_before(now, limits);

@@ -4,14 +4,9 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::Router;
 use clap::Parser;
 use embq_controller::config::{Args, Config};
 use embq_controller::controller::Context;
@@ -21,11 +16,14 @@ use kube::client::Body;
 use serde_json::{json, Value};
 use tower_test::mock::{Handle, SendResponse};
 
+mod fixtures;
 mod steps;
+mod workers;
+pub use fixtures::*;
 pub use steps::*;
+pub use workers::*;
 
 pub const NS: &str = "ns";
-pub const TOKEN: &str = "test-shutdown-token";
 /// Every awaited step of a scenario is bounded by this.
 pub const STEP: Duration = Duration::from_secs(10);
 
@@ -168,9 +166,8 @@ pub fn pods_uri() -> String {
     format!("/api/v1/namespaces/{NS}/pods?&labelSelector=app%3Dembedding-queue-worker")
 }
 
-pub fn eviction_uri(pod: &str, dry_run: bool) -> String {
-    let q = if dry_run { "&dryRun=All" } else { "" };
-    format!("/api/v1/namespaces/{NS}/pods/{pod}/eviction?{q}")
+pub fn eviction_uri(pod: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/pods/{pod}/eviction?")
 }
 
 /// A controller Context wired to a fresh mocked API server.
@@ -179,7 +176,6 @@ pub fn controller(extra: &[&str]) -> (Arc<Context>, MockApi) {
     let client = kube::Client::new(service, NS);
     let defaults = [
         ("--namespace", NS),
-        ("--shutdown-token", TOKEN),
         ("--identity", "me"),
         ("--health-failure-threshold", "0s"),
         ("--pressure-window", "0s"),
@@ -207,237 +203,4 @@ pub async fn restarts_done(ctx: &Context) {
     ctx.tasks.close();
     tokio::time::timeout(STEP, ctx.tasks.wait()).await.expect("restarts should finish in time");
     ctx.tasks.reopen();
-}
-
-// ---------------------------------------------------------------- fixtures
-
-pub struct PodSpec<'a> {
-    pub name: &'a str,
-    pub ip: Option<IpAddr>,
-    pub ready: bool,
-    pub waiting: Option<&'a str>,
-    pub last_terminated: Option<&'a str>,
-    pub restarts: i32,
-}
-
-impl<'a> PodSpec<'a> {
-    pub fn ready(name: &'a str, ip: IpAddr) -> Self {
-        Self { name, ip: Some(ip), ready: true, waiting: None, last_terminated: None, restarts: 0 }
-    }
-    pub fn not_ready(name: &'a str, ip: IpAddr) -> Self {
-        Self { ready: false, ..Self::ready(name, ip) }
-    }
-}
-
-pub fn pod(p: &PodSpec) -> Value {
-    let state = match p.waiting {
-        Some(reason) => json!({"waiting": {"reason": reason}}),
-        None => json!({"running": {}}),
-    };
-    let mut status = json!({
-        "phase": "Running",
-        "conditions": [{"type": "Ready", "status": if p.ready { "True" } else { "False" }}],
-        "containerStatuses": [{
-            "name": "worker", "image": "embq", "imageID": "", "ready": p.ready,
-            "started": p.waiting.is_none(), "restartCount": p.restarts, "state": state,
-        }]
-    });
-    if let Some(ip) = p.ip {
-        status["podIP"] = json!(ip.to_string());
-    }
-    if let Some(reason) = p.last_terminated {
-        status["containerStatuses"][0]["lastState"] = json!({"terminated": {"exitCode": 137, "reason": reason}});
-    }
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": p.name, "namespace": NS, "uid": format!("uid-{}", p.name),
-                     "labels": {"app": "embedding-queue-worker"}},
-        "spec": {"containers": [{"name": "worker", "image": "embq",
-                 "resources": {"limits": {"memory": "1Gi"}}}]},
-        "status": status,
-    })
-}
-
-pub fn pod_list(pods: &[Value]) -> Value {
-    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": pods})
-}
-
-pub fn deployment(replicas: i32, annotations: Value) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "embedding-queue-workers", "namespace": NS, "uid": "uid-deploy",
-                     "annotations": annotations},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "embedding-queue-worker"}},
-            "template": {},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": 1}},
-        }
-    })
-}
-
-pub fn hpa(min: i32, max: i32, annotations: Value, labels: Value, name: &str) -> Value {
-    json!({
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": name, "namespace": NS, "annotations": annotations, "labels": labels},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                    "name": "embedding-queue-workers"},
-                 "minReplicas": min, "maxReplicas": max}
-    })
-}
-
-pub fn list(kind: &str, api_version: &str, items: &[Value]) -> Value {
-    json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
-}
-
-pub fn no_hpas() -> Value {
-    list("HorizontalPodAutoscalerList", "autoscaling/v2", &[])
-}
-
-pub fn scaled_object(min: i32, annotations: Value) -> Value {
-    json!({
-        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
-        "metadata": {"name": "embedding-queue-workers", "namespace": NS, "annotations": annotations},
-        "spec": {"scaleTargetRef": {"name": "embedding-queue-workers"},
-                 "minReplicaCount": min, "maxReplicaCount": 10}
-    })
-}
-
-pub fn lease(holder: &str, renewed_secs_ago: i64) -> Value {
-    let t = chrono::Utc::now() - chrono::Duration::seconds(renewed_secs_ago);
-    json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": "worker-restart-controller", "namespace": NS, "resourceVersion": "7"},
-        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 30,
-                 "renewTime": t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}
-    })
-}
-
-// ---------------------------------------------------------------- worker stand-ins
-
-/// How a stand-in worker answers.
-#[derive(Clone)]
-pub struct Behavior {
-    pub health: StatusCode,
-    pub metrics: String,
-    /// `/shutdown` takes the request and never answers (a worker wedged mid-drain).
-    pub shutdown_hangs: bool,
-}
-
-impl Behavior {
-    pub fn healthy(metrics: &str) -> Self {
-        Self { health: StatusCode::OK, metrics: metrics.to_owned(), shutdown_hangs: false }
-    }
-    pub fn failing_health() -> Self {
-        Self {
-            health: StatusCode::INTERNAL_SERVER_ERROR,
-            metrics: "embedding_inflight_jobs 0\n".into(),
-            shutdown_hangs: false,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct WorkerState {
-    ip: IpAddr,
-    behavior: Arc<Mutex<Behavior>>,
-    log: Log,
-}
-
-/// A set of stand-in workers, one per loopback address, all on the same port (the
-/// controller's worker ports are fleet-wide settings).
-pub struct Workers {
-    pub port: u16,
-    pub ips: Vec<IpAddr>,
-    behaviors: Vec<Arc<Mutex<Behavior>>>,
-}
-
-impl Workers {
-    pub async fn start(behaviors: Vec<Behavior>, log: &Log) -> Self {
-        // Bind the first on port 0, the rest on 127.0.0.N with the same port; retry
-        // with a new port in the unlikely case one of them is taken.
-        for _ in 0..20 {
-            let mut listeners = Vec::new();
-            let mut port = 0;
-            let mut failed = false;
-            for i in 0..behaviors.len() {
-                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8));
-                match tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await {
-                    Ok(l) => {
-                        port = l.local_addr().expect("addr").port();
-                        listeners.push((ip, l));
-                    }
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            if failed {
-                continue;
-            }
-            let mut ips = Vec::new();
-            let mut shared = Vec::new();
-            for ((ip, listener), b) in listeners.into_iter().zip(behaviors.iter().cloned()) {
-                let behavior = Arc::new(Mutex::new(b));
-                let state = WorkerState { ip, behavior: behavior.clone(), log: log.clone() };
-                let app = Router::new()
-                    .route("/health", get(health))
-                    .route("/metrics", get(metrics))
-                    .route("/shutdown", post(shutdown))
-                    .with_state(state);
-                tokio::spawn(async move { axum::serve(listener, app).await });
-                ips.push(ip);
-                shared.push(behavior);
-            }
-            return Workers { port, ips, behaviors: shared };
-        }
-        panic!("could not bind the stand-in workers");
-    }
-
-    pub fn set(&self, i: usize, b: Behavior) {
-        *self.behaviors[i].lock().unwrap_or_else(|e| e.into_inner()) = b;
-    }
-
-    pub fn port_args(&self) -> [String; 4] {
-        ["--worker-health-port".into(), self.port.to_string(), "--worker-metrics-port".into(), self.port.to_string()]
-    }
-}
-
-async fn health(State(s): State<WorkerState>) -> (StatusCode, &'static str) {
-    let code = s.behavior.lock().unwrap_or_else(|e| e.into_inner()).health;
-    (code, r#"{"status":"degraded"}"#)
-}
-
-async fn metrics(State(s): State<WorkerState>) -> String {
-    s.behavior.lock().unwrap_or_else(|e| e.into_inner()).metrics.clone()
-}
-
-async fn shutdown(State(s): State<WorkerState>, headers: HeaderMap) -> StatusCode {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if auth != format!("Bearer {TOKEN}") {
-        s.log.push(format!("worker {} POST /shutdown (unauthorized)", s.ip));
-        return StatusCode::UNAUTHORIZED;
-    }
-    let hangs = s.behavior.lock().unwrap_or_else(|e| e.into_inner()).shutdown_hangs;
-    if hangs {
-        s.log.push(format!("worker {} POST /shutdown (no answer)", s.ip));
-        std::future::pending::<()>().await;
-    }
-    s.log.push(format!("worker {} POST /shutdown", s.ip));
-    StatusCode::ACCEPTED
-}
-
-/// Worker metrics text with the given queue depth, in-flight jobs and rate-limit counter.
-pub fn worker_metrics(queue_depth: f64, inflight: f64, rate_limited: f64) -> String {
-    format!(
-        "# TYPE embedding_jobs_processed counter\n\
-         embedding_jobs_processed_total 100\n\
-         embedding_jobs_failed_total 1\n\
-         embedding_queue_depth {queue_depth}\n\
-         embedding_inflight_jobs {inflight}\n\
-         embedding_provider_rate_limited_total{{provider=\"openai\"}} {rate_limited}\n\
-         embedding_rate_limit_wait_seconds_total{{provider=\"openai\"}} 0\n\
-         # EOF\n"
-    )
 }
