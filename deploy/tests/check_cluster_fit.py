@@ -240,10 +240,7 @@ def main():
     if c.check(all_components.exists(), "no render of deploy/tests/overlays/all-components"):
         check_components(c, load(args.rendered_dir, "all-components"))
         check_queue_exporter(c, load(args.rendered_dir, "all-components"))
-    for failure in c.failures:
-        print(f"FAIL {failure}")
-    print(f"check_cluster_fit: {c.checks - len(c.failures)} of {c.checks} checks passed")
-    return 1 if c.failures else 0
+    return c.report("check_cluster_fit")
 
 
 if __name__ == "__main__":

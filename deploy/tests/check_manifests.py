@@ -117,6 +117,13 @@ class Checker:
             self.failures.append(message)
         return ok
 
+    def report(self, name):
+        """Prints every failure and the tally; the exit status (1 when anything failed)."""
+        for failure in self.failures:
+            print(f"FAIL {failure}")
+        print(f"{name}: {self.checks - len(self.failures)} of {self.checks} checks passed")
+        return 1 if self.failures else 0
+
 
 # --- the worker's truth --------------------------------------------------------
 
@@ -925,10 +932,7 @@ def main():
         write_queries(args.write_queries, queries)
 
     print(f"check_manifests: worker truth from {source}: {len(vars_read)} variables, {len(metrics)} metrics")
-    for failure in c.failures:
-        print(f"FAIL {failure}")
-    print(f"check_manifests: {c.checks - len(c.failures)} of {c.checks} checks passed")
-    return 1 if c.failures else 0
+    return c.report("check_manifests")
 
 
 if __name__ == "__main__":

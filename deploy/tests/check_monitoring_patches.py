@@ -234,10 +234,7 @@ def main():
                 check()
             except (RuntimeError, KeyError, ValueError, StopIteration, AttributeError) as e:
                 c.check(False, f"{type(e).__name__}: {e}")
-    for failure in c.failures:
-        print(f"FAIL {failure}")
-    print(f"check_monitoring_patches: {c.checks - len(c.failures)} of {c.checks} checks passed")
-    return 1 if c.failures else 0
+    return c.report("check_monitoring_patches")
 
 
 if __name__ == "__main__":

@@ -220,10 +220,7 @@ def main():
     check_deploy_script(c, readme, cmds, repo)
     _, metrics, _ = worker_lists(os.environ.get("EMBQ_ASSUME_LISTS") == "1")
     check_metric_mentions(c, readme, docs, metrics | adapter_metrics)
-    for failure in c.failures:
-        print(f"FAIL {failure}")
-    print(f"check_readme_steps: {c.checks - len(c.failures)} of {c.checks} checks passed")
-    return 1 if c.failures else 0
+    return c.report("check_readme_steps")
 
 
 if __name__ == "__main__":
